@@ -1,0 +1,1 @@
+"""fd2talk.model: the shard schema, the two diffusion stages, training and generation."""

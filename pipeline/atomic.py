@@ -1,0 +1,80 @@
+"""Atomic outputs: write under a temporary name in `<dir>/.tmp/`, then rename into place.
+
+Nothing half-written is ever visible under a final name: a run killed at any
+point leaves only files in `.tmp/`, which the next run ignores and cleans.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+TMP_DIR = ".tmp"
+
+
+def tmp_path_for(final: Path) -> Path:
+    """A fresh temporary path beside `final` that keeps its extension (ffmpeg reads it)."""
+    tmp_dir = final.parent / TMP_DIR
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return tmp_dir / f"{uuid.uuid4().hex[:12]}-{final.name}"
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Flush `tmp` to disk and rename it to `final` (atomic on one filesystem)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path; on success it becomes `final`, on error it is removed."""
+    final = Path(final)
+    tmp = tmp_path_for(final)
+    try:
+        yield tmp
+        publish(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(final: Path, obj: object) -> None:
+    write_bytes(final, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_npy(final: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes(final, buf.getvalue())
+
+
+def write_npz(final: Path, **arrays: np.ndarray) -> None:
+    """Like `np.savez`, but byte-identical across runs (np.savez stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.save(member, np.asarray(arrays[name]), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                        member.getvalue())
+    write_bytes(final, buf.getvalue())
+
+
+def clean_tmp(out_dir: Path) -> None:
+    """Remove leftovers of killed runs (only called when no other process may be writing)."""
+    shutil.rmtree(Path(out_dir) / TMP_DIR, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""Stage `clip`: manifest rows -> 25 fps constant-frame-rate clips with 16 kHz mono audio.
+
+Any container/codec/frame rate/sample rate/channel count ffmpeg reads is accepted.
+A source longer than `max_seconds` is split into equal fragments no longer than
+that. Each fragment is cut on the 25 fps frame grid, encoded once (x264 + AAC,
+deterministic bytes) and checked: its frame count must be exact and its audio
+must cover its video.
+
+Outputs per fragment: `clips/<key>_fNNN.mp4` and `clips/<key>_fNNN.json`
+(source, row, time span, frame count). The json is written last: its presence
+means the mp4 beside it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from fd2talk.model.schema import FPS, SAMPLE_RATE
+
+from . import atomic, media
+from .manifest import Row, read_manifest
+from .runner import Item
+from .skip import Skip, SkipReason
+
+OUT_DIR = "clips"
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    manifest: str = ""  # path of the CSV/JSONL manifest
+    max_seconds: float = 30.0  # longer sources are split into equal fragments
+    min_seconds: float = 1.0  # shorter spans are skipped (too_short)
+    av_tolerance: float = 0.2  # seconds audio and video durations may differ by
+    timeout: float = 600.0  # seconds per ffmpeg call
+
+
+def fragments(n_frames: int, max_frames: int) -> list[tuple[int, int]]:
+    """Split frames [0, n_frames) into the fewest equal parts of at most `max_frames`."""
+    n = max(1, math.ceil(n_frames / max_frames))
+    bounds = [round(k * n_frames / n) for k in range(n + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(n)]
+
+
+def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: float) -> str:
+    """Cut `n_frames` frames at 25 fps from `start` s into `dst` (x264 + AAC 16 kHz mono).
+
+    The audio is padded with silence if the source's ends a little early, so it
+    always lasts exactly n_frames / 25 s. Returns ffmpeg's stderr.
+    """
+    dur = n_frames / FPS
+    cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
+           "-i", str(src), "-t", f"{dur:.6f}", "-map", "0:v:0", "-map", "0:a:0",
+           "-vf", f"fps={FPS}", "-frames:v", str(n_frames),
+           "-af", f"aresample={SAMPLE_RATE},apad", *media.X264_ARGS, *media.AAC_ARGS,
+           *media.BITEXACT_ARGS, str(dst)]
+    return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
+
+
+class ClipStage:
+    """Cuts and normalises source videos (one item per manifest row)."""
+
+    name = "clip"
+    out_dir = OUT_DIR
+
+    def __init__(self, config: ClipConfig):
+        self.config = config
+
+    def items(self, work: Path) -> list[Item]:
+        rows = read_manifest(Path(self.config.manifest))
+        return [Item(r.key, r.to_dict()) for r in sorted(rows, key=lambda r: r.key)]
+
+    def setup(self) -> None:
+        pass
+
+    def process(self, item: Item, work: Path) -> list[str]:
+        cfg = self.config
+        row = Row(**item.payload)
+        src = Path(row.path)
+        info = media.probe(src, need_audio=True)
+        if abs(info.video_duration - info.audio_duration) > cfg.av_tolerance:
+            raise Skip(SkipReason.AV_MISMATCH,
+                       f"video lasts {info.video_duration:.2f} s, audio "
+                       f"{info.audio_duration:.2f} s (tolerance {cfg.av_tolerance} s)")
+        length = min(info.video_duration, info.audio_duration)
+        start = row.start or 0.0
+        end = min(row.end if row.end is not None else length, length)
+        if end - start < cfg.min_seconds:
+            raise Skip(SkipReason.TOO_SHORT,
+                       f"{max(0.0, end - start):.2f} s from {start:.2f} s (minimum "
+                       f"{cfg.min_seconds} s; the source lasts {length:.2f} s)")
+        total = math.floor((end - start) * FPS + 1e-6)
+        outputs = []
+        for k, (f0, f1) in enumerate(fragments(total, round(cfg.max_seconds * FPS))):
+            key = f"{row.key}_f{k:03d}"
+            mp4 = work / OUT_DIR / f"{key}.mp4"
+            t0 = start + f0 / FPS
+            with atomic.atomic_path(mp4) as tmp:
+                stderr = encode_clip(src, tmp, t0, f1 - f0, cfg.timeout)
+                got = media.count_frames(tmp)
+                if got < f1 - f0:
+                    raise Skip(SkipReason.TRUNCATED,
+                               f"decoded {got} of {f1 - f0} frames from {t0:.2f} s: the source "
+                               "is cut short or damaged", stderr)
+                out = media.probe(tmp)
+                if out.audio_duration + 1.5 / FPS < (f1 - f0) / FPS:
+                    raise Skip(SkipReason.TRUNCATED,
+                               f"audio ends at {out.audio_duration:.2f} s of "
+                               f"{(f1 - f0) / FPS:.2f} s", stderr)
+            meta = {
+                "key": key, "source": str(src), "row": row.to_dict(), "fragment": k,
+                "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,
+                "start": round(t0, 6), "frames": f1 - f0, "fps": FPS,
+                "sample_rate": SAMPLE_RATE,
+                "source_probe": {"fps": round(info.fps, 4), "width": info.width,
+                                 "height": info.height, "video_codec": info.video_codec,
+                                 "audio_codec": info.audio_codec,
+                                 "sample_rate": info.sample_rate, "channels": info.channels},
+            }
+            atomic.write_json(mp4.with_suffix(".json"), meta)
+            outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.json"]
+        return outputs
+
+
+def clip_metadata(work: Path) -> dict[str, dict]:
+    """key -> metadata of every complete clip in `work` (its json exists)."""
+    return {p.stem: json.loads(p.read_text())
+            for p in sorted((Path(work) / OUT_DIR).glob("*.json"))}

@@ -1,0 +1,131 @@
+"""Dataset manifests: CSV or JSONL rows naming source videos (DESIGN.md section 2, `manifests/`).
+
+Columns: `key` (letters, digits, `_`, `-`), `path` (absolute, or relative to the
+manifest file), optional `start`/`end` (seconds), optional `video_id` (defaults
+to the key), optional `speaker_id`, optional `split` (train/val/test; overrides
+the automatic split for every clip of that video). A malformed row is a
+`PrepError` naming the file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fd2talk.model.schema import KEY_PATTERN
+
+from .skip import PrepError
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ("key", "path", "start", "end", "video_id", "speaker_id", "split")
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    path: str  # resolved, absolute
+    start: float | None = None
+    end: float | None = None
+    video_id: str = ""
+    speaker_id: str = ""
+    split: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _seconds(value: object, name: str, where: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise PrepError(f"{where}: {name}={value!r} is not a number of seconds") from None
+    if out < 0:
+        raise PrepError(f"{where}: {name}={out} is negative")
+    return out
+
+
+def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Row:
+    """Validate one raw manifest row; `where` ("file:line") names it in errors."""
+    unknown = set(raw) - set(COLUMNS)
+    if unknown:
+        raise PrepError(f"{where}: unknown column(s) {sorted(unknown)}; allowed: {COLUMNS}")
+    key = str(raw.get("key") or "").strip()
+    if not key:
+        raise PrepError(f"{where}: the row has no key")
+    if not KEY_PATTERN.match(key):
+        raise PrepError(f"{where}: key {key!r} may only contain letters, digits, '_' and '-'")
+    src = str(raw.get("path") or "").strip()
+    if not src:
+        raise PrepError(f"{where}: row {key!r} has no path")
+    if "://" in src:
+        raise PrepError(f"{where}: row {key!r} names a URL ({src}); download it first "
+                        "and give a local path (fd2talk never downloads)")
+    path = Path(src).expanduser()
+    path = path if path.is_absolute() else (base / path)
+    path = path.resolve()
+    if check_paths and not path.is_file():
+        raise PrepError(f"{where}: row {key!r}: input file {path} does not exist")
+    start = _seconds(raw.get("start"), "start", where)
+    end = _seconds(raw.get("end"), "end", where)
+    if start is not None and end is not None and end <= start:
+        raise PrepError(f"{where}: row {key!r}: end={end} is not after start={start}")
+    split = str(raw.get("split") or "").strip()
+    if split and split not in SPLITS:
+        raise PrepError(f"{where}: row {key!r}: split {split!r} is not one of {SPLITS}")
+    video_id = str(raw.get("video_id") or "").strip() or key
+    return Row(key, str(path), start, end, video_id,
+               str(raw.get("speaker_id") or "").strip(), split)
+
+
+def read_manifest(path: Path, check_paths: bool = True) -> list[Row]:
+    """Read a `.csv` or `.jsonl` manifest; keys must be unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrepError(f"manifest {path} does not exist")
+    base = path.parent
+    rows: list[Row] = []
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{n}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PrepError(f"{where}: not valid JSON ({e.msg})") from None
+                if not isinstance(raw, dict):
+                    raise PrepError(f"{where}: a row must be a JSON object")
+                rows.append(parse_row(raw, where, base, check_paths))
+    elif path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "key" not in reader.fieldnames:
+                raise PrepError(f"{path}: the CSV header must name at least key,path")
+            for n, raw in enumerate(reader, 2):
+                if None in raw:
+                    raise PrepError(f"{path}:{n}: more fields than the header has")
+                rows.append(parse_row(raw, f"{path}:{n}", base, check_paths))
+    else:
+        raise PrepError(f"manifest {path}: expected a .csv or .jsonl file")
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if row.key in seen:
+            raise PrepError(f"{path}: key {row.key!r} appears twice (rows {seen[row.key] + 1} "
+                            f"and {i + 1}); keys must be unique")
+        seen[row.key] = i
+    if not rows:
+        raise PrepError(f"manifest {path} has no rows")
+    return rows
+
+
+def write_manifest(path: Path, rows: list[Row]) -> None:
+    """Write rows as JSONL (paths stay absolute)."""
+    from .atomic import write_bytes
+
+    text = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows)
+    write_bytes(Path(path), text.encode())

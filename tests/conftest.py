@@ -1,0 +1,83 @@
+"""Shared fixtures: the shared real media (skipped with a reason when absent), the face
+model, and small media files generated with ffmpeg's own sources."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub: tests are offline
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = Path(os.environ.get("FD2TALK_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+SHARED_CLIPS = ("hdtf_aoc_512.mp4", "talk_tys_512.mp4", "talk_10_512.mp4")
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    """The team's real clips (../shared/media); absent in a user's fresh clone."""
+    if not (SHARED_MEDIA / SHARED_CLIPS[0]).is_file():
+        pytest.skip(f"shared media not found at {SHARED_MEDIA} (only the team's checkouts have it)")
+    return SHARED_MEDIA
+
+
+@pytest.fixture(scope="session")
+def face_model() -> Path:
+    """MediaPipe's face_landmarker.task; install.sh puts it in place (a missing one fails loudly)."""
+    from fd2talk.pipeline.weights import face_model_path
+
+    return face_model_path()
+
+
+def ffmpeg_video(path: Path, seconds: float = 2.0, fps: float = 25, size: str = "320x240",
+                 audio: bool = True, sample_rate: int = 16000, channels: int = 1,
+                 vcodec: str = "libx264", source: str = "testsrc2") -> Path:
+    """Write a synthetic video (ffmpeg lavfi source + a sine tone) and return its path."""
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+           f"{source}=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        layout = "mono" if channels == 1 else "stereo"
+        cmd += ["-f", "lavfi", "-i",
+                f"sine=frequency=220:sample_rate={sample_rate}:duration={seconds}",
+                "-af", f"aformat=channel_layouts={layout}", "-c:a", "aac"]
+    cmd += ["-c:v", vcodec, "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, check=True, timeout=120)
+    return path
+
+
+def frames_to_video(path: Path, frames: np.ndarray, fps: float = 25,
+                    audio: np.ndarray | None = None, sample_rate: int = 16000) -> Path:
+    """Encode (F, H, W, 3) uint8 RGB frames (and optional mono float32 audio) to `path`."""
+    tmp_wav = None
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+           f"{frames.shape[2]}x{frames.shape[1]}", "-r", str(fps), "-i", "-"]
+    if audio is not None:
+        import wave
+
+        tmp_wav = path.with_suffix(".tmp.wav")
+        with wave.open(str(tmp_wav), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+        cmd += ["-i", str(tmp_wav), "-c:a", "aac"]
+    cmd += ["-c:v", "libx264", "-crf", "16", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, timeout=300)
+    if tmp_wav:
+        tmp_wav.unlink()
+    return path
+
+
+@pytest.fixture
+def synth_video(tmp_path):
+    """Factory: synth_video(name, **ffmpeg_video kwargs) -> path under tmp_path."""
+
+    def make(name: str = "synth.mp4", **kw) -> Path:
+        return ffmpeg_video(tmp_path / name, **kw)
+
+    return make
