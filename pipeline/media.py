@@ -25,9 +25,11 @@ from .skip import PrepError, Skip, SkipReason
 
 PROBE_TIMEOUT = 60.0  # seconds for ffprobe
 # Encoder settings shared by every stage that writes video: deterministic bytes
-# (bitexact muxing, fixed threads) so a resumed run equals an uninterrupted one.
+# (bitexact muxing; x264's frame threading gave different bytes run to run here, its
+# sliced threading with a fixed thread count does not) so a resumed run equals an
+# uninterrupted one.
 X264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-             "-threads", "2"]
+             "-threads", "2", "-x264-params", "sliced-threads=1"]
 AAC_ARGS = ["-c:a", "aac", "-b:a", "96k", "-ac", "1", "-ar", str(SAMPLE_RATE)]
 BITEXACT_ARGS = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
                  "-flags:a", "+bitexact"]
@@ -94,7 +96,7 @@ def probe(path: Path, need_audio: bool = True, timeout: float = PROBE_TIMEOUT) -
         if skip.reason is SkipReason.TIMEOUT:
             raise
         err = skip.stderr or ""
-        if "moov atom not found" in err or _looks_like_container(path):
+        if _looks_like_container(path):
             raise Skip(SkipReason.TRUNCATED, f"{path} is cut short or damaged", err) from None
         raise Skip(SkipReason.NOT_A_VIDEO, f"ffprobe cannot read {path}", err) from None
     info = json.loads(proc.stdout or b"{}")
@@ -109,7 +111,12 @@ def probe(path: Path, need_audio: bool = True, timeout: float = PROBE_TIMEOUT) -
     fmt_dur = float(info.get("format", {}).get("duration") or 0.0)
     rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
     fps = float(Fraction(rate)) if rate not in ("0/0", "0/1") else 0.0
-    v_dur = float(video.get("duration") or fmt_dur)
+    if video.get("duration"):
+        v_dur = float(video["duration"])
+    elif fps > 0:  # e.g. Matroska keeps no stream durations: count the packets (demux only)
+        v_dur = count_frames(path, timeout) / fps
+    else:
+        v_dur = fmt_dur
     a = audio or {}
     return Probe(
         duration=fmt_dur or v_dur,

