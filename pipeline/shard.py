@@ -248,7 +248,8 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
         stats = {**s, "videos": dict(s["videos"]), **common,
                  "skipped_in_split": dict(skips[s["split"]]),
                  "skipped_total": dict(summary.skipped)}
-        atomic.write_json(tmp / s["shard"].replace(".tar", ".stats.json"), stats)
+        (tmp / s["shard"].replace(".tar", ".stats.json")).write_text(
+            json.dumps(stats, indent=1, sort_keys=True) + "\n")  # staging dir: not final yet
     # Swap in: drop the old manifest first (no manifest = incomplete), then the old shards.
     manifest_path.unlink(missing_ok=True)
     for old in list(out.glob("*.tar")) + list(out.glob("*.stats.json")) + [out / "splits.json"]:

@@ -1,0 +1,119 @@
+"""Stage `shard`: samples round-trip through webdataset, split by video, stats and manifest."""
+
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+from conftest import ffmpeg_video
+
+from fd2talk.model import schema
+from fd2talk.pipeline import atomic
+from fd2talk.pipeline.shard import ShardConfig, run_shard
+from fd2talk.pipeline.skip import PrepError
+
+F = 30  # frames per test clip
+
+
+def _make_clip(work, key, video_id, frames=F, audio_frames=None, seed=0):
+    """Write the files the crop, coeffs and audio stages leave for one clip."""
+    rng = np.random.default_rng(seed)
+    (work / "crops").mkdir(parents=True, exist_ok=True)
+    ffmpeg_video(work / "crops" / f"{key}.mp4", seconds=frames / 25, size="256x256")
+    valid = np.ones(frames, bool)
+    valid[3] = False
+    exp = rng.normal(size=(frames, 52)).astype(np.float32)
+    exp[~valid] = 0
+    atomic.write_npz(work / "coeffs" / f"{key}.npz", exp=exp,
+                     pose=rng.normal(size=(frames, 6)).astype(np.float32),
+                     id=rng.normal(size=1434).astype(np.float32),
+                     lm=rng.uniform(0, 256, (frames, 478, 2)).astype(np.float32),
+                     lm3d=rng.normal(size=(frames, 478, 3)).astype(np.float16), valid=valid)
+    atomic.write_npy(work / "audio" / f"{key}.npy",
+                     rng.normal(size=(audio_frames or frames, 80)).astype(np.float16))
+    atomic.write_json(work / "crops" / f"{key}.json", {
+        "key": key, "clip": key.rsplit("_t", 1)[0], "frames": frames, "fps": 25,
+        "video_id": video_id, "speaker_id": "", "split": "", "box": [0, 0, 100, 100],
+        "detector": "mediapipe", "source": f"/data/{video_id}.mp4", "start": 0.0})
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("shardwork")
+    for v in range(10):  # 10 videos, two clips each
+        for c in range(2):
+            _make_clip(work, f"vid{v}_f00{c}_t0", f"vid{v}", seed=v * 10 + c)
+    _make_clip(work, "bad_f000_t0", "vid0", audio_frames=F - 2)  # disagrees with the crop
+    _make_clip(work, "gone_f000_t0", "vid1")
+    (work / "coeffs" / "gone_f000_t0.npz").unlink()  # as if coeffs skipped it
+    atomic.write_json(work / "status" / "coeffs" / "gone_f000_t0.json", {
+        "key": "gone_f000_t0", "status": "skipped", "reason": "too_many_invalid_frames",
+        "detail": "20 of 30 frames have no face"})
+    run_shard(work, ShardConfig(maxcount=4), progress=False)
+    return work
+
+
+def _read_all(work):
+    urls = sorted(str(p) for p in (work / "shards").glob("*.tar"))
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
+    return {s["__key__"]: s for s in ds}
+
+
+def test_round_trip_and_schema(work):
+    samples = _read_all(work)
+    assert len(samples) == 20
+    s = samples["vid3_f001_t0"]
+    assert schema.validate_sample(s) == F
+    with np.load(work / "coeffs" / "vid3_f001_t0.npz") as npz:
+        np.testing.assert_array_equal(s["exp.npy"], npz["exp"])
+        np.testing.assert_array_equal(s["valid.npy"], npz["valid"])
+    np.testing.assert_array_equal(s["audio.npy"], np.load(work / "audio" / "vid3_f001_t0.npy"))
+    assert s["mp4"] == (work / "crops" / "vid3_f001_t0.mp4").read_bytes()
+    assert s["json"]["video_id"] == "vid3" and s["json"]["frames"] == F
+    assert s["json"]["split"] in ("train", "val", "test")
+
+
+def test_split_by_video_and_shard_names(work):
+    rows = [json.loads(line) for line in (work / "shards" / "manifest.jsonl").read_text()
+            .splitlines()]
+    header, rows = rows[0], rows[1:]
+    assert header["counts"] == {"train": 14, "val": 2, "test": 4}
+    split_of = {}
+    for r in rows:
+        if r["shard"]:
+            assert r["shard"].startswith(r["split"] + "-")
+            assert split_of.setdefault(r["video_id"], r["split"]) == r["split"]
+    names = sorted(p.name for p in (work / "shards").glob("*.tar"))
+    assert "train-000000.tar" in names and "train-000003.tar" in names  # 14 at 4 a shard
+    assert json.loads((work / "shards" / "splits.json").read_text()) == {
+        f"vid{v}": split_of[f"vid{v}"] for v in range(10)}
+
+
+def test_skips_and_stats(work):
+    rows = {json.loads(line)["key"]: json.loads(line) for line in
+            (work / "shards" / "manifest.jsonl").read_text().splitlines()[1:]}
+    assert rows["bad_f000_t0"]["reason"] == "inconsistent_inputs"
+    assert "28 frames" in rows["bad_f000_t0"]["detail"] or "28" in rows["bad_f000_t0"]["detail"]
+    assert rows["gone_f000_t0"]["reason"] == "incomplete_inputs"
+    assert "too_many_invalid_frames" in rows["gone_f000_t0"]["detail"]
+    stats = json.loads((work / "shards" / "train-000000.stats.json").read_text())
+    assert stats["samples"] == 4 and stats["frames"] == 4 * F
+    assert stats["valid_frames"] == 4 * (F - 1)
+    assert stats["skipped_total"] == {"inconsistent_inputs": 1, "incomplete_inputs": 1}
+    assert stats["config"]["maxcount"] == 4 and stats["git_revision"]
+    failures = (work / "status" / "shard" / "failures.jsonl").read_text().splitlines()
+    assert len(failures) == 2
+
+
+def test_rerun_is_noop_and_changes_rebuild(work, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in (work / "shards").iterdir()}
+    summary = run_shard(work, ShardConfig(maxcount=4), progress=False)
+    assert summary.already == 22 and summary.done == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "shards").iterdir()} == before
+    tars = {p.name: p.read_bytes() for p in (work / "shards").glob("*.tar")}
+    summary = run_shard(work, ShardConfig(maxcount=4), progress=False, force=True)
+    assert summary.done == 20
+    # deterministic: a rebuild writes the same bytes
+    assert {p.name: p.read_bytes() for p in (work / "shards").glob("*.tar")} == tars
+    with pytest.raises(PrepError, match="no crops"):
+        run_shard(tmp_path, ShardConfig(), progress=False)
