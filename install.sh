@@ -31,11 +31,15 @@ if [ -z "$py" ]; then
   exit 1
 fi
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null; then
+# ffmpeg/ffprobe for every stage, espeak-ng for the demo's speech, libEGL/libGLESv2 because
+# MediaPipe's native library links them even on its CPU path.
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null \
+   || ! ldconfig -p | grep -q "libEGL.so.1 " || ! ldconfig -p | grep -q "libGLESv2.so.2 "; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "== apt: ffmpeg espeak-ng"
+  echo "== apt: ffmpeg espeak-ng libegl1 libgles2"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends ffmpeg espeak-ng >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    ffmpeg espeak-ng libegl1 libgles2 >/dev/null
 fi
 
 echo "== venv (.venv) with $($py --version)"

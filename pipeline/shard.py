@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -42,15 +43,17 @@ class ShardConfig:
 
 
 def git_revision() -> str:
-    """The source tree's git revision (with `-dirty`), or "unknown" outside a checkout."""
+    """The source tree's git revision (with `-dirty`); $FD2TALK_GIT_REVISION outside a
+    checkout (the Docker image sets it at build time); else "unknown"."""
     here = Path(__file__).resolve().parent
+    fallback = os.environ.get("FD2TALK_GIT_REVISION") or "unknown"
     try:
         rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty",
                               "--abbrev=12"], capture_output=True, text=True, timeout=10,
                              check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return rev.stdout.strip() if rev.returncode == 0 else "unknown"
+        return fallback
+    return rev.stdout.strip() if rev.returncode == 0 else fallback
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Entrypoint of the fd2talk image: one image, three jobs.
+#   prep ARGS...      -> fd2talk-prep ARGS...      (data pipeline)
+#   train ARGS...     -> fd2talk-train ARGS...
+#   generate ARGS...  -> fd2talk-generate ARGS...
+#   PROGRAM ARGS...   -> PROGRAM ARGS... when PROGRAM is on PATH (fd2talk-prep, python, bash...)
+#   anything else     -> fd2talk-prep ARGS...      (so `docker run IMAGE run /work ...` works)
+set -eu
+
+case "${1:-}" in
+  prep) shift; exec fd2talk-prep "$@" ;;
+  train) shift; exec fd2talk-train "$@" ;;
+  generate) shift; exec fd2talk-generate "$@" ;;
+  "") exec fd2talk-prep --help ;;
+  -*) exec fd2talk-prep "$@" ;;
+esac
+if command -v "$1" >/dev/null 2>&1; then
+  exec "$@"
+fi
+exec fd2talk-prep "$@"
