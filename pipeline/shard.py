@@ -215,9 +215,10 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
     summary = runner.Summary("shard", total=len(crops))
     fingerprint = _fingerprint(work, crops, config)
     manifest_path = out / MANIFEST
-    if manifest_path.is_file() and not force:
-        first = json.loads(manifest_path.read_text().splitlines()[0])
-        if first.get("fingerprint") == fingerprint:
+    # The fingerprint (file sizes and mtimes) lives in status/, so shards/ stays deterministic.
+    state_path = runner.status_dir(work, "shard") / "state.json"
+    if manifest_path.is_file() and state_path.is_file() and not force:
+        if json.loads(state_path.read_text()).get("fingerprint") == fingerprint:
             summary.already = len(crops)
             return summary
     splits = _video_splits(work, crops, config)
@@ -260,7 +261,7 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
     for new in sorted(tmp.iterdir()):
         atomic.publish(new, out / new.name)
     atomic.write_json(out / "splits.json", dict(sorted(splits.items())))
-    header = {"fingerprint": fingerprint, "shards": [s["shard"] for s in shards],
+    header = {"shards": [s["shard"] for s in shards],
               "counts": {sp: sum(1 for r in rows if r["split"] == sp and r["shard"])
                          for sp in ("train", "val", "test")},
               "skipped": dict(summary.skipped)}
@@ -273,5 +274,6 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
         json.dumps(r, sort_keys=True) + "\n" for r in summary.failures).encode())
     summary.seconds = round(time.perf_counter() - t0, 2)
     atomic.write_json(sdir / "summary.json", summary.to_dict())
+    atomic.write_json(state_path, {"fingerprint": fingerprint})
     atomic.clean_tmp(out)
     return summary

@@ -1,0 +1,302 @@
+"""Stage `crop`: clips -> one 256x256 25 fps face crop with audio per face tube (DESIGN.md section 2).
+
+The first-order-model crop (`tubes.py`): faces are detected, linked into tubes by
+IoU with each tube's initial box (0.25), and every tube of at least `min_frames`
+frames whose face is at least `min_face` pixels gets one square crop: its union
+box enlarged by 0.1, squared, fitted into the frame. A video with two people
+gives two crops.
+
+Detection is cheap by design (the issue's "not on every frame, as long as the
+boxes stay right"):
+
+- the clip is decoded once, streaming, at a reduced size (long side
+  `detect_size`), and boxes are scaled back to clip pixels;
+- the detector runs every `detect_every` frames and on the last frame; the
+  frames in between are kept in a small buffer and detected too when the two
+  detections around them disagree: the number of faces changes, a face moved
+  (IoU below `refine_iou` with its nearest box in the other frame), or a tube
+  would end or start there. So tube ends are exact and the union box holds
+  every monotone motion in between (a box moving linearly from A to B stays
+  inside join(A, B)). What it can miss: a face hidden for fewer than
+  `detect_every` frames between two agreeing detections (FOMM would split the
+  tube there), and jitter of the detector on the frames it skips.
+
+`exhaustive(config)` sets detection on every full-resolution frame (the
+reference the benchmark compares against).
+
+Then ONE ffmpeg pass writes every tube's crop (split/trim/crop/scale, and
+apad/atrim per tube for its audio, x264 + AAC 16 kHz mono). Each output is
+checked (frame count == tube length, audio length == video length), renamed into
+place, and followed by its json (written last): `crops/<clip>_t<N>.{mp4,json}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fd2talk.model.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+from . import atomic, media
+from .clip import OUT_DIR as CLIPS_DIR
+from .clip import clip_metadata
+from .runner import Item
+from .skip import Skip, SkipReason
+from .tubes import Box, Tube, TubeBuilder, crop_box, iou, long_tubes
+
+OUT_DIR = "crops"
+AV_TOLERANCE = 1.5 / FPS  # seconds a crop's audio may differ from its video (AAC framing)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    detector: str = "mediapipe"  # "mediapipe" (offline) or "s3fd" (face-alignment weights)
+    face_model: str | None = None  # face_landmarker.task (mediapipe); None: the default place
+    s3fd_weights: str | None = None  # s3fd-619a316812.pth; None: $FD2TALK_S3FD_WEIGHTS
+    detect_size: int = 320  # long side of the frames fed to the detector; 0: full resolution
+    detect_every: int = 5  # detect every n-th frame (+ the last; + gaps where things change)
+    refine_iou: float = 0.6  # fill a gap when a face's boxes on its two sides overlap less
+    iou_with_initial: float = 0.25  # FOMM: a tube goes on while IoU with its first box is above
+    increase: float = 0.1  # FOMM: enlarge the tube box by this fraction per side
+    min_frames: int = 25  # shorter tubes are dropped (1 s at 25 fps; FOMM's default: 150)
+    min_face: int = 64  # tubes whose face (median box side, clip pixels) is smaller are dropped
+    size: int = CROP_SIZE  # side of the output crops
+    timeout: float = 600.0  # seconds per ffmpeg call
+    device: str = "auto"  # s3fd: auto (CUDA when present), cpu or cuda
+
+
+def exhaustive(config: CropConfig) -> CropConfig:
+    """The same config, detecting on every full-resolution frame (the benchmark's reference)."""
+    return dataclasses.replace(config, detect_every=1, detect_size=0)
+
+
+def detect_dims(width: int, height: int, detect_size: int) -> tuple[int, int]:
+    """Size of the frames fed to the detector: long side `detect_size` (never upscaled), even."""
+    if detect_size <= 0 or max(width, height) <= detect_size:
+        return width, height
+    s = detect_size / max(width, height)
+    return max(2, 2 * round(width * s / 2)), max(2, 2 * round(height * s / 2))
+
+
+@dataclass
+class Scan:
+    """What the detection pass found in one clip (boxes in clip pixels)."""
+
+    tubes: list[Tube]
+    frames: int  # frames decoded
+    detected: int  # frames the detector ran on
+    width: int
+    height: int
+
+
+def _needs_refine(prev: Sequence[Box], boxes: Sequence[Box], builder: TubeBuilder,
+                  refine_iou: float) -> bool:
+    """Do the detections on the two sides of a gap disagree (so the gap must be detected)?"""
+    if len(prev) != len(boxes) or builder.would_change(boxes):
+        return True
+    for a_set, b_set in ((prev, boxes), (boxes, prev)):
+        for a in a_set:
+            if max(iou(a, b) for b in b_set) < refine_iou:
+                return True
+    return False
+
+
+def scan_faces(path: Path, width: int, height: int, config: CropConfig,
+               detect: Callable[[np.ndarray], list]) -> Scan:
+    """Decode `path` once (downscaled), detect sparsely, build the face tubes.
+
+    `detect(frame)` returns `[(x0, y0, x1, y1, score), ...]` in the frame's pixels.
+    Memory is bounded by `detect_every` downscaled frames.
+    """
+    dw, dh = detect_dims(width, height, config.detect_size)
+    sx, sy = width / dw, height / dh
+    every = max(1, config.detect_every)
+    builder = TubeBuilder(config.iou_with_initial)
+    n_detected = 0
+
+    def run(frame: np.ndarray) -> list[Box]:
+        nonlocal n_detected
+        n_detected += 1
+        return [(d[0] * sx, d[1] * sy, d[2] * sx, d[3] * sy) for d in detect(frame)]
+
+    buffer: list[tuple[int, np.ndarray]] = []  # frames since the last detected one
+    prev: list[Box] | None = None
+
+    def detect_at(i: int, frame: np.ndarray) -> None:
+        nonlocal prev
+        boxes = run(frame)
+        if buffer and prev is not None and _needs_refine(prev, boxes, builder, config.refine_iou):
+            for j, f in buffer:
+                builder.update(j, run(f))
+        buffer.clear()
+        builder.update(i, boxes)
+        prev = boxes
+
+    n_frames = 0
+    for i, frame in enumerate(media.iter_frames(path, dw, dh, config.timeout)):
+        n_frames = i + 1
+        if i % every == 0:
+            detect_at(i, frame)
+        else:
+            buffer.append((i, frame))
+    if buffer:  # the last frame is always detected
+        detect_at(*buffer.pop())
+    return Scan(builder.tubes(), n_frames, n_detected, width, height)
+
+
+def face_size(tube: Tube) -> float:
+    """Median side (the longer one) of a tube's detected boxes, in clip pixels."""
+    return statistics.median(max(b[2] - b[0], b[3] - b[1]) for b in tube.boxes.values())
+
+
+def select_tubes(scan: Scan, config: CropConfig) -> list[Tube]:
+    """The tubes to crop; raises the skip that says why there are none."""
+    checked = f"{scan.detected} of {scan.frames} frames checked"
+    if not scan.tubes:
+        raise Skip(SkipReason.NO_FACE, f"no face detected ({checked}, detector "
+                   f"{config.detector})")
+    long = long_tubes(scan.tubes, config.min_frames)
+    if not long:
+        best = max(t.length for t in scan.tubes)
+        raise Skip(SkipReason.TOO_SHORT,
+                   f"{len(scan.tubes)} face tube(s), the longest {best} frames (minimum "
+                   f"{config.min_frames})")
+    big = [t for t in long if face_size(t) >= config.min_face]
+    if not big:
+        best = max(face_size(t) for t in long)
+        raise Skip(SkipReason.FACE_TOO_SMALL,
+                   f"the largest face is {best:.0f} px (minimum {config.min_face} px) in a "
+                   f"{scan.width}x{scan.height} clip")
+    return big
+
+
+def crop_filter(tubes: Sequence[Tube], boxes: Sequence[tuple[int, int, int, int]],
+                size: int) -> str:
+    """ffmpeg filter_complex: per tube [v<k>] (size x size crop) and [a<k>] (its audio)."""
+    n = len(tubes)
+    parts = [f"[0:v]split={n}" + "".join(f"[vi{k}]" for k in range(n)),
+             f"[0:a]aresample={SAMPLE_RATE},asplit={n}" + "".join(f"[ai{k}]" for k in range(n))]
+    for k, (tube, (x0, y0, x1, _)) in enumerate(zip(tubes, boxes, strict=True)):
+        side = x1 - x0
+        flags = "area" if side >= size else "bicubic"
+        parts.append(f"[vi{k}]trim=start_frame={tube.start}:end_frame={tube.end + 1},"
+                     f"setpts=PTS-STARTPTS,crop={side}:{side}:{x0}:{y0}:exact=1,"
+                     f"scale={size}:{size}:flags={flags},setsar=1[v{k}]")
+        parts.append(f"[ai{k}]apad,atrim=start_sample={tube.start * SAMPLES_PER_FRAME}:"
+                     f"end_sample={(tube.end + 1) * SAMPLES_PER_FRAME},"
+                     f"asetpts=PTS-STARTPTS[a{k}]")
+    return ";".join(parts)
+
+
+def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
+                 boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float) -> str:
+    """One ffmpeg pass writing every tube's crop to its `dsts` path; returns ffmpeg's stderr."""
+    cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(src),
+           "-filter_complex", crop_filter(tubes, boxes, size)]
+    for k, dst in enumerate(dsts):
+        cmd += ["-map", f"[v{k}]", "-map", f"[a{k}]", *media.X264_ARGS, *media.AAC_ARGS,
+                *media.BITEXACT_ARGS, str(dst)]
+    return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
+
+
+def check_crop(path: Path, frames: int, timeout: float, stderr: str) -> None:
+    """The crop has exactly `frames` video frames and audio as long as them, else a Skip.
+
+    One ffprobe call: it counts the video packets and reads the audio stream's
+    duration (the mp4 edit list trims AAC's padding, so it is exact).
+    """
+    cmd = [media.tool("ffprobe"), "-v", "error", "-count_packets", "-show_entries",
+           "stream=codec_type,nb_read_packets,duration", "-of", "json", str(path)]
+    out = json.loads(media.run_tool(cmd, timeout, f"ffprobe {path}").stdout or b"{}")
+    streams = {s.get("codec_type"): s for s in out.get("streams", [])}
+    got = int(streams.get("video", {}).get("nb_read_packets") or 0)
+    if got != frames:
+        raise Skip(SkipReason.DECODE_ERROR, f"crop has {got} frames, the tube {frames}", stderr)
+    audio = float(streams.get("audio", {}).get("duration") or 0.0)
+    if abs(audio - frames / FPS) > AV_TOLERANCE:
+        raise Skip(SkipReason.AV_MISMATCH, f"crop audio lasts {audio:.3f} s, its video "
+                   f"{frames / FPS:.3f} s", stderr)
+
+
+def _r(v: float) -> float:
+    return round(float(v), 2)
+
+
+def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, int, int],
+                scan: Scan, config: CropConfig) -> dict:
+    """The json sidecar of one crop."""
+    return {
+        "key": key, "clip": clip["key"], "tube": k,
+        "video_id": clip.get("video_id"), "speaker_id": clip.get("speaker_id"),
+        "split": clip.get("split"), "source": clip.get("source"),
+        "start": round(float(clip.get("start") or 0.0) + tube.start / FPS, 6),
+        "start_frame": tube.start, "end_frame": tube.end + 1,  # clip frames [start, end)
+        "frames": tube.length, "fps": FPS, "size": config.size, "sample_rate": SAMPLE_RATE,
+        "box": list(box), "clip_size": [scan.width, scan.height],
+        "tube_box": [_r(v) for v in tube.box], "face_size": _r(face_size(tube)),
+        "boxes": [[f, *(_r(v) for v in b)] for f, b in sorted(tube.boxes.items())],
+        "detector": config.detector, "detect_size": config.detect_size,
+        "detect_every": config.detect_every, "detected_frames": scan.detected,
+    }
+
+
+class CropStage:
+    """FOMM face crops, one per long-enough face tube (items: complete clips)."""
+
+    name = "crop"
+    out_dir = OUT_DIR
+
+    def __init__(self, config: CropConfig):
+        from .detect import check_detector
+
+        check_detector(config.detector, config.face_model, config.s3fd_weights)
+        self.config = config
+        self._detector = None
+
+    def items(self, work: Path) -> list[Item]:
+        return [Item(key, meta) for key, meta in clip_metadata(work).items()]
+
+    def setup(self) -> None:
+        from .detect import make_detector
+
+        if self._detector is None:
+            cfg = self.config
+            self._detector = make_detector(cfg.detector, cfg.face_model, cfg.s3fd_weights,
+                                           cfg.device)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+
+    def __getstate__(self) -> dict:  # worker processes build their own detector
+        return {"config": self.config, "_detector": None}
+
+    def process(self, item: Item, work: Path) -> list[str]:
+        cfg = self.config
+        self.setup()
+        src = Path(work) / CLIPS_DIR / f"{item.key}.mp4"
+        info = media.probe(src, need_audio=True, timeout=cfg.timeout)
+        scan = scan_faces(src, info.width, info.height, cfg, self._detector.detect)
+        tubes = select_tubes(scan, cfg)
+        boxes = [crop_box(t.box, info.width, info.height, cfg.increase) for t in tubes]
+        keys = [f"{item.key}_t{k}" for k in range(len(tubes))]
+        finals = [Path(work) / OUT_DIR / f"{key}.mp4" for key in keys]
+        with contextlib.ExitStack() as stack:
+            tmps = [stack.enter_context(atomic.atomic_path(f)) for f in finals]
+            stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout)
+            for tmp, tube in zip(tmps, tubes, strict=True):
+                check_crop(tmp, tube.length, cfg.timeout, stderr)
+        outputs = []
+        for k, (key, tube, box) in enumerate(zip(keys, tubes, boxes, strict=True)):
+            atomic.write_json(Path(work) / OUT_DIR / f"{key}.json",
+                              crop_record(key, item.payload, k, tube, box, scan, cfg))
+            outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.json"]
+        return outputs
