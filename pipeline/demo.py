@@ -1,0 +1,534 @@
+"""The bundled demo dataset: a talking portrait made offline (issue 2 item 6, DESIGN.md section 6).
+
+`make_demo(work, DemoConfig())` writes `WORK/demo_src/<name>.mp4` source videos
+and `WORK/demo_src/manifest.csv` (key, path, video_id, speaker_id) for
+`fd2talk-prep clip --manifest`. Each video is scikit-image's astronaut portrait
+(flipped, recoloured, reframed per video) with
+
+- speech: espeak-ng (different sentences, voices, speeds per video) when it is
+  on PATH, else a synthetic voice (glottal pulses through formant resonators,
+  syllable-rate amplitude modulation, pauses between phrases);
+- a mouth driven frame by frame by the speech envelope: the opening at time t
+  is the speech level (Hann-weighted RMS over 2/25 s around t, in dB against
+  the clip's 95th percentile, `RANGE_DB` mapped to [0, 1]); frame i shows the
+  opening at its mid-time (i + 0.5) / fps;
+- slow head motion: a smooth small rotation, translation and scale.
+
+The mouth is a jaw drop that MediaPipe FaceLandmarker reads as `jawOpen`: the
+lower face below the inner-lip line moves down (a lens-shaped profile between
+the mouth corners blending into the whole jaw width, fading out under the chin),
+the upper lip rises a little, the mouth corners sag, and the gap between the
+lips is painted as a dark mouth cavity with a tongue. Each image column's
+forward displacement is inverted exactly (it is monotone on either side of the
+lip line). Measured with `jaw_open_track` over 60 videos (espeak-ng and synthetic
+speech, 4-6 s): Pearson r(jawOpen, opening) = 0.92-0.98, jawOpen ~0.01-0.55.
+
+The ground-truth opening of each video, sampled at 25 fps (clip frame k at
+time (k + 0.5) / 25), is saved as `<name>.opening.npy` so later issues can check
+that a trained model's mouth channel follows the speech (`ground_truth_openings`).
+Outputs are deterministic for a seed and written atomically; a re-run skips
+finished videos.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fd2talk.model.schema import FPS, SAMPLE_RATE
+
+from . import atomic, media
+from .skip import PrepError
+
+DEMO_DIR = "demo_src"
+MANIFEST = "manifest.csv"
+CONFIG_JSON = "demo.json"
+SPEAKER_ID = "astronaut"
+ESPEAK_TIMEOUT = 30.0  # seconds per sentence
+ENCODE_TIMEOUT = 300.0  # seconds per video
+
+# Speech envelope -> mouth opening.
+ENVELOPE_WINDOW = 2 / FPS  # seconds: Hann window around each frame's mid-time
+RANGE_DB = 36.0  # levels from (95th percentile - RANGE_DB) to the 95th percentile map to 0..1
+SPEECH_RMS = 0.1  # speech is scaled to this RMS (about -20 dBFS)
+
+# The astronaut (skimage.data.astronaut(), 512x512) as MediaPipe FaceLandmarker sees it
+# (points measured once, in pixels). Midpoints of the inner-lip contour pairs from corner
+# to corner (78/78, 191/95, 80/88, 81/178, 82/87, 13/14, 312/317, 311/402, 310/318,
+# 415/324, 308/308): the line where the lips part.
+MOUTH_LINE = ((203.9, 139.7), (206.7, 141.5), (209.5, 142.9), (213.1, 144.2), (217.7, 145.4),
+              (223.1, 146.2), (228.7, 145.9), (233.3, 144.9), (237.0, 143.8), (240.0, 142.7),
+              (242.9, 141.1))
+MOUTH_CORNERS = ((202.3, 139.2), (244.5, 140.6))  # landmarks 61, 291
+CHIN = (221.4, 177.4)  # 152
+JAW_SIDES = ((182.6, 139.8), (265.0, 143.9))  # 58, 288: the face edge at mouth height
+EYES = ((195.3, 100.6), (255.3, 103.8))  # 33, 263 (outer eye corners)
+NOSE = (223.7, 127.0)  # 4: head rotations turn about it
+CROP_SIDE = 250.0  # astronaut pixels shown in a frame (the face is ~90 px wide)
+# The light scarf folds inside the suit's collar ring look like a face to BlazeFace (scores
+# up to 0.79 in mirrored frames, so `crop` made extra face tubes): they are painted over
+# with the turtleneck's dark colour (ellipse centre, semi-axes; only below NECK_Y).
+COLLAR_CENTRE, COLLAR_AXES, NECK_Y = (212.0, 210.0), (82.0, 54.0), 190.0
+TURTLENECK = (22.0, 20.0, 24.0)
+
+# Jaw-drop warp (lengths relative to the inter-ocular distance `iod` or the mouth-chin span).
+MAX_DROP = 0.42  # jaw drop at opening 1, x iod (jawOpen ~0.55 there)
+UPPER_LIP_RISE = 0.15  # the upper lip rises by this fraction of the drop
+CORNER_SAG = 0.35  # the mouth corners move down by this fraction of the drop
+LENS_POWER = 0.6  # lip-gap profile between the corners: (1 - u^2)^LENS_POWER
+LIP_BAND = 0.35  # x mouth-chin span: the lens profile blends into the jaw profile
+UPPER_BAND = 0.5  # x mouth-chin span: the upper lip's rise fades out above the line
+NECK = 1.6  # x mouth-chin span: the drop fades out under the chin (keeps the map monotone)
+JAW_FLAT, JAW_EDGE = 0.6, 1.2  # x jaw half width: full drop inside, none outside
+CAVITY = (62.0, 20.0, 26.0)  # RGB of the mouth's dark interior
+TONGUE = (150.0, 62.0, 70.0)
+
+SENTENCES = (  # Harvard sentences (IEEE 1969)
+    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
+)
+VOICES = ("en-us+f3", "en-gb+f2", "en-us+f4", "en+f5", "en-gb-x-rp+f1", "en-us+f2")
+VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410),
+          (300, 870, 2240), (660, 1720, 2410))  # formants F1-F3 (Hz) of a, e, i, o, u, ae
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    n_videos: int = 10  # distinct video ids, so a 70/10/20 split by video fills all splits
+    seconds: float = 6.0  # per video
+    size: int = 512  # frame side in pixels
+    seed: int = 0
+    use_espeak: bool = True  # espeak-ng when on PATH, else (or when False) the synthetic voice
+    mixed_formats: bool = True  # videos 3, 8, ...: 30 fps + 44.1 kHz stereo; 4, 9, ...: 24 fps
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything that differs between demo videos, drawn from (seed, index)."""
+
+    name: str
+    fps: int
+    sample_rate: int
+    channels: int
+    flip: bool
+    gains: tuple[float, float, float]  # per-channel colour gains
+    gamma: float
+    crop_centre: tuple[float, float]  # astronaut pixels
+    crop_side: float
+    motion: tuple[float, ...]  # rot (deg), tx, ty (px), scale, f1, f2 (Hz), phases x8
+    voice: str
+    speed: int  # espeak words per minute
+    pitch: int  # espeak pitch 0..99
+    first_sentence: int
+
+
+def variant(cfg: DemoConfig, index: int) -> Variant:
+    rng = np.random.default_rng([cfg.seed, index])
+    fps, sr, ch = FPS, SAMPLE_RATE, 1
+    if cfg.mixed_formats and index % 5 == 3:
+        fps, sr, ch = 30, 44100, 2
+    elif cfg.mixed_formats and index % 5 == 4:
+        fps = 24
+    u = rng.uniform
+    motion = (u(1.5, 3.5), u(2, 5), u(1.5, 4), u(0.01, 0.03), u(0.12, 0.3), u(0.35, 0.6),
+              *u(0, 2 * np.pi, 8))
+    return Variant(
+        name=f"demo{index:03d}", fps=fps, sample_rate=sr, channels=ch, flip=bool(index % 2),
+        gains=tuple(float(g) for g in u(0.88, 1.12, 3)), gamma=float(u(0.85, 1.15)),
+        crop_centre=(NOSE[0] + u(-8, 8), 135 + u(-6, 6)), crop_side=CROP_SIDE * u(0.92, 1.12),
+        motion=tuple(float(m) for m in motion), voice=VOICES[index % len(VOICES)],
+        speed=int(rng.integers(140, 185)), pitch=int(rng.integers(35, 70)),
+        first_sentence=int(rng.integers(len(SENTENCES))))
+
+
+# ---- speech --------------------------------------------------------------------------------
+
+def espeak(text: str, voice: str, speed: int, pitch: int, sample_rate: int) -> np.ndarray:
+    """One sentence from espeak-ng -> float32 mono at `sample_rate`."""
+    from scipy.signal import resample_poly
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise PrepError("espeak-ng not found: `apt-get install -y espeak-ng`, or use --no-espeak")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        cmd = [exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=ESPEAK_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise PrepError(f"espeak-ng ran past {ESPEAK_TIMEOUT:.0f} s: {cmd}") from None
+        if proc.returncode != 0 or not wav.is_file():
+            raise PrepError(f"espeak-ng failed ({cmd}): {proc.stderr.decode(errors='replace')}")
+        with wave.open(str(wav)) as w:
+            rate = w.getframerate()
+            x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    g = np.gcd(rate, sample_rate)
+    return resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
+
+
+def espeak_speech(v: Variant, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Sentences from `v.first_sentence` on, with pauses, until `n` samples are filled."""
+    parts, total, k = [], 0, v.first_sentence
+    while total < n:
+        s = espeak(SENTENCES[k % len(SENTENCES)], v.voice, v.speed, v.pitch, sample_rate)
+        pause = np.zeros(int(rng.uniform(0.15, 0.45) * sample_rate), np.float32)
+        parts += [s, pause]
+        total += len(s) + len(pause)
+        k += 1
+    return np.concatenate(parts)[:n]
+
+
+def _resonator(x: np.ndarray, freq: float, bw: float, sr: int) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    r = np.exp(-np.pi * bw / sr)
+    a = [1.0, -2 * r * np.cos(2 * np.pi * freq / sr), r * r]
+    return lfilter([sum(a)], a, x)  # unit gain at DC
+
+
+def synthetic_speech(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A voiced signal with speech-like structure: (n,) float32.
+
+    Glottal pulses (f0 110-220 Hz, slow intonation) with spectral tilt, filtered per
+    syllable through three formant resonators (a vowel table), shaped by raised-cosine
+    syllable envelopes (~4-6 Hz) in phrases of 3-8 syllables separated by pauses, with
+    short noise bursts for consonant onsets.
+    """
+    from scipy.signal import lfilter
+
+    sr = sample_rate
+    t = np.arange(n) / sr
+    f0 = rng.uniform(110, 220) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t
+                                                     + rng.uniform(0, 2 * np.pi)))
+    phase = np.cumsum(f0 / sr)
+    pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
+    source = lfilter([1.0], [1.0, -1.9, 0.9025], pulses)  # glottal shape, -12 dB/octave
+    source = np.diff(source, prepend=0.0)  # lip radiation, +6 dB/octave
+    out = np.zeros(n)
+    pos = int(rng.uniform(0.1, 0.3) * sr)
+    while pos < n:
+        for _ in range(int(rng.integers(3, 9))):  # one phrase
+            length = int(rng.uniform(0.14, 0.26) * sr)
+            seg = slice(pos, min(pos + length, n))
+            m = seg.stop - seg.start
+            if m <= 0:
+                break
+            y = source[seg]
+            for f, bw in zip(VOWELS[int(rng.integers(len(VOWELS)))], (80, 100, 140), strict=True):
+                y = _resonator(y, f * rng.uniform(0.92, 1.08), bw, sr)
+            env = np.sin(np.pi * np.arange(m) / length) ** 3 * rng.uniform(0.4, 1.0)
+            burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (0.015 * sr)) * 0.3
+            out[seg] += y * env / (np.std(y) + 1e-9) + np.diff(burst, prepend=0.0)
+            pos += length
+        pos += int(rng.uniform(0.2, 0.6) * sr)  # pause between phrases
+    out += rng.standard_normal(n) * 1e-3  # room noise floor
+    return out.astype(np.float32)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Scale to `SPEECH_RMS` over the louder half of the samples, peaks kept below 0.95."""
+    loud = np.abs(x) >= np.median(np.abs(x))
+    x = x * (SPEECH_RMS / (np.sqrt(np.mean(x[loud] ** 2)) + 1e-9))
+    return (x * min(1.0, 0.95 / (np.abs(x).max() + 1e-9))).astype(np.float32)
+
+
+def mouth_opening(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> np.ndarray:
+    """Mouth opening in [0, 1] at `times` (s) from the speech level of (n,) `audio`: (T,) float32.
+
+    The 0 dB reference is the 95th percentile of the level on the 25 fps grid, so the
+    same audio gives the same function of time whatever frame rate samples it.
+    """
+    x = np.asarray(audio, np.float64)
+    half = int(ENVELOPE_WINDOW * sample_rate / 2)
+    w = np.hanning(2 * half + 1)
+    power = np.convolve(np.pad(x * x, half), w / w.sum(), mode="valid")  # (n,) centred
+
+    def level(ts: np.ndarray) -> np.ndarray:
+        idx = np.clip(np.round(ts * sample_rate).astype(int), 0, len(x) - 1)
+        return 10 * np.log10(power[idx] + 1e-10)
+
+    grid = (np.arange(max(1, round(len(x) / sample_rate * FPS))) + 0.5) / FPS
+    ref = np.percentile(level(grid), 95)
+    return np.clip((level(np.asarray(times)) - ref + RANGE_DB) / RANGE_DB, 0, 1).astype(np.float32)
+
+
+def frame_times(n_frames: int, fps: float) -> np.ndarray:
+    return (np.arange(n_frames) + 0.5) / fps  # each frame shows its mid-time
+
+
+# ---- the portrait and its mouth -------------------------------------------------------------
+
+def _smooth(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+class MouthWarp:
+    """Open the mouth of a portrait by `opening` in [0, 1] (see the module docstring).
+
+    `image` (H, W, 3) uint8 and its geometry in pixels (`flip` mirrors the astronaut's).
+    Only a region around the lower face changes; it is rendered per frame.
+    """
+
+    def __init__(self, image: np.ndarray, flip: bool):
+        h, w = image.shape[:2]
+        fx = (lambda x: w - x) if flip else (lambda x: x)
+        line = np.array(sorted((fx(x), y) for x, y in MOUTH_LINE))  # (11, 2) left to right
+        corners = sorted((fx(x), y) for x, y in MOUTH_CORNERS)
+        jaw = sorted(fx(x) for x, _ in JAW_SIDES)
+        self.image = image
+        self.drop = MAX_DROP * float(np.hypot(*np.subtract(*EYES)))  # pixels at opening 1
+        mcx, hw = (corners[0][0] + corners[1][0]) / 2, (corners[1][0] - corners[0][0]) / 2
+        jcx, jhw = (jaw[0] + jaw[1]) / 2, (jaw[1] - jaw[0]) / 2
+        span = CHIN[1] - line[:, 1].min()  # mouth line to chin
+        x0, x1 = int(jcx - JAW_EDGE * jhw) - 2, int(np.ceil(jcx + JAW_EDGE * jhw)) + 3
+        y0 = int(line[:, 1].min() - max(UPPER_BAND * span, 1.5 * hw)) - 2
+        y1 = int(np.ceil(CHIN[1] + NECK * span + self.drop)) + 3
+        self.x0, self.x1, self.y0, self.y1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
+        xs = np.arange(self.x0, self.x1, dtype=np.float64)  # (RW,)
+        s = np.arange(self.y0, self.y1, dtype=np.float64)[:, None]  # (RH, 1) source rows
+        self.ym = np.interp(xs, line[:, 0], line[:, 1])  # (RW,) lip line
+        u = np.clip((xs - mcx) / hw, -1, 1)
+        self.lens = (1 - u * u) ** LENS_POWER  # (RW,) lip-gap profile, 0 at the corners
+        wx = 1 - _smooth((np.abs(xs - jcx) / jhw - JAW_FLAT) / (JAW_EDGE - JAW_FLAT))
+        t = _smooth((s - self.ym) / (LIP_BAND * span))
+        lower = (self.lens * (1 - t) + wx * t) * (1 - _smooth((s - CHIN[1]) / (NECK * span)))
+        upper = -UPPER_LIP_RISE * self.lens * (1 - _smooth((self.ym - s) / (UPPER_BAND * span)))
+        sag = sum(np.exp(-0.5 * (((xs - cx) / (0.35 * hw)) ** 2 + ((s - cy) / (0.5 * hw)) ** 2))
+                  for cx, cy in corners)
+        # (RH, RW) displacement per pixel of drop: source row s lands on s + drop * opening * P
+        self.profile = np.where(s >= self.ym, lower, upper) + CORNER_SAG * sag * (1 - self.lens)
+        self.first_lower = np.searchsorted(s[:, 0], self.ym)  # (RW,) first row below the line
+        self.rows = s[:, 0]
+
+    def render(self, opening: float) -> np.ndarray:
+        """The portrait with its mouth opened by `opening`: (H, W, 3) uint8."""
+        import cv2
+
+        a = self.drop * float(opening)
+        out = self.image.copy()
+        if a < 0.05:
+            return out
+        rows = self.rows
+        y_out = rows[:, None] + a * self.profile  # (RH, RW) forward map, monotone per side
+        map_y = np.empty(y_out.shape, np.float32)
+        cavity = np.zeros(y_out.shape, np.float32)
+        depth = np.zeros(y_out.shape, np.float32)
+        for j in range(y_out.shape[1]):  # invert each column
+            col, k = y_out[:, j], self.first_lower[j]
+            my = np.interp(rows, col, rows)
+            top, bottom = col[k - 1], col[k]
+            inside = (rows > top) & (rows < bottom)
+            my[inside] = self.ym[j]
+            map_y[:, j] = my
+            if a * self.lens[j] > 0.5:
+                cavity[:, j] = inside
+                depth[:, j] = np.clip((rows - top) / (bottom - top), 0, 1)
+        map_x = np.broadcast_to(np.arange(self.x0, self.x1, dtype=np.float32), map_y.shape)
+        roi = cv2.remap(self.image, np.ascontiguousarray(map_x), map_y, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+        tongue = _smooth((depth - 0.55) / 0.45)[..., None]
+        shade = (0.6 + 0.4 * np.abs(2 * depth - 1))[..., None]
+        colour = (np.array(CAVITY) * (1 - tongue) + np.array(TONGUE) * tongue) * shade
+        alpha = cv2.GaussianBlur(cavity, (0, 0), 0.7)[..., None]
+        roi = roi * (1 - alpha) + colour * alpha
+        out[self.y0:self.y1, self.x0:self.x1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+
+def portrait(v: Variant) -> np.ndarray:
+    """The astronaut (collar scarf darkened), mirrored and recoloured for this video.
+
+    Returns (512, 512, 3) uint8.
+    """
+    import cv2
+    from skimage import data
+
+    img = data.astronaut().astype(np.float32)  # (512, 512, 3)
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
+    ring = (((xx - COLLAR_CENTRE[0]) / COLLAR_AXES[0]) ** 2
+            + ((yy - COLLAR_CENTRE[1]) / COLLAR_AXES[1]) ** 2) < 1
+    m = cv2.GaussianBlur((ring & (yy > NECK_Y)).astype(np.float32), (0, 0), 3)[..., None]
+    img = np.round(img * (1 - m) + np.array(TURTLENECK) * m).astype(np.uint8)
+    if v.flip:
+        img = np.ascontiguousarray(img[:, ::-1])
+    lut = np.arange(256) / 255.0
+    luts = [np.clip(255 * g * lut ** v.gamma + 0.5, 0, 255).astype(np.uint8) for g in v.gains]
+    return np.stack([luts[c][img[..., c]] for c in range(3)], axis=-1)
+
+
+def head_matrix(v: Variant, t: float, size: int, width: int) -> np.ndarray:
+    """(2, 3) affine: portrait pixels -> frame pixels at time `t` (head motion, then framing)."""
+    import cv2
+
+    rot, tx, ty, scale, f1, f2, *ph = v.motion
+
+    def wave_(k: int) -> float:  # smooth, zero-mean, in [-1, 1]
+        return 0.6 * np.sin(2 * np.pi * f1 * t + ph[2 * k]) + 0.4 * np.sin(
+            2 * np.pi * f2 * t + ph[2 * k + 1])
+
+    nose = ((width - NOSE[0]) if v.flip else NOSE[0], NOSE[1])
+    head = cv2.getRotationMatrix2D(nose, rot * wave_(0), 1 + scale * wave_(3))  # (2, 3)
+    head[:, 2] += (tx * wave_(1), ty * wave_(2))
+    cx = (width - v.crop_centre[0]) if v.flip else v.crop_centre[0]
+    k = size / v.crop_side
+    crop = np.array([[k, 0, size / 2 - k * cx], [0, k, size / 2 - k * v.crop_centre[1]]])
+    return crop[:, :2] @ head + np.array([[0, 0, crop[0, 2]], [0, 0, crop[1, 2]]])
+
+
+# ---- one video --------------------------------------------------------------------------------
+
+def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """(n, channels) float32 -> 16-bit PCM WAV."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(audio.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(np.round(np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def speech_source(cfg: DemoConfig) -> str:
+    """The voice of the demo: espeak-ng when asked for and on PATH, else the synthetic one."""
+    return "espeak-ng" if cfg.use_espeak and shutil.which("espeak-ng") else "synthetic"
+
+
+def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
+    """Write `<name>.opening.npy`, then `<name>.mp4` (returned)."""
+    import cv2
+
+    v = variant(cfg, index)
+    rng = np.random.default_rng([cfg.seed, index, 1])
+    n_audio = round(cfg.seconds * v.sample_rate)
+    speech = (espeak_speech(v, n_audio, v.sample_rate, rng) if speech_source(cfg) == "espeak-ng"
+              else synthetic_speech(n_audio, v.sample_rate, rng))
+    speech = normalise(speech)
+    n_frames = round(cfg.seconds * v.fps)
+    opening = mouth_opening(speech, v.sample_rate, frame_times(n_frames, v.fps))  # (F,)
+    gt = mouth_opening(speech, v.sample_rate, frame_times(round(cfg.seconds * FPS), FPS))
+    atomic.write_npy(out_dir / f"{v.name}.opening.npy", gt)
+
+    audio = speech[:, None] * (np.array([1.0, 0.8]) if v.channels == 2 else np.ones(1))
+    aac = list(media.AAC_ARGS)
+    aac[aac.index("-ac") + 1], aac[aac.index("-ar") + 1] = str(v.channels), str(v.sample_rate)
+    image = portrait(v)
+    warp = MouthWarp(image, v.flip)
+    dst = out_dir / f"{v.name}.mp4"
+    with tempfile.TemporaryDirectory() as tmp, atomic.atomic_path(dst) as tmp_mp4:
+        wav = Path(tmp) / "speech.wav"
+        wav.write_bytes(_wav_bytes(audio, v.sample_rate))
+        cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "-s", f"{cfg.size}x{cfg.size}", "-r", str(v.fps), "-i", "-",
+               "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0", *media.X264_ARGS, *aac,
+               *media.BITEXACT_ARGS, str(tmp_mp4)]
+        with open(Path(tmp) / "stderr", "w+b") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+            for i in range(n_frames):
+                m = head_matrix(v, (i + 0.5) / v.fps, cfg.size, image.shape[1])
+                frame = cv2.warpAffine(warp.render(opening[i]), m, (cfg.size, cfg.size),
+                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+                proc.stdin.write(frame.tobytes())
+            proc.stdin.close()
+            try:
+                code = proc.wait(timeout=ENCODE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise PrepError(f"ffmpeg encoding {dst} ran past {ENCODE_TIMEOUT:.0f} s") from None
+            if code != 0:
+                err.seek(0)
+                raise PrepError(f"ffmpeg encoding {dst} failed: {err.read().decode(errors='replace')}")
+    return dst
+
+
+# ---- the dataset ------------------------------------------------------------------------------
+
+def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> Path:
+    """Write the demo videos and their manifest under WORK/demo_src; return the manifest path.
+
+    Re-running skips videos that are already there. A folder made with other settings
+    (anything but `n_videos`) is refused rather than mixed. `workers` threads make
+    videos concurrently (the output does not depend on it).
+    """
+    if cfg.n_videos < 1 or cfg.seconds < 0.5 or cfg.size < 64:
+        raise PrepError(f"demo: need --videos >= 1, --seconds >= 0.5 and size >= 64, got {cfg}")
+    out_dir = Path(work) / DEMO_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"settings": {k: val for k, val in dataclasses.asdict(cfg).items() if k != "n_videos"},
+              "speech": speech_source(cfg)}
+    if (out_dir / CONFIG_JSON).is_file():
+        old = json.loads((out_dir / CONFIG_JSON).read_text())
+        if old != record:
+            raise PrepError(f"{out_dir} holds a demo made with {old}, not {record}: "
+                            f"use another work directory or delete {out_dir}")
+    atomic.write_json(out_dir / CONFIG_JSON, record)  # first: a resumed run is checked too
+    atomic.clean_tmp(out_dir)
+    todo = [i for i in range(cfg.n_videos) if not all(
+        (out_dir / f"{variant(cfg, i).name}{ext}").is_file() for ext in (".mp4", ".opening.npy"))]
+    # Threads overlap one video's rendering (numpy/OpenCV release the GIL) with another's
+    # encoding; each video is independent, so the bytes do not depend on the scheduling.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(lambda i: make_video(out_dir, cfg, i), todo))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["key", "path", "video_id", "speaker_id"])
+    for i in range(cfg.n_videos):
+        name = variant(cfg, i).name
+        writer.writerow([name, f"{name}.mp4", name, SPEAKER_ID])
+    atomic.write_bytes(out_dir / MANIFEST, buf.getvalue().encode())
+    atomic.clean_tmp(out_dir)
+    return out_dir / MANIFEST
+
+
+def ground_truth_openings(work: Path) -> dict[str, np.ndarray]:
+    """Video key -> its mouth opening at 25 fps ((F,) float32, frame k at (k + 0.5) / 25 s)."""
+    out_dir = Path(work) / DEMO_DIR
+    with open(out_dir / MANIFEST, newline="") as f:
+        keys = [row["key"] for row in csv.DictReader(f)]
+    return {k: np.load(out_dir / f"{k}.opening.npy") for k in keys}
+
+
+# ---- checking it through the landmarker -------------------------------------------------------
+
+def jaw_open_track(video: Path, face_model: str | Path | None = None) -> tuple[np.ndarray, ...]:
+    """MediaPipe's reading of `video`: (jawOpen (F,), inner-lip gap 13-14 in pixels (F,),
+    the opening computed from the video's own audio at its frames (F,)); NaN without a face."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from .weights import face_model_path
+
+    info = media.probe(video)
+    frames = media.read_frames(video, info.width, info.height, ENCODE_TIMEOUT)  # (F, H, W, 3)
+    options = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(face_model_path(face_model))),
+        running_mode=vision.RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True)
+    jaw = np.full(len(frames), np.nan, np.float32)
+    gap = np.full(len(frames), np.nan, np.float32)
+    with vision.FaceLandmarker.create_from_options(options) as landmarker:
+        for i, frame in enumerate(frames):
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+            res = landmarker.detect_for_video(image, round(i * 1000 / info.fps))
+            if res.face_landmarks:
+                jaw[i] = next(c.score for c in res.face_blendshapes[0] if c.category_name == "jawOpen")
+                gap[i] = (res.face_landmarks[0][14].y - res.face_landmarks[0][13].y) * info.height
+    audio = media.read_audio(video, ENCODE_TIMEOUT)
+    return jaw, gap, mouth_opening(audio, SAMPLE_RATE, frame_times(len(frames), info.fps))

@@ -1,0 +1,150 @@
+"""The demo dataset: both speech paths, deterministic bytes, formats, and a mouth that
+MediaPipe FaceLandmarker reads as `jawOpen` following the speech envelope."""
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fd2talk.pipeline import demo, media
+from fd2talk.pipeline.cli import app
+from fd2talk.pipeline.manifest import read_manifest
+from fd2talk.pipeline.skip import PrepError
+
+# Measured on 60 videos (espeak-ng and synthetic; 20 of 6 s, 40 of 4 s over seeds 0-4):
+# r(jawOpen, opening) = 0.92-0.98 on the sources, 0.92-0.94 on the 256x256 crops of the
+# `crop` stage; jawOpen spans ~0.01-0.55 (95th - 5th percentile >= 0.42 in every video).
+MIN_R = 0.75
+MIN_JAW_RANGE = 0.25  # 95th - 5th percentile of jawOpen over a clip
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("use_espeak", [
+    pytest.param(True, marks=needs_espeak, id="espeak"), pytest.param(False, id="synthetic")])
+def test_landmarker_reads_the_mouth_following_the_speech(tmp_path, face_model, use_espeak):
+    cfg = demo.DemoConfig(n_videos=1, seconds=4.0, seed=3, use_espeak=use_espeak)
+    manifest = demo.make_demo(tmp_path, cfg)
+    video = manifest.parent / "demo000.mp4"
+    info = media.probe(video)
+    assert (info.width, info.height, info.fps) == (512, 512, 25.0)
+    assert (info.audio_codec, info.sample_rate, info.channels) == ("aac", 16000, 1)
+    assert media.count_frames(video) == 100
+    assert abs(info.audio_duration - 4.0) < 0.07
+    source = "espeak-ng" if use_espeak else "synthetic"
+    assert f'"speech": "{source}"' in (manifest.parent / demo.CONFIG_JSON).read_text()
+
+    jaw, gap, opening = demo.jaw_open_track(video, face_model)  # (100,) each
+    assert not np.isnan(jaw).any()  # the face is found in every frame
+    assert np.corrcoef(jaw, opening)[0, 1] >= MIN_R
+    assert np.corrcoef(gap, opening)[0, 1] >= MIN_R
+    assert np.percentile(jaw, 95) - np.percentile(jaw, 5) >= MIN_JAW_RANGE
+    # the saved ground truth is the same envelope (25 fps video: same frame times)
+    truth = demo.ground_truth_openings(tmp_path)["demo000"]
+    assert truth.shape == (100,) and truth.dtype == np.float32
+    assert np.abs(truth - opening).max() < 0.1  # after AAC encoding and decoding
+    assert np.corrcoef(jaw, truth)[0, 1] >= MIN_R
+    # speech has pauses (mouth closed) and loud parts (mouth open)
+    assert (truth < 0.05).sum() >= 5 and (truth > 0.8).sum() >= 10
+
+
+@pytest.mark.parametrize("use_espeak", [
+    pytest.param(True, marks=needs_espeak, id="espeak"), pytest.param(False, id="synthetic")])
+def test_same_seed_same_bytes(tmp_path, use_espeak):
+    cfg = demo.DemoConfig(n_videos=2, seconds=1.5, seed=7, use_espeak=use_espeak)
+    a = _files(demo.make_demo(tmp_path / "a", cfg).parent)
+    b = _files(demo.make_demo(tmp_path / "b", cfg, workers=1).parent)
+    assert sorted(a) == ["demo.json", "demo000.mp4", "demo000.opening.npy", "demo001.mp4",
+                         "demo001.opening.npy", "manifest.csv"]
+    assert a == b
+    other = demo.DemoConfig(n_videos=1, seconds=1.5, seed=8, use_espeak=use_espeak)
+    c = _files(demo.make_demo(tmp_path / "c", other).parent)
+    assert c["demo000.mp4"] != a["demo000.mp4"]
+    assert c["demo000.opening.npy"] != a["demo000.opening.npy"]
+
+
+def test_rerun_skips_and_resumes_and_refuses_other_settings(tmp_path):
+    cfg = demo.DemoConfig(n_videos=2, seconds=1.0, use_espeak=False)
+    folder = demo.make_demo(tmp_path, cfg).parent
+    first = _files(folder)
+    stamp = (folder / "demo000.mp4").stat().st_mtime_ns
+    (folder / "demo001.mp4").unlink()  # as if killed before this video was renamed into place
+    demo.make_demo(tmp_path, cfg)
+    assert (folder / "demo000.mp4").stat().st_mtime_ns == stamp  # skipped
+    assert _files(folder) == first  # redone identically
+    assert not (folder / ".tmp").exists()
+    more = demo.make_demo(tmp_path, demo.DemoConfig(n_videos=3, seconds=1.0, use_espeak=False))
+    assert len(read_manifest(more)) == 3 and _files(folder)["demo000.mp4"] == first["demo000.mp4"]
+    with pytest.raises(PrepError, match="different|delete"):
+        demo.make_demo(tmp_path, demo.DemoConfig(n_videos=2, seconds=2.0, use_espeak=False))
+
+
+def test_mixed_formats(tmp_path):
+    cfg = demo.DemoConfig(n_videos=5, seconds=1.0, use_espeak=False)
+    for index, fps, sr, channels in ((3, 30, 44100, 2), (4, 24, 16000, 1)):
+        video = demo.make_video(tmp_path, cfg, index)
+        info = media.probe(video)
+        assert (info.fps, info.sample_rate, info.channels) == (fps, sr, channels)
+        assert media.count_frames(video) == fps
+        # the ground truth is at 25 fps whatever the source frame rate
+        assert np.load(tmp_path / f"{video.stem}.opening.npy").shape == (25,)
+    assert demo.variant(cfg, 0).fps == 25
+    assert {demo.variant(cfg, i).voice for i in range(5)} == set(demo.VOICES[:5])
+
+
+def test_opening_is_frame_accurate():
+    sr, fps = 16000, 25
+    audio = np.zeros(sr * 2, np.float32)  # 50 frames; a loud burst during frames 20..29
+    t = np.arange(20 * 640, 30 * 640) / sr
+    audio[20 * 640:30 * 640] = 0.3 * np.sin(2 * np.pi * 200 * t)
+    audio += np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32) * 1e-4
+    opening = demo.mouth_opening(audio, sr, demo.frame_times(50, fps))
+    assert opening[20:30].min() > 0.9
+    assert opening[:19].max() < 0.05 and opening[31:].max() < 0.05
+    assert 0.2 < opening[19] < 0.9 and 0.2 < opening[30] < 0.9  # the window spans 2 frames
+
+
+def test_mouth_warp_opens_only_the_lower_face():
+    v = demo.variant(demo.DemoConfig(), 0)
+    image = demo.portrait(v)
+    warp = demo.MouthWarp(image, v.flip)
+    assert np.array_equal(warp.render(0.0), image)
+    opened = warp.render(1.0)
+    changed = np.argwhere(np.any(opened != image, axis=-1))  # (N, 2) rows, cols
+    assert changed[:, 0].min() > demo.EYES[0][1]  # nothing above the eyes moves
+    x, y = (int(round(c)) for c in demo.MOUTH_LINE[5])
+    assert opened[y + 4:y + 10, x - 3:x + 3].mean() < 0.5 * image[y + 4:y + 10, x - 3:x + 3].mean()
+
+
+def test_synthetic_speech_is_voiced_with_pauses():
+    sr = 16000
+    x = demo.normalise(demo.synthetic_speech(sr * 3, sr, np.random.default_rng(0)))  # (48000,)
+    assert x.dtype == np.float32 and np.abs(x).max() <= 0.95
+    frames = x[: len(x) // 640 * 640].reshape(-1, 640)
+    level = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+    assert (level < level.max() - 30).sum() >= 5  # pauses
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / sr)
+    assert spectrum[(freqs > 80) & (freqs < 1000)].sum() > spectrum[freqs > 4000].sum()
+
+
+def test_cli_demo_then_clip(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", str(tmp_path), "--videos", "2", "--seconds", "1.5",
+                                 "--seed", "1", "--no-espeak"])
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / demo.DEMO_DIR / demo.MANIFEST
+    assert str(manifest) in result.output and "fd2talk-prep clip" in result.output
+    rows = read_manifest(manifest)
+    assert [r.video_id for r in rows] == ["demo000", "demo001"]
+    assert {r.speaker_id for r in rows} == {demo.SPEAKER_ID}
+    result = runner.invoke(app, ["clip", str(tmp_path), "-m", str(manifest), "-q"])
+    assert result.exit_code == 0, result.output
+    for key in ("demo000_f000", "demo001_f000"):
+        assert media.count_frames(tmp_path / "clips" / f"{key}.mp4") == 37  # 1.5 s at 25 fps
