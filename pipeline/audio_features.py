@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fd2talk.model.device import resolve_device
 from fd2talk.model.schema import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 from .skip import PrepError
@@ -60,13 +61,6 @@ def fit_length(samples: np.ndarray, n_frames: int) -> np.ndarray:
     return np.concatenate([samples, np.zeros(n - len(samples), np.float32)])
 
 
-def resolve_device(device: str = "auto") -> str:
-    """`auto` -> "cuda" when a CUDA device is present, else "cpu" (DESIGN.md section 5)."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ----------------------------------------------------------------------------- log-mel

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fd2talk.model.device import resolve_device
+
 from .skip import PrepError
 
 INPUT_SIZE = 224  # R-Net input side (Deep3D's target_size)
@@ -57,13 +59,6 @@ LM3D_HINT = (f"{LM3D_NAME} ships in the BFM folder of Deep3DFaceRecon_pytorch ({
 _LM68_FOR_5 = np.array([31, 37, 40, 43, 46, 49, 55]) - 1
 
 
-def resolve_device(device: str = "auto") -> str:
-    """`auto` -> "cuda" when a CUDA device is present, else "cpu"; others pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---- local files ----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fd2talk.model.device import resolve_device
+
 from . import weights
 from .skip import PrepError
 
@@ -62,13 +64,6 @@ class Detector(Protocol):
     def close(self) -> None: ...
 
 
-def resolve_device(device: str = "auto") -> str:
-    """`auto` -> "cuda" when a CUDA device is present, else "cpu"; other values pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class MediaPipeDetector:
