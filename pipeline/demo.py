@@ -5,9 +5,9 @@ and `WORK/demo_src/manifest.csv` (key, path, video_id, speaker_id) for
 `fd2talk-prep clip --manifest`. Each video is scikit-image's astronaut portrait
 (flipped, recoloured, reframed per video) with
 
-- speech: espeak-ng (different sentences, voices, speeds per video) when it is
-  on PATH, else a synthetic voice (glottal pulses through formant resonators,
-  syllable-rate amplitude modulation, pauses between phrases);
+- speech from `speech.py`: espeak-ng (different sentences, voices, speeds per
+  video) when it is on PATH, else a synthetic voice (glottal pulses through
+  formant resonators, syllable-rate amplitude modulation, pauses between phrases);
 - a mouth driven frame by frame by the speech envelope: the opening at time t
   is the speech level (Hann-weighted RMS over 2/25 s around t, in dB against
   the clip's 95th percentile, `RANGE_DB` mapped to [0, 1]); frame i shows the
@@ -36,7 +36,6 @@ import csv
 import dataclasses
 import io
 import json
-import shutil
 import subprocess
 import tempfile
 import wave
@@ -50,18 +49,17 @@ from fd2talk.model.schema import FPS, SAMPLE_RATE
 
 from . import atomic, media
 from .skip import PrepError
+from .speech import SENTENCES, VOICES, espeak_speech, normalise, speech_source, synthetic_speech
 
 DEMO_DIR = "demo_src"
 MANIFEST = "manifest.csv"
 CONFIG_JSON = "demo.json"
 SPEAKER_ID = "astronaut"
-ESPEAK_TIMEOUT = 30.0  # seconds per sentence
 ENCODE_TIMEOUT = 300.0  # seconds per video
 
 # Speech envelope -> mouth opening.
 ENVELOPE_WINDOW = 2 / FPS  # seconds: Hann window around each frame's mid-time
 RANGE_DB = 36.0  # levels from (95th percentile - RANGE_DB) to the 95th percentile map to 0..1
-SPEECH_RMS = 0.1  # speech is scaled to this RMS (about -20 dBFS)
 
 # The astronaut (skimage.data.astronaut(), 512x512) as MediaPipe FaceLandmarker sees it
 # (points measured once, in pixels). Midpoints of the inner-lip contour pairs from corner
@@ -93,20 +91,6 @@ NECK = 1.6  # x mouth-chin span: the drop fades out under the chin (keeps the ma
 JAW_FLAT, JAW_EDGE = 0.6, 1.2  # x jaw half width: full drop inside, none outside
 CAVITY = (62.0, 20.0, 26.0)  # RGB of the mouth's dark interior
 TONGUE = (150.0, 62.0, 70.0)
-
-SENTENCES = (  # Harvard sentences (IEEE 1969)
-    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
-    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
-    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
-)
-VOICES = ("en-us+f3", "en-gb+f2", "en-us+f4", "en+f5", "en-gb-x-rp+f1", "en-us+f2")
-VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410),
-          (300, 870, 2240), (660, 1720, 2410))  # formants F1-F3 (Hz) of a, e, i, o, u, ae
 
 
 @dataclass(frozen=True)
@@ -158,96 +142,7 @@ def variant(cfg: DemoConfig, index: int) -> Variant:
         first_sentence=int(rng.integers(len(SENTENCES))))
 
 
-# ---- speech --------------------------------------------------------------------------------
-
-def espeak(text: str, voice: str, speed: int, pitch: int, sample_rate: int) -> np.ndarray:
-    """One sentence from espeak-ng -> float32 mono at `sample_rate`."""
-    from scipy.signal import resample_poly
-
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise PrepError("espeak-ng not found: `apt-get install -y espeak-ng`, or use --no-espeak")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        cmd = [exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=ESPEAK_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise PrepError(f"espeak-ng ran past {ESPEAK_TIMEOUT:.0f} s: {cmd}") from None
-        if proc.returncode != 0 or not wav.is_file():
-            raise PrepError(f"espeak-ng failed ({cmd}): {proc.stderr.decode(errors='replace')}")
-        with wave.open(str(wav)) as w:
-            rate = w.getframerate()
-            x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-    g = np.gcd(rate, sample_rate)
-    return resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
-
-
-def espeak_speech(v: Variant, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Sentences from `v.first_sentence` on, with pauses, until `n` samples are filled."""
-    parts, total, k = [], 0, v.first_sentence
-    while total < n:
-        s = espeak(SENTENCES[k % len(SENTENCES)], v.voice, v.speed, v.pitch, sample_rate)
-        pause = np.zeros(int(rng.uniform(0.15, 0.45) * sample_rate), np.float32)
-        parts += [s, pause]
-        total += len(s) + len(pause)
-        k += 1
-    return np.concatenate(parts)[:n]
-
-
-def _resonator(x: np.ndarray, freq: float, bw: float, sr: int) -> np.ndarray:
-    from scipy.signal import lfilter
-
-    r = np.exp(-np.pi * bw / sr)
-    a = [1.0, -2 * r * np.cos(2 * np.pi * freq / sr), r * r]
-    return lfilter([sum(a)], a, x)  # unit gain at DC
-
-
-def synthetic_speech(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A voiced signal with speech-like structure: (n,) float32.
-
-    Glottal pulses (f0 110-220 Hz, slow intonation) with spectral tilt, filtered per
-    syllable through three formant resonators (a vowel table), shaped by raised-cosine
-    syllable envelopes (~4-6 Hz) in phrases of 3-8 syllables separated by pauses, with
-    short noise bursts for consonant onsets.
-    """
-    from scipy.signal import lfilter
-
-    sr = sample_rate
-    t = np.arange(n) / sr
-    f0 = rng.uniform(110, 220) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t
-                                                     + rng.uniform(0, 2 * np.pi)))
-    phase = np.cumsum(f0 / sr)
-    pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
-    source = lfilter([1.0], [1.0, -1.9, 0.9025], pulses)  # glottal shape, -12 dB/octave
-    source = np.diff(source, prepend=0.0)  # lip radiation, +6 dB/octave
-    out = np.zeros(n)
-    pos = int(rng.uniform(0.1, 0.3) * sr)
-    while pos < n:
-        for _ in range(int(rng.integers(3, 9))):  # one phrase
-            length = int(rng.uniform(0.14, 0.26) * sr)
-            seg = slice(pos, min(pos + length, n))
-            m = seg.stop - seg.start
-            if m <= 0:
-                break
-            y = source[seg]
-            for f, bw in zip(VOWELS[int(rng.integers(len(VOWELS)))], (80, 100, 140), strict=True):
-                y = _resonator(y, f * rng.uniform(0.92, 1.08), bw, sr)
-            env = np.sin(np.pi * np.arange(m) / length) ** 3 * rng.uniform(0.4, 1.0)
-            burst = rng.standard_normal(m) * np.exp(-np.arange(m) / (0.015 * sr)) * 0.3
-            out[seg] += y * env / (np.std(y) + 1e-9) + np.diff(burst, prepend=0.0)
-            pos += length
-        pos += int(rng.uniform(0.2, 0.6) * sr)  # pause between phrases
-    out += rng.standard_normal(n) * 1e-3  # room noise floor
-    return out.astype(np.float32)
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Scale to `SPEECH_RMS` over the louder half of the samples, peaks kept below 0.95."""
-    loud = np.abs(x) >= np.median(np.abs(x))
-    x = x * (SPEECH_RMS / (np.sqrt(np.mean(x[loud] ** 2)) + 1e-9))
-    return (x * min(1.0, 0.95 / (np.abs(x).max() + 1e-9))).astype(np.float32)
-
+# ---- speech -> mouth opening --------------------------------------------------------------
 
 def mouth_opening(audio: np.ndarray, sample_rate: int, times: np.ndarray) -> np.ndarray:
     """Mouth opening in [0, 1] at `times` (s) from the speech level of (n,) `audio`: (T,) float32.
@@ -406,11 +301,6 @@ def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def speech_source(cfg: DemoConfig) -> str:
-    """The voice of the demo: espeak-ng when asked for and on PATH, else the synthetic one."""
-    return "espeak-ng" if cfg.use_espeak and shutil.which("espeak-ng") else "synthetic"
-
-
 def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
     """Write `<name>.opening.npy`, then `<name>.mp4` (returned)."""
     import cv2
@@ -418,8 +308,11 @@ def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
     v = variant(cfg, index)
     rng = np.random.default_rng([cfg.seed, index, 1])
     n_audio = round(cfg.seconds * v.sample_rate)
-    speech = (espeak_speech(v, n_audio, v.sample_rate, rng) if speech_source(cfg) == "espeak-ng"
-              else synthetic_speech(n_audio, v.sample_rate, rng))
+    if speech_source(cfg.use_espeak) == "espeak-ng":
+        speech = espeak_speech(n_audio, v.sample_rate, rng, voice=v.voice, speed=v.speed,
+                               pitch=v.pitch, first_sentence=v.first_sentence)
+    else:
+        speech = synthetic_speech(n_audio, v.sample_rate, rng)
     speech = normalise(speech)
     n_frames = round(cfg.seconds * v.fps)
     opening = mouth_opening(speech, v.sample_rate, frame_times(n_frames, v.fps))  # (F,)
@@ -473,7 +366,7 @@ def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> P
     out_dir = Path(work) / DEMO_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"settings": {k: val for k, val in dataclasses.asdict(cfg).items() if k != "n_videos"},
-              "speech": speech_source(cfg)}
+              "speech": speech_source(cfg.use_espeak)}
     if (out_dir / CONFIG_JSON).is_file():
         old = json.loads((out_dir / CONFIG_JSON).read_text())
         if old != record:
@@ -509,26 +402,16 @@ def ground_truth_openings(work: Path) -> dict[str, np.ndarray]:
 # ---- checking it through the landmarker -------------------------------------------------------
 
 def jaw_open_track(video: Path, face_model: str | Path | None = None) -> tuple[np.ndarray, ...]:
-    """MediaPipe's reading of `video`: (jawOpen (F,), inner-lip gap 13-14 in pixels (F,),
-    the opening computed from the video's own audio at its frames (F,)); NaN without a face."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    from .weights import face_model_path
+    """MediaPipe's reading of `video` (`landmarker.Landmarker`), three (F,) float32 arrays:
+    jawOpen, the inner-lip gap in pixels (`landmarker.lip_gap`: landmarks 13 to 14) and the
+    opening computed from the video's own audio at its frames; NaN where no face is found."""
+    from .landmarker import JAW_OPEN, Landmarker, lip_gap
 
     info = media.probe(video)
-    frames = media.read_frames(video, info.width, info.height, ENCODE_TIMEOUT)  # (F, H, W, 3)
-    options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(face_model_path(face_model))),
-        running_mode=vision.RunningMode.VIDEO, num_faces=1, output_face_blendshapes=True)
-    jaw = np.full(len(frames), np.nan, np.float32)
-    gap = np.full(len(frames), np.nan, np.float32)
-    with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        for i, frame in enumerate(frames):
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-            res = landmarker.detect_for_video(image, round(i * 1000 / info.fps))
-            if res.face_landmarks:
-                jaw[i] = next(c.score for c in res.face_blendshapes[0] if c.category_name == "jawOpen")
-                gap[i] = (res.face_landmarks[0][14].y - res.face_landmarks[0][13].y) * info.height
+    frames = media.iter_frames(video, info.width, info.height, ENCODE_TIMEOUT)  # (H, W, 3) each
+    with Landmarker(face_model, fps=info.fps) as lmk:
+        track = lmk.track(frames)
+    jaw = np.where(track.found, track.blendshapes[:, JAW_OPEN], np.nan).astype(np.float32)
+    gap = np.where(track.found, lip_gap(track.landmarks), np.nan).astype(np.float32)
     audio = media.read_audio(video, ENCODE_TIMEOUT)
-    return jaw, gap, mouth_opening(audio, SAMPLE_RATE, frame_times(len(frames), info.fps))
+    return jaw, gap, mouth_opening(audio, SAMPLE_RATE, frame_times(len(track), info.fps))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fd2talk.pipeline import demo, media
+from fd2talk.pipeline import demo, media, speech
 from fd2talk.pipeline.cli import app
 from fd2talk.pipeline.manifest import read_manifest
 from fd2talk.pipeline.skip import PrepError
@@ -95,7 +95,7 @@ def test_mixed_formats(tmp_path):
         # the ground truth is at 25 fps whatever the source frame rate
         assert np.load(tmp_path / f"{video.stem}.opening.npy").shape == (25,)
     assert demo.variant(cfg, 0).fps == 25
-    assert {demo.variant(cfg, i).voice for i in range(5)} == set(demo.VOICES[:5])
+    assert {demo.variant(cfg, i).voice for i in range(5)} == set(speech.VOICES[:5])
 
 
 def test_opening_is_frame_accurate():
@@ -124,14 +124,31 @@ def test_mouth_warp_opens_only_the_lower_face():
 
 def test_synthetic_speech_is_voiced_with_pauses():
     sr = 16000
-    x = demo.normalise(demo.synthetic_speech(sr * 3, sr, np.random.default_rng(0)))  # (48000,)
+    x = speech.normalise(speech.synthetic_speech(sr * 3, sr, np.random.default_rng(0)))  # (48000,)
     assert x.dtype == np.float32 and np.abs(x).max() <= 0.95
+    loud = np.abs(x) >= np.median(np.abs(x))
+    assert abs(np.sqrt(np.mean(x[loud] ** 2)) - speech.SPEECH_RMS) < 1e-3
+    again = speech.normalise(speech.synthetic_speech(sr * 3, sr, np.random.default_rng(0)))
+    assert np.array_equal(x, again)  # deterministic for a generator state
     frames = x[: len(x) // 640 * 640].reshape(-1, 640)
     level = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
     assert (level < level.max() - 30).sum() >= 5  # pauses
     spectrum = np.abs(np.fft.rfft(x)) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / sr)
     assert spectrum[(freqs > 80) & (freqs < 1000)].sum() > spectrum[freqs > 4000].sum()
+
+
+@needs_espeak
+def test_espeak_speech_fills_the_length():
+    sr, n = 16000, 16000 * 4  # longer than one sentence: sentences and pauses are chained
+    x = speech.espeak_speech(n, sr, np.random.default_rng(0), voice=speech.VOICES[0], speed=170,
+                             pitch=50, first_sentence=len(speech.SENTENCES) - 1)  # wraps around
+    assert x.shape == (n,) and x.dtype == np.float32
+    frames = x.reshape(-1, 640)
+    level = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+    assert (level < -80).sum() >= 3 and (level > level.max() - 20).sum() >= 20  # pauses, speech
+    assert speech.speech_source(True) == "espeak-ng"
+    assert speech.speech_source(False) == "synthetic"
 
 
 def test_cli_demo_then_clip(tmp_path):
