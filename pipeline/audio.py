@@ -37,11 +37,12 @@ from .audio_features import (
     wav2vec2_config,
     wav2vec2_source,
 )
+from .crop import OUT_DIR as CROPS_DIR
+from .crop import crop_items
 from .runner import Item
 from .skip import PrepError, Skip, SkipReason
 
 OUT_DIR = "audio"
-CROPS_DIR = "crops"
 BACKENDS = ("logmel", "wav2vec2")
 FEATURE_DTYPE = np.float16  # schema: audio.npy float16 (F, D)
 MEMORY_LIMIT_MB = 2048  # issue 2: peak memory on a 10-minute input
@@ -123,11 +124,7 @@ class AudioStage:
         self._encoder: LogMel | Wav2Vec2Features | None = None
 
     def items(self, work: Path) -> list[Item]:
-        out = []
-        for path in sorted((Path(work) / CROPS_DIR).glob("*.json")):
-            meta = json.loads(path.read_text())
-            out.append(Item(path.stem, {"frames": int(meta["frames"])}))
-        return out
+        return crop_items(work)
 
     def setup(self) -> None:
         if self._encoder is None:

@@ -67,17 +67,184 @@ def clip(
     _run(ClipStage(cfg), work, workers, part, force, quiet)
 
 
-# <crop-command>
+@app.command()
+def crop(
+    work: Work,
+    detector: Annotated[str, typer.Option(
+        help="Face detector: mediapipe (offline) or s3fd (face-alignment's weights).")] = "mediapipe",
+    s3fd_weights: Annotated[str | None, typer.Option(
+        help="face-alignment's s3fd-619a316812.pth (default: $FD2TALK_S3FD_WEIGHTS).")] = None,
+    detect_size: Annotated[int, typer.Option(
+        help="Long side of the frames the detector sees (0: full resolution).")] = 320,
+    detect_every: Annotated[int, typer.Option(
+        help="Detect every n-th frame (gaps where faces change are filled in).")] = 5,
+    iou_with_initial: Annotated[float, typer.Option(
+        help="A face tube goes on while IoU with its first box is above this.")] = 0.25,
+    increase: Annotated[float, typer.Option(help="Enlarge the tube box by this per side.")] = 0.1,
+    min_frames: Annotated[int, typer.Option(help="Drop shorter face tubes.")] = 25,
+    min_face: Annotated[int, typer.Option(help="Drop faces smaller than this (pixels).")] = 64,
+    size: Annotated[int, typer.Option(help="Side of the square crops.")] = 256,
+    face_model: FaceModel = None, device: Device = "auto",
+    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Clips -> 256x256 face crops with audio, one per face tube (WORK/crops)."""
+    from .crop import CropConfig, CropStage
 
-# <coeffs-command>
+    cfg = CropConfig(detector=detector, face_model=face_model, s3fd_weights=s3fd_weights,
+                     detect_size=detect_size, detect_every=detect_every,
+                     iou_with_initial=iou_with_initial, increase=increase,
+                     min_frames=min_frames, min_face=min_face, size=size, device=device)
+    _run(CropStage(cfg), work, workers, part, force, quiet)
 
-# <audio-command>
+@app.command()
+def coeffs(
+    work: Work,
+    backend: Annotated[str, typer.Option(
+        help="mediapipe (52 blendshapes, offline default) or deep3d (R-Net, 257-d).")
+    ] = "mediapipe",
+    face_model: FaceModel = None,
+    deep3d_checkpoint: Annotated[str | None, typer.Option(
+        "--deep3d-checkpoint", help="Deep3DFaceRecon_pytorch's epoch_20.pth "
+        "(default: $FD2TALK_DEEP3D_CHECKPOINT).")] = None,
+    bfm_dir: Annotated[str | None, typer.Option(
+        "--bfm-dir", help="Folder with Deep3D's similarity_Lm3D_all.mat "
+        "(default: $FD2TALK_BFM_DIR).")] = None,
+    max_invalid: Annotated[float, typer.Option(
+        help="Skip clips with a larger share of frames without a face.")] = 0.2,
+    batch_size: Annotated[int, typer.Option(help="R-Net batch size (deep3d).")] = 32,
+    device: Device = "auto",
+    timeout: Annotated[float, typer.Option(
+        help="Seconds per clip for decoding (plus 1 s a frame for the model).")] = 600.0,
+    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Crops -> per-frame expression, pose, identity, landmarks, valid mask (WORK/coeffs)."""
+    from .coeffs import CoeffsConfig, CoeffsStage
 
-# <shard-command>
+    def absolute(p: str | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p else None
 
-# <demo-command>
+    cfg = CoeffsConfig(backend, absolute(face_model), absolute(deep3d_checkpoint),
+                       absolute(bfm_dir), max_invalid, batch_size, device, timeout)
+    _run(CoeffsStage(cfg), work, workers, part, force, quiet)
 
-# <run-command>
+
+@app.command()
+def audio(
+    work: Work,
+    backend: Annotated[str | None, typer.Option(
+        help="logmel (80 log-mel bands, offline default) or wav2vec2 (the default when "
+        "--wav2vec2 is given).")] = None,
+    wav2vec2: Annotated[str | None, typer.Option(
+        "--wav2vec2", help="wav2vec 2.0 model directory saved with save_pretrained, or a name "
+        "already in the Hugging Face cache (default: $FD2TALK_WAV2VEC2); never downloaded.")
+    ] = None,
+    layer: Annotated[int, typer.Option(
+        help="wav2vec2 layer: -1 the last, k the output after the first k layers.")] = -1,
+    chunk_seconds: Annotated[float, typer.Option(
+        help="wav2vec2: long audio runs in windows owning this many seconds...")] = 15.0,
+    context_seconds: Annotated[float, typer.Option(
+        help="...plus this much context on each side, dropped when stitching.")] = 2.5,
+    batch_size: Annotated[int, typer.Option(
+        help="wav2vec2 windows per forward (0: 1 on CPU, 4 on CUDA).")] = 0,
+    av_tolerance: Annotated[float, typer.Option(
+        help="Skip crops whose audio and video lengths differ by more (s).")] = 0.2,
+    device: Device = "auto",
+    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Crops -> per-frame audio features at 25 fps, float16 (F, D) (WORK/audio)."""
+    from .audio import AudioConfig, AudioStage
+
+    cfg = AudioConfig(backend=backend or ("wav2vec2" if wav2vec2 else "logmel"),
+                      wav2vec2=wav2vec2, layer=layer, chunk_seconds=chunk_seconds,
+                      context_seconds=context_seconds, batch_size=batch_size,
+                      av_tolerance=av_tolerance, device=device)
+    _run(AudioStage(cfg), work, workers, part, force, quiet)
+
+@app.command()
+def shard(
+    work: Work,
+    maxcount: Annotated[int, typer.Option(help="Samples per tar.")] = 500,
+    maxsize: Annotated[int, typer.Option(help="Bytes per tar.")] = 1_000_000_000,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Crops + coefficients + audio features -> WORK/shards/<split>-%06d.tar (70/10/20 by video)."""
+    from .runner import print_summary
+    from .shard import ShardConfig, run_shard
+
+    summary = run_shard(work, ShardConfig(maxcount, maxsize), progress=not quiet, force=force)
+    if not quiet:
+        print_summary(summary)
+        typer.echo(f"shards and manifest: {work / 'shards'}", err=True)
+
+
+@app.command()
+def demo(
+    work: Work,
+    videos: Annotated[int, typer.Option(help="Number of videos (distinct video ids).")] = 10,
+    seconds: Annotated[float, typer.Option(help="Length of each video.")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Same seed, byte-identical videos.")] = 0,
+    no_espeak: Annotated[bool, typer.Option(
+        "--no-espeak", help="Synthetic voice even when espeak-ng is installed.")] = False,
+) -> None:
+    """Make the bundled demo: a talking portrait with speech (WORK/demo_src), no download."""
+    from .demo import DemoConfig, make_demo
+
+    manifest = make_demo(work, DemoConfig(n_videos=videos, seconds=seconds, seed=seed,
+                                          use_espeak=not no_espeak))
+    typer.echo(f"demo videos and manifest: {manifest}")
+    typer.echo(f"next: fd2talk-prep clip {work} --manifest {manifest}")
+
+
+@app.command()
+def run(
+    work: Work,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", "-m", help="CSV or JSONL manifest (not needed with --demo).")] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="First make the bundled demo dataset in WORK/demo_src and use it.")] = False,
+    detector: Annotated[str, typer.Option(help="crop: mediapipe or s3fd.")] = "mediapipe",
+    coeffs_backend: Annotated[str, typer.Option(
+        "--coeffs", help="coeffs: mediapipe or deep3d.")] = "mediapipe",
+    audio_backend: Annotated[str, typer.Option(
+        "--audio", help="audio: logmel or wav2vec2.")] = "logmel",
+    wav2vec2: Annotated[str | None, typer.Option(
+        help="audio: local wav2vec 2.0 model directory (with --audio wav2vec2).")] = None,
+    max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
+    face_model: FaceModel = None, device: Device = "auto",
+    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Every stage in order: clip, crop, coeffs, audio, shard (shard only without --part).
+
+    Other settings keep their defaults; run the stages one by one to change them.
+    """
+    from .audio import AudioConfig
+    from .clip import ClipConfig
+    from .coeffs import CoeffsConfig
+    from .crop import CropConfig
+    from .run import RunConfig, run_all
+    from .runner import Part
+
+    if demo:
+        from .demo import DemoConfig, make_demo
+
+        manifest = make_demo(work, DemoConfig())
+    if manifest is None:
+        raise PrepError("run needs --manifest FILE (or --demo for the bundled demo data)")
+    face = str(Path(face_model).expanduser().resolve()) if face_model else None
+    cfg = RunConfig(
+        clip=ClipConfig(str(Path(manifest).resolve()), max_seconds=max_seconds),
+        crop=CropConfig(detector=detector, face_model=face, device=device),
+        coeffs=CoeffsConfig(backend=coeffs_backend, face_model=face, device=device),
+        audio=AudioConfig(backend=audio_backend, wav2vec2=wav2vec2, device=device),
+    )
+    summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
+                        progress=not quiet)
+    if any(not s.ok for s in summaries):
+        raise typer.Exit(1)
+    if not quiet:
+        typer.echo(f"shards: {work / 'shards'} (manifest.jsonl says where every clip went)",
+                   err=True)
 
 
 @app.command("fetch-face-model")

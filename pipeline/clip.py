@@ -6,9 +6,16 @@ that. Each fragment is cut on the 25 fps frame grid, encoded once (x264 + AAC,
 deterministic bytes) and checked: its frame count must be exact and its audio
 must cover its video.
 
+The video has a keyframe every `KEYINT` frames and on its last frame (no
+scene cuts), so the `crop` stage can decode just the frames it detects faces on
+(`ffmpeg -skip_frame nokey`) or seek to any frame exactly, decoding at most
+`KEYINT` - 1 frames it does not need. The cost, against x264's default GOP at
+the same quality (the three shared clips): 1.6x the file size (2.65 -> 4.24 MB),
+about 15% more time to decode every frame, the same encoding time.
+
 Outputs per fragment: `clips/<key>_fNNN.mp4` and `clips/<key>_fNNN.json`
-(source, row, time span, frame count). The json is written last: its presence
-means the mp4 beside it is complete.
+(source, row, time span, frame count, size, keyframe interval). The json is
+written last: its presence means the mp4 beside it is complete.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .runner import Item
 from .skip import Skip, SkipReason
 
 OUT_DIR = "clips"
+KEYINT = 5  # frames between keyframes (the crop stage's default detect_every)
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,15 @@ def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: floa
     """Cut `n_frames` frames at 25 fps from `start` s into `dst` (x264 + AAC 16 kHz mono).
 
     The audio is padded with silence if the source's ends a little early, so it
-    always lasts exactly n_frames / 25 s. Returns ffmpeg's stderr.
+    always lasts exactly n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ...
+    and the last frame. Returns ffmpeg's stderr.
     """
     dur = n_frames / FPS
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
            "-i", str(src), "-t", f"{dur:.6f}", "-map", "0:v:0", "-map", "0:a:0",
            "-vf", f"fps={FPS}", "-frames:v", str(n_frames),
-           "-af", f"aresample={SAMPLE_RATE},apad", *media.X264_ARGS, *media.AAC_ARGS,
+           "-af", f"aresample={SAMPLE_RATE},apad", *media.x264_args(KEYINT),
+           "-force_key_frames", f"expr:eq(n,{n_frames - 1})", *media.AAC_ARGS,
            *media.BITEXACT_ARGS, str(dst)]
     return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
 
@@ -70,7 +80,7 @@ class ClipStage:
 
     def items(self, work: Path) -> list[Item]:
         rows = read_manifest(Path(self.config.manifest))
-        return [Item(r.key, r.to_dict()) for r in sorted(rows, key=lambda r: r.key)]
+        return [Item(r.key, r.to_dict(), group=r.key) for r in sorted(rows, key=lambda r: r.key)]
 
     def setup(self) -> None:
         pass
@@ -113,7 +123,8 @@ class ClipStage:
                 "key": key, "source": str(src), "row": row.to_dict(), "fragment": k,
                 "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,
                 "start": round(t0, 6), "frames": f1 - f0, "fps": FPS,
-                "sample_rate": SAMPLE_RATE,
+                "width": out.width, "height": out.height, "sample_rate": SAMPLE_RATE,
+                "keyint": KEYINT, "last_keyframe": True,
                 "source_probe": {"fps": round(info.fps, 4), "width": info.width,
                                  "height": info.height, "video_codec": info.video_codec,
                                  "audio_codec": info.audio_codec,

@@ -44,11 +44,12 @@ import numpy as np
 from fd2talk.model.schema import CROP_SIZE, FPS
 
 from . import atomic, deep3d, landmarker, media, weights
+from .crop import OUT_DIR as CROPS_DIR
+from .crop import crop_items
 from .runner import Item
 from .skip import PrepError, Skip, SkipReason
 
 OUT_DIR = "coeffs"
-CROPS_DIR = "crops"
 BACKENDS = ("mediapipe", "deep3d")
 # deep3d: a face with its eyes closer than this (pixels) is too small to align (Deep3D would
 # upscale the whole frame by 102 / its size) and counts as no face.
@@ -95,12 +96,7 @@ class CoeffsStage:
         self._lm3d: np.ndarray | None = None
 
     def items(self, work: Path) -> list[Item]:
-        out = []
-        for path in sorted((Path(work) / CROPS_DIR).glob("*.json")):
-            meta = json.loads(path.read_text())
-            out.append(Item(meta.get("key", path.stem),
-                            {"frames": int(meta["frames"]), "video_id": meta.get("video_id")}))
-        return out
+        return crop_items(work, "video_id")
 
     def setup(self) -> None:
         if self._face_bytes is not None:

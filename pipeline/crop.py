@@ -9,25 +9,35 @@ gives two crops.
 Detection is cheap by design (the issue's "not on every frame, as long as the
 boxes stay right"):
 
-- the clip is decoded once, streaming, at a reduced size (long side
-  `detect_size`), and boxes are scaled back to clip pixels;
+- frames are decoded at a reduced size (long side `detect_size`), and boxes
+  are scaled back to clip pixels;
 - the detector runs every `detect_every` frames and on the last frame; the
-  frames in between are kept in a small buffer and detected too when the two
-  detections around them disagree: the number of faces changes, a face moved
-  (IoU below `refine_iou` with its nearest box in the other frame), or a tube
-  would end or start there. So tube ends are exact and the union box holds
-  every monotone motion in between (a box moving linearly from A to B stays
-  inside join(A, B)). What it can miss: a face hidden for fewer than
-  `detect_every` frames between two agreeing detections (FOMM would split the
-  tube there), and jitter of the detector on the frames it skips.
+  frames in between are detected too when the two detections around them
+  disagree: the number of faces changes, a face moved (IoU below `refine_iou`
+  with its nearest box in the other frame), or a tube would end or start
+  there. So tube ends are exact and the union box holds every monotone motion
+  in between (a box moving linearly from A to B stays inside join(A, B)). What
+  it can miss: a face hidden for fewer than `detect_every` frames between two
+  agreeing detections (FOMM would split the tube there), and jitter of the
+  detector on the frames it skips;
+- only the frames the detector sees are decoded: the clip stage puts a keyframe
+  every `clip.KEYINT` frames and on the last one (its json says so), so when
+  `detect_every` is a multiple of that, ffmpeg decodes just the keyframes
+  (`-skip_frame nokey`), and a gap to fill is decoded by an exact seek. A
+  keyframe decodes to the same pixels either way, so this gives the same tubes
+  (and byte-identical crops) as decoding every frame, which is what happens
+  otherwise: once, streaming, the frames between detections in a small buffer
+  (clips without that json entry, or keyframes not where it says).
 
 `exhaustive(config)` sets detection on every full-resolution frame (the
 reference the benchmark compares against).
 
 Then ONE ffmpeg pass writes every tube's crop (split/trim/crop/scale, and
 apad/atrim per tube for its audio, x264 + AAC 16 kHz mono). Each output is
-checked (frame count == tube length, audio length == video length), renamed into
-place, and followed by its json (written last): `crops/<clip>_t<N>.{mp4,json}`.
+checked from its mp4 index (frame count == tube length, audio length == video
+length), renamed into place, and followed by its json (written last):
+`crops/<clip>_t<N>.{mp4,json}`. The clip's size comes from its json, so a clip
+costs two ffmpeg processes (plus one per gap to fill) and no ffprobe.
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ import contextlib
 import dataclasses
 import json
 import statistics
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +96,42 @@ def detect_dims(width: int, height: int, detect_size: int) -> tuple[int, int]:
     return max(2, 2 * round(width * s / 2)), max(2, 2 * round(height * s / 2))
 
 
+@dataclass(frozen=True)
+class Keyframes:
+    """Where a clip's keyframes are, as its json says (clip stage: every `keyint` frames + the last)."""
+
+    frames: int  # frames in the clip
+    keyint: int  # frames 0, keyint, 2 keyint, ... are keyframes
+    last: bool  # the last frame is a keyframe too
+    fps: float = FPS
+
+    @classmethod
+    def of_clip(cls, meta: dict) -> Keyframes | None:
+        """From a clip's json; None when it does not say (clips of an older version)."""
+        if not meta.get("keyint") or not meta.get("frames"):
+            return None
+        return cls(int(meta["frames"]), int(meta["keyint"]), bool(meta.get("last_keyframe")),
+                   float(meta.get("fps") or FPS))
+
+    def indices(self) -> list[int]:
+        """The keyframes' frame numbers, increasing."""
+        out = list(range(0, self.frames, self.keyint))
+        if self.last and out[-1] != self.frames - 1:
+            out.append(self.frames - 1)
+        return out
+
+
 @dataclass
 class Scan:
     """What the detection pass found in one clip (boxes in clip pixels)."""
 
     tubes: list[Tube]
-    frames: int  # frames decoded
+    frames: int  # frames in the clip
     detected: int  # frames the detector ran on
     width: int
     height: int
+    read: int = 0  # frames decoded for the detector (all of them when streaming)
+    keyframes: bool = False  # True: only keyframes and the gaps to fill were decoded
 
 
 def _needs_refine(prev: Sequence[Box], boxes: Sequence[Box], builder: TubeBuilder,
@@ -108,47 +146,142 @@ def _needs_refine(prev: Sequence[Box], boxes: Sequence[Box], builder: TubeBuilde
     return False
 
 
+Gap = Callable[[], Iterable[tuple[int, np.ndarray]]]  # () -> the gap's (frame number, frame)s
+
+
+class _Scanner:
+    """Sparse detection with gap filling, fed by either decoding path in the same order.
+
+    Both paths make the same detector calls on the same pixels in the same order,
+    so they build the same tubes.
+    """
+
+    def __init__(self, config: CropConfig, detect: Callable[[np.ndarray], list],
+                 sx: float, sy: float):
+        self.config = config
+        self.builder = TubeBuilder(config.iou_with_initial)
+        self._detect = detect
+        self._sx, self._sy = sx, sy
+        self.detected = 0
+        self.read = 0
+        self._prev: list[Box] | None = None
+
+    def run(self, frame: np.ndarray) -> list[Box]:
+        self.detected += 1
+        sx, sy = self._sx, self._sy
+        return [(d[0] * sx, d[1] * sy, d[2] * sx, d[3] * sy) for d in self._detect(frame)]
+
+    def detect_at(self, i: int, frame: np.ndarray, gap: Gap) -> None:
+        """Detect frame `i`; when it disagrees with the last detected frame, the gap too."""
+        boxes = self.run(frame)
+        prev = self._prev
+        if (prev is not None and i > self.builder.last_frame + 1
+                and _needs_refine(prev, boxes, self.builder, self.config.refine_iou)):
+            for j, f in gap():
+                self.builder.update(j, self.run(f))
+        self.builder.update(i, boxes)
+        self._prev = boxes
+
+
+class _NotAsSaid(Exception):
+    """The clip's keyframes are not where its json says (the caller decodes every frame)."""
+
+
+def _scan_streaming(path: Path, dw: int, dh: int, every: int, scanner: _Scanner,
+                    timeout: float) -> int:
+    """Decode every frame once; frames between detections wait in a buffer. Returns the count."""
+    buffer: list[tuple[int, np.ndarray]] = []  # frames since the last detected one
+    n_frames = 0
+    for i, frame in enumerate(media.iter_frames(path, dw, dh, timeout)):
+        n_frames = i + 1
+        if i % every == 0:
+            scanner.detect_at(i, frame, lambda: buffer)
+            buffer.clear()
+        else:
+            buffer.append((i, frame))
+    if buffer:  # the last frame is always detected
+        i, frame = buffer.pop()
+        scanner.detect_at(i, frame, lambda: buffer)
+    scanner.read = n_frames
+    return n_frames
+
+
+def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyframes,
+                    scanner: _Scanner, timeout: float) -> None:
+    """Decode only the keyframes (every `every`-th frame is one), plus the gaps to fill.
+
+    A gap (and the last frame, when it is no keyframe) is decoded by an exact
+    seek: ffmpeg decodes from the keyframe before it and drops what precedes it.
+    Raises `_NotAsSaid` when the keyframes are not where `keyframes` says.
+    """
+    deadline = time.monotonic() + timeout
+    last = keyframes.frames - 1
+    indices = keyframes.indices()
+    wanted = set(range(0, keyframes.frames, every)) | {last}
+
+    def remaining() -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    def seek(first: int, n: int) -> list[tuple[int, np.ndarray]]:  # frames [first, first + n)
+        start = f"{(first - 0.5) / keyframes.fps:.6f}"  # half a frame early: no rounding issue
+        frames = list(media.iter_frames(path, dw, dh, remaining(), input_args=["-ss", start],
+                                        output_args=["-frames:v", str(n),
+                                                     "-fps_mode", "passthrough"]))
+        if len(frames) != n:
+            raise _NotAsSaid(f"seeking to frame {first} gave {len(frames)} of {n} frames")
+        scanner.read += n
+        return list(zip(range(first, first + n), frames, strict=True))
+
+    def gap(i: int) -> Gap:  # the frames between the last detected one and `i`
+        first = scanner.builder.last_frame + 1
+        return lambda: seek(first, i - first)
+
+    stream = media.iter_frames(path, dw, dh, remaining(), input_args=["-skip_frame", "nokey"],
+                               output_args=["-fps_mode", "passthrough"])
+    n = 0
+    with contextlib.closing(stream):
+        for n, frame in enumerate(stream, 1):
+            if n > len(indices):
+                raise _NotAsSaid(f"more than the {len(indices)} keyframes expected")
+            scanner.read += 1
+            i = indices[n - 1]
+            if i in wanted:
+                scanner.detect_at(i, frame, gap(i))
+    if n != len(indices):
+        raise _NotAsSaid(f"{n} keyframes, {len(indices)} expected")
+    if indices[-1] != last:  # the last frame is always detected
+        ((i, frame),) = seek(last, 1)
+        scanner.detect_at(i, frame, gap(i))
+
+
 def scan_faces(path: Path, width: int, height: int, config: CropConfig,
-               detect: Callable[[np.ndarray], list]) -> Scan:
-    """Decode `path` once (downscaled), detect sparsely, build the face tubes.
+               detect: Callable[[np.ndarray], list], *,
+               keyframes: Keyframes | None = None) -> Scan:
+    """Decode `path` (downscaled), detect sparsely, build the face tubes.
 
     `detect(frame)` returns `[(x0, y0, x1, y1, score), ...]` in the frame's pixels.
-    Memory is bounded by `detect_every` downscaled frames.
+    With `keyframes` (from the clip's json) and `detect_every` a multiple of its
+    interval, only the keyframes and the gaps that must be filled are decoded;
+    otherwise (or when the keyframes are not where it says) every frame is, once,
+    streaming. Both give the same tubes. Memory is bounded by `detect_every`
+    downscaled frames.
     """
     dw, dh = detect_dims(width, height, config.detect_size)
     sx, sy = width / dw, height / dh
     every = max(1, config.detect_every)
-    builder = TubeBuilder(config.iou_with_initial)
-    n_detected = 0
-
-    def run(frame: np.ndarray) -> list[Box]:
-        nonlocal n_detected
-        n_detected += 1
-        return [(d[0] * sx, d[1] * sy, d[2] * sx, d[3] * sy) for d in detect(frame)]
-
-    buffer: list[tuple[int, np.ndarray]] = []  # frames since the last detected one
-    prev: list[Box] | None = None
-
-    def detect_at(i: int, frame: np.ndarray) -> None:
-        nonlocal prev
-        boxes = run(frame)
-        if buffer and prev is not None and _needs_refine(prev, boxes, builder, config.refine_iou):
-            for j, f in buffer:
-                builder.update(j, run(f))
-        buffer.clear()
-        builder.update(i, boxes)
-        prev = boxes
-
-    n_frames = 0
-    for i, frame in enumerate(media.iter_frames(path, dw, dh, config.timeout)):
-        n_frames = i + 1
-        if i % every == 0:
-            detect_at(i, frame)
+    if keyframes is not None and keyframes.frames > 0 and every % keyframes.keyint == 0:
+        scanner = _Scanner(config, detect, sx, sy)
+        try:
+            _scan_keyframes(path, dw, dh, every, keyframes, scanner, config.timeout)
+        except _NotAsSaid:
+            pass
         else:
-            buffer.append((i, frame))
-    if buffer:  # the last frame is always detected
-        detect_at(*buffer.pop())
-    return Scan(builder.tubes(), n_frames, n_detected, width, height)
+            return Scan(scanner.builder.tubes(), keyframes.frames, scanner.detected, width,
+                        height, scanner.read, keyframes=True)
+    scanner = _Scanner(config, detect, sx, sy)
+    n_frames = _scan_streaming(path, dw, dh, every, scanner, config.timeout)
+    return Scan(scanner.builder.tubes(), n_frames, scanner.detected, width, height,
+                scanner.read)
 
 
 def face_size(tube: Tube) -> float:
@@ -209,19 +342,19 @@ def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
 def check_crop(path: Path, frames: int, timeout: float, stderr: str) -> None:
     """The crop has exactly `frames` video frames and audio as long as them, else a Skip.
 
-    One ffprobe call: it counts the video packets and reads the audio stream's
-    duration (the mp4 edit list trims AAC's padding, so it is exact).
+    Read from the mp4's index (no process started): the video's packet count and
+    the audio's presented duration (the edit list trims AAC's padding, so it is
+    exact). `timeout` is unused (kept for the callers).
     """
-    cmd = [media.tool("ffprobe"), "-v", "error", "-count_packets", "-show_entries",
-           "stream=codec_type,nb_read_packets,duration", "-of", "json", str(path)]
-    out = json.loads(media.run_tool(cmd, timeout, f"ffprobe {path}").stdout or b"{}")
-    streams = {s.get("codec_type"): s for s in out.get("streams", [])}
-    got = int(streams.get("video", {}).get("nb_read_packets") or 0)
+    tracks = media.mp4_tracks(path)
+    video = next((t for t in tracks if t.kind == "video"), None)
+    audio = next((t for t in tracks if t.kind == "audio"), None)
+    got = video.packets if video else 0
     if got != frames:
         raise Skip(SkipReason.DECODE_ERROR, f"crop has {got} frames, the tube {frames}", stderr)
-    audio = float(streams.get("audio", {}).get("duration") or 0.0)
-    if abs(audio - frames / FPS) > AV_TOLERANCE:
-        raise Skip(SkipReason.AV_MISMATCH, f"crop audio lasts {audio:.3f} s, its video "
+    seconds = audio.duration if audio else 0.0
+    if abs(seconds - frames / FPS) > AV_TOLERANCE:
+        raise Skip(SkipReason.AV_MISMATCH, f"crop audio lasts {seconds:.3f} s, its video "
                    f"{frames / FPS:.3f} s", stderr)
 
 
@@ -233,7 +366,7 @@ def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, i
                 scan: Scan, config: CropConfig) -> dict:
     """The json sidecar of one crop."""
     return {
-        "key": key, "clip": clip["key"], "tube": k,
+        "key": key, "clip": clip["key"], "tube": k, "row_key": clip["row"]["key"],
         "video_id": clip.get("video_id"), "speaker_id": clip.get("speaker_id"),
         "split": clip.get("split"), "source": clip.get("source"),
         "start": round(float(clip.get("start") or 0.0) + tube.start / FPS, 6),
@@ -245,6 +378,20 @@ def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, i
         "detector": config.detector, "detect_size": config.detect_size,
         "detect_every": config.detect_every, "detected_frames": scan.detected,
     }
+
+
+def crop_metadata(work: Path) -> dict[str, dict]:
+    """key -> json of every complete crop in `work` (the json is written after its mp4)."""
+    return {p.stem: json.loads(p.read_text())
+            for p in sorted((Path(work) / OUT_DIR).glob("*.json"))}
+
+
+def crop_items(work: Path, *fields: str) -> list[Item]:
+    """Items over the complete crops (for coeffs/audio): payload `frames` + `fields`, grouped
+    by the manifest row so `--part` keeps every stage of one source together."""
+    return [Item(key, {"frames": int(meta["frames"]), **{f: meta.get(f) for f in fields}},
+                 group=meta.get("row_key") or key)
+            for key, meta in crop_metadata(work).items()]
 
 
 class CropStage:
@@ -261,7 +408,8 @@ class CropStage:
         self._detector = None
 
     def items(self, work: Path) -> list[Item]:
-        return [Item(key, meta) for key, meta in clip_metadata(work).items()]
+        return [Item(key, meta, group=meta["row"]["key"])
+                for key, meta in clip_metadata(work).items()]
 
     def setup(self) -> None:
         from .detect import make_detector
@@ -283,10 +431,16 @@ class CropStage:
         cfg = self.config
         self.setup()
         src = Path(work) / CLIPS_DIR / f"{item.key}.mp4"
-        info = media.probe(src, need_audio=True, timeout=cfg.timeout)
-        scan = scan_faces(src, info.width, info.height, cfg, self._detector.detect)
+        clip = item.payload
+        if clip.get("width") and clip.get("height"):  # the clip json says: no probe needed
+            width, height = int(clip["width"]), int(clip["height"])
+        else:
+            info = media.probe(src, need_audio=True, timeout=cfg.timeout)
+            width, height = info.width, info.height
+        scan = scan_faces(src, width, height, cfg, self._detector.detect,
+                          keyframes=Keyframes.of_clip(clip))
         tubes = select_tubes(scan, cfg)
-        boxes = [crop_box(t.box, info.width, info.height, cfg.increase) for t in tubes]
+        boxes = [crop_box(t.box, width, height, cfg.increase) for t in tubes]
         keys = [f"{item.key}_t{k}" for k in range(len(tubes))]
         finals = [Path(work) / OUT_DIR / f"{key}.mp4" for key in keys]
         with contextlib.ExitStack() as stack:

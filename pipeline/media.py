@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,11 +29,24 @@ PROBE_TIMEOUT = 60.0  # seconds for ffprobe
 # (bitexact muxing; x264's frame threading gave different bytes run to run here, its
 # sliced threading with a fixed thread count does not) so a resumed run equals an
 # uninterrupted one.
+X264_PARAMS = "sliced-threads=1"
 X264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-             "-threads", "2", "-x264-params", "sliced-threads=1"]
+             "-threads", "2", "-x264-params", X264_PARAMS]
 AAC_ARGS = ["-c:a", "aac", "-b:a", "96k", "-ac", "1", "-ar", str(SAMPLE_RATE)]
 BITEXACT_ARGS = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
                  "-flags:a", "+bitexact"]
+
+
+def x264_args(keyint: int | None = None) -> list[str]:
+    """`X264_ARGS`; with `keyint`, a keyframe (IDR) exactly every `keyint` frames.
+
+    Scene-cut detection is off, so the keyframes are frames 0, keyint, 2 keyint, ...
+    whatever the content (`ffmpeg -skip_frame nokey` then decodes just those).
+    """
+    if keyint is None:
+        return list(X264_ARGS)
+    params = f"{X264_PARAMS}:keyint={keyint}:min-keyint={keyint}:scenecut=0"
+    return [*X264_ARGS[:-1], params]
 
 
 def tool(name: str) -> str:
@@ -140,16 +154,123 @@ def count_frames(path: Path, timeout: float = PROBE_TIMEOUT) -> int:
     return int(out.split(",")[0])
 
 
+@dataclass(frozen=True)
+class Mp4Track:
+    """One track of an mp4 as its index (moov) says."""
+
+    kind: str  # "video", "audio", or the handler type as found (e.g. "text")
+    packets: int  # samples (for video: frames)
+    duration: float  # seconds presented: the edit list's span (ffprobe's stream duration)
+
+
+def _mp4_boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the ISO-BMFF boxes in buf[start:end]."""
+    while start + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", buf, start)
+        head = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", buf, start + 8)
+            head = 16
+        elif size == 0:
+            size = end - start
+        if size < head or start + size > end:
+            raise ValueError(f"box {kind!r} at {start} has a bad size {size}")
+        yield kind, start + head, start + size
+        start += size
+
+
+def _mp4_find(buf: bytes, start: int, end: int, *path: bytes) -> tuple[int, int] | None:
+    """Payload span of the first box at `path` (e.g. b"mdia", b"mdhd") under buf[start:end]."""
+    for kind, s, e in _mp4_boxes(buf, start, end):
+        if kind == path[0]:
+            return (s, e) if len(path) == 1 else _mp4_find(buf, s, e, *path[1:])
+    return None
+
+
+def _mp4_need(buf: bytes, start: int, end: int, *path: bytes) -> int:
+    """Payload start of the box at `path`; ValueError when there is none."""
+    span = _mp4_find(buf, start, end, *path)
+    if span is None:
+        raise ValueError(f"no {b'/'.join(path).decode()} box")
+    return span[0]
+
+
+def _read_moov(path: Path) -> bytes:
+    """The `moov` box of an mp4, reading only box headers until it is found."""
+    with open(path, "rb") as f:
+        size_total = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos + 8 <= size_total:
+            f.seek(pos)
+            head = f.read(16)
+            size, kind = struct.unpack_from(">I4s", head)
+            if size == 1:
+                (size,) = struct.unpack_from(">Q", head, 8)
+            elif size == 0:
+                size = size_total - pos
+            if size < 8:
+                break
+            if kind == b"moov":
+                f.seek(pos)
+                return f.read(size)
+            pos += size
+    raise ValueError("no moov box")
+
+
+def mp4_tracks(path: Path) -> list[Mp4Track]:
+    """The tracks of an mp4/mov from its index, without starting a process.
+
+    Cheap enough to check every output of a stage (packet counts and presented
+    durations, as `ffprobe -count_packets` reports them for ffmpeg's own mp4s).
+    A file that is no complete mp4 raises `Skip(DECODE_ERROR)`.
+    """
+    kinds = {b"vide": "video", b"soun": "audio"}
+    try:
+        moov = _read_moov(Path(path))
+        mvhd = _mp4_need(moov, 8, len(moov), b"mvhd")
+        # version 0: 4-byte times (scale at +12), version 1: 8-byte times (scale at +20)
+        (movie_scale,) = struct.unpack_from(">I", moov, mvhd + (20 if moov[mvhd] else 12))
+        tracks = []
+        for kind, s, e in _mp4_boxes(moov, 8, len(moov)):
+            if kind != b"trak":
+                continue
+            hdlr = _mp4_need(moov, s, e, b"mdia", b"hdlr")
+            mdhd = _mp4_need(moov, s, e, b"mdia", b"mdhd")
+            stsz = _mp4_need(moov, s, e, b"mdia", b"minf", b"stbl", b"stsz")
+            if moov[mdhd]:
+                scale, duration = struct.unpack_from(">IQ", moov, mdhd + 20)
+            else:
+                scale, duration = struct.unpack_from(">II", moov, mdhd + 12)
+            seconds = duration / scale
+            elst = _mp4_find(moov, s, e, b"edts", b"elst")
+            if elst:  # the presented span: the non-empty edits (media time != -1)
+                version, (n,) = moov[elst[0]], struct.unpack_from(">I", moov, elst[0] + 4)
+                fmt, step = (">Qq", 20) if version else (">Ii", 12)
+                edits = [struct.unpack_from(fmt, moov, elst[0] + 8 + k * step) for k in range(n)]
+                seconds = sum(d for d, t in edits if t != -1) / movie_scale
+            handler = moov[hdlr + 8:hdlr + 12]
+            (packets,) = struct.unpack_from(">I", moov, stsz + 8)
+            tracks.append(Mp4Track(kinds.get(handler, handler.decode("latin-1")), packets,
+                                   seconds))
+        return tracks
+    except (ValueError, struct.error) as e:
+        raise Skip(SkipReason.DECODE_ERROR, f"{path} is no complete mp4: {e}") from None
+
+
 def iter_frames(path: Path, width: int, height: int, timeout: float,
-                vf: str | None = None) -> Iterator[np.ndarray]:
+                vf: str | None = None, *, input_args: Sequence[str] = (),
+                output_args: Sequence[str] = ()) -> Iterator[np.ndarray]:
     """Yield the frames of `path` as (height, width, 3) uint8 RGB, scaled by ffmpeg.
 
-    `vf` is an extra filter chain applied before the scale. The read is bounded by
-    `timeout` seconds in total; a failing decode raises `Skip(DECODE_ERROR)`.
+    `vf` is an extra filter chain applied before the scale. `input_args` go before
+    `-i` (e.g. `-ss T` to seek, `-skip_frame nokey` to decode keyframes only),
+    `output_args` after it (e.g. `-frames:v N`, `-fps_mode passthrough`). The read
+    is bounded by `timeout` seconds in total; a failing decode raises
+    `Skip(DECODE_ERROR)`.
     """
     chain = f"{vf + ',' if vf else ''}scale={width}:{height}:flags=area"
-    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-an", "-vf", chain,
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", *input_args, "-i", str(path), "-an",
+           "-vf", chain, *output_args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frame_bytes = width * height * 3
     deadline = time.monotonic() + timeout
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -39,10 +39,15 @@ STATUS_DIR = "status"
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: `key` names it (and its status file); `payload` is JSON-able."""
+    """One unit of work: `key` names it (and its status file); `payload` is JSON-able.
+
+    `group` decides which `--part` owns the item (default: the key). Every stage sets it
+    to the manifest row's key, so all stages of one source run in the same part.
+    """
 
     key: str
     payload: dict = field(default_factory=dict)
+    group: str = ""
 
 
 class Stage(Protocol):
@@ -218,7 +223,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
     (work / stage.out_dir).mkdir(parents=True, exist_ok=True)
     if part.whole:
         atomic.clean_tmp(work / stage.out_dir)
-    items = [it for it in stage.items(work) if part.owns(it.key)]
+    items = [it for it in stage.items(work) if part.owns(it.group or it.key)]
     summary = Summary(stage.name, total=len(items))
     pending = [it for it in items if read_status(work, stage.name, it.key) is None]
     summary.already = len(items) - len(pending)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fd2talk.pipeline import media
 from fd2talk.pipeline.cli import app
-from fd2talk.pipeline.clip import ClipConfig, ClipStage, fragments
+from fd2talk.pipeline.clip import KEYINT, ClipConfig, ClipStage, fragments
 from fd2talk.pipeline.runner import run_stage
 
 
@@ -28,6 +28,15 @@ def _run(tmp_path, rows, **cfg):
     return work, run_stage(stage, work, progress=False)
 
 
+def _keyframes(mp4):
+    """Frame numbers of the video packets flagged as keyframes (demuxing only)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "packet=pts_time,flags", "-of", "csv=p=0", str(mp4)],
+                         capture_output=True, check=True, text=True).stdout
+    rows = [line.split(",") for line in out.split()]
+    return sorted(round(float(t) * 25) for t, flags in rows if "K" in flags)
+
+
 def _check_clip(work, key, frames):
     mp4 = work / "clips" / f"{key}.mp4"
     info = media.probe(mp4)
@@ -36,6 +45,10 @@ def _check_clip(work, key, frames):
     assert abs(info.audio_duration - frames / 25) <= 0.065  # AAC frames are 64 ms
     meta = json.loads(mp4.with_suffix(".json").read_text())
     assert meta["frames"] == frames and meta["fps"] == 25
+    assert (meta["width"], meta["height"]) == (info.width, info.height)
+    # A keyframe every KEYINT frames and on the last one, as the json says (crop relies on it).
+    assert meta["keyint"] == KEYINT == 5 and meta["last_keyframe"] is True
+    assert _keyframes(mp4) == sorted(set(range(0, frames, KEYINT)) | {frames - 1})
 
 
 def test_fragments_cover_the_span_evenly():

@@ -1,14 +1,17 @@
 """Stage `crop` (and its detectors): FOMM face tubes -> 256x256 crops with audio in sync.
 
 Generated media: scikit-image's astronaut (a real face photo) composited on a
-plain background, moving; two faces side by side; no face; a tiny face; a face
-seen too briefly. The crop box must hold all 478 MediaPipe landmarks on every
-frame; sparse, downscaled detection must give the same tubes as detecting every
-full-resolution frame. The same on the shared real clips.
+plain background, moving in; two faces side by side; a face that leaves; no face;
+a tiny face; a face seen too briefly. The crop box must hold all 478 MediaPipe
+landmarks on every frame; sparse, downscaled detection must give the same tubes
+as detecting every full-resolution frame; decoding only the clips' keyframes
+(and the gaps to fill) must give byte-identical crops to decoding every frame.
+The same on the shared real clips.
 """
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,8 +21,8 @@ from typer.testing import CliRunner
 from fd2talk.model.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from fd2talk.pipeline import media
 from fd2talk.pipeline.cli import app
-from fd2talk.pipeline.clip import ClipConfig, ClipStage
-from fd2talk.pipeline.crop import CropConfig, CropStage, exhaustive, scan_faces
+from fd2talk.pipeline.clip import ClipConfig, ClipStage, encode_clip
+from fd2talk.pipeline.crop import CropConfig, CropStage, Keyframes, exhaustive, scan_faces
 from fd2talk.pipeline.detect import (
     S3FD_FILE,
     S3FD_URL,
@@ -34,6 +37,7 @@ from fd2talk.pipeline.tubes import crop_box, iou
 
 BG = 90  # grey background level
 FACE_ENTERS = 17  # first frame of the moving face (between two sparse detections)
+FACE_LEAVES = 43  # first frame without the face in "leaves" (between two keyframes)
 
 
 def _face_patch(scale: float = 1.0) -> np.ndarray:
@@ -73,10 +77,12 @@ def generated(tmp_path_factory):
     _video(root / "tiny.mp4", 50, 160, 120, lambda f: [(tiny, 60 + f // 10, 20)])
     _video(root / "brief.mp4", 50, 320, 240,
            lambda f: [(_face_patch(0.8), 70, 20)] if 10 <= f < 25 else [])
+    _video(root / "leaves.mp4", 70, 320, 240,
+           lambda f: [(_face_patch(0.8), 50 + f // 4, 20)] if f < FACE_LEAVES else [])
     ffmpeg_video(root / "noface.mp4", seconds=2.0, size="320x240")
     manifest = root / "manifest.csv"
     manifest.write_text("key,path\n" + "".join(
-        f"{k},{root / k}.mp4\n" for k in ("moving", "two", "tiny", "brief", "noface")))
+        f"{k},{root / k}.mp4\n" for k in ("moving", "two", "leaves", "tiny", "brief", "noface")))
     work = root / "work"
     assert run_stage(ClipStage(ClipConfig(manifest=str(manifest))), work, progress=False).ok
     summary = run_stage(CropStage(CropConfig()), work, progress=False)
@@ -185,6 +191,65 @@ def test_two_people_give_two_crops(generated, face_model):
         _check_landmarks_inside(work, m, face_model, num_faces=2)
 
 
+def test_face_leaving_crop(generated, face_model):
+    work, _ = generated
+    meta = _check_crop_files(work, "leaves_f000_t0")
+    assert (meta["start_frame"], meta["end_frame"]) == (0, FACE_LEAVES)  # the end is exact
+    assert not (work / "crops" / "leaves_f000_t1.json").exists()
+    _check_landmarks_inside(work, meta, face_model)
+
+
+def _tubes(scan):
+    return [(t.start, t.end, t.initial, t.box, t.boxes) for t in scan.tubes]
+
+
+def _strip_keyframes(src_work, dst_work, keys):
+    """Copy clips into a new work dir with json that no longer says where the keyframes are
+    (nor the size): the crop stage then decodes every frame and probes the clip."""
+    (dst_work / "clips").mkdir(parents=True)
+    for key in keys:
+        shutil.copy(src_work / "clips" / f"{key}.mp4", dst_work / "clips")
+        meta = json.loads((src_work / "clips" / f"{key}.json").read_text())
+        for field in ("keyint", "last_keyframe", "width", "height"):
+            del meta[field]
+        (dst_work / "clips" / f"{key}.json").write_text(json.dumps(meta))
+
+
+def _same_crop_outputs(work_a, work_b, keys):
+    """Both work dirs hold the same crop files, byte for byte, and the same skips."""
+    names = sorted(p.name for key in keys for p in (work_a / "crops").glob(f"{key}_t*"))
+    assert names == sorted(p.name for key in keys for p in (work_b / "crops").glob(f"{key}_t*"))
+    for name in names:
+        assert (work_a / "crops" / name).read_bytes() == (work_b / "crops" / name).read_bytes(), name
+    for key in keys:
+        a, b = (json.loads((w / "status" / "crop" / f"{key}.json").read_text())
+                for w in (work_a, work_b))
+        assert (a["status"], a.get("reason"), a.get("detail")) == (
+            b["status"], b.get("reason"), b.get("detail"))
+    return names
+
+
+def test_keyframe_decoding_gives_byte_identical_crops(generated, face_model, tmp_path):
+    """The fixture's crops came from decoding keyframes only; decoding every frame agrees."""
+    work, _ = generated
+    keys = ["moving_f000", "two_f000", "leaves_f000", "tiny_f000", "brief_f000", "noface_f000"]
+    with MediaPipeDetector(face_model) as det:
+        for key in ("moving_f000", "two_f000", "leaves_f000"):
+            clip = work / "clips" / f"{key}.mp4"
+            meta = json.loads(clip.with_suffix(".json").read_text())
+            w, h = meta["width"], meta["height"]
+            keyed = scan_faces(clip, w, h, CropConfig(), det.detect,
+                               keyframes=Keyframes.of_clip(meta))
+            stream = scan_faces(clip, w, h, CropConfig(), det.detect)
+            assert keyed.keyframes and not stream.keyframes
+            assert keyed.read < stream.read == stream.frames == keyed.frames == meta["frames"]
+            assert keyed.detected == stream.detected and _tubes(keyed) == _tubes(stream)
+    work2 = tmp_path / "work"
+    _strip_keyframes(work, work2, keys)
+    assert run_stage(CropStage(CropConfig()), work2, progress=False).ok
+    assert len(_same_crop_outputs(work, work2, keys)) == 8  # moving 1, two 2, leaves 1 (x2)
+
+
 @pytest.mark.parametrize("key, reason, detail", [
     ("noface_f000", "no_face", "no face detected"),
     ("tiny_f000", "face_too_small", "minimum 64 px"),
@@ -290,6 +355,61 @@ def test_sparse_scan_fills_gaps_where_faces_change(tmp_path):
         assert np.allclose(s_tube.box, e_tube.box, atol=2.5)
 
 
+def test_keyframe_scan_equals_streaming_scan(tmp_path):
+    """Squares appear, vanish and jump between keyframes: decoding only the keyframes (and
+    seeking into the gaps to fill) gives exactly the tubes of decoding every frame."""
+    n = 60
+
+    def squares(f):
+        out = []
+        if 17 <= f <= 41:
+            out.append((40 + f // 2, 40, 40))
+        if 30 <= f:
+            out.append((200 if f < 47 else 60, 150 + (f - 30) // 4, 40))
+        return [(np.full((s, s, 3), 255, np.uint8), x, y) for x, y, s in out]
+
+    src = _video(tmp_path / "squares.mp4", n, 320, 240, squares)  # x264's default GOP
+    clip = tmp_path / "clip.mp4"  # the clip stage's encoding: keyframes 0, 5, ..., 55, 59
+    encode_clip(src, clip, 0.0, n, 60)
+    no_last = tmp_path / "no_last.mp4"  # keyframes 0, 5, ..., 55: the last frame is sought
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), *media.x264_args(5),
+                    "-an", str(no_last)], check=True)
+    assert media.count_frames(clip) == media.count_frames(no_last) == n
+
+    def scan(path, every, keyframes=None):
+        cfg = CropConfig(detect_size=160, detect_every=every)
+        return scan_faces(path, 320, 240, cfg, _blob_detector, keyframes=keyframes)
+
+    reference = {every: scan(clip, every) for every in (3, 5, 10)}
+    assert [(t.start, t.end) for t in reference[5].tubes] == [(17, 41), (30, 46), (47, 59)]
+    assert reference[5].detected == 13 + 4 * 4 and not reference[5].keyframes
+    for path, last in ((clip, True), (no_last, False)):
+        for every in (5, 10):
+            got = scan(path, every, Keyframes(n, 5, last))
+            assert got.keyframes, (path.name, every)
+            assert _tubes(got) == _tubes(reference[every]), (path.name, every)
+            assert got.detected == reference[every].detected and got.frames == n
+            assert got.read < n
+        # detect_every not a multiple of the keyframe interval: every frame is decoded
+        got = scan(path, 3, Keyframes(n, 5, last))
+        assert not got.keyframes and _tubes(got) == _tubes(reference[3])
+    # Keyframes not where the json says (x264's default GOP; or the last frame is no
+    # keyframe after all; or it is one): found out, and every frame is decoded instead.
+    for path, keyframes in ((src, Keyframes(n, 5, True)), (no_last, Keyframes(n, 5, True)),
+                            (clip, Keyframes(n, 5, False))):
+        got = scan(path, 10, keyframes)
+        assert not got.keyframes and got.read == n, (path.name, keyframes)
+        assert _tubes(got) == _tubes(reference[10])
+
+
+def test_keyframes_of_clip_json():
+    assert Keyframes.of_clip({"frames": 12}) is None  # clips of an older version
+    kf = Keyframes.of_clip({"frames": 12, "keyint": 5, "last_keyframe": True, "fps": 25})
+    assert kf == Keyframes(12, 5, True, 25.0) and kf.indices() == [0, 5, 10, 11]
+    assert Keyframes(11, 5, True).indices() == [0, 5, 10] == Keyframes(12, 5, False).indices()
+    assert Keyframes(1, 5, True).indices() == [0]
+
+
 def test_check_crop_rejects_wrong_lengths(tmp_path):
     from fd2talk.pipeline.crop import check_crop
     from fd2talk.pipeline.skip import Skip, SkipReason
@@ -305,6 +425,21 @@ def test_check_crop_rejects_wrong_lengths(tmp_path):
     with pytest.raises(Skip) as e:
         check_crop(short, 50, 60, "")
     assert e.value.reason is SkipReason.AV_MISMATCH
+    # check_crop reads the mp4's index: the same packet counts and durations as ffprobe.
+    for path in (ok, short):
+        out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_entries",
+                              "stream=codec_type,nb_read_packets,duration", "-of", "json",
+                              str(path)], capture_output=True, check=True).stdout
+        want = [(s["codec_type"], int(s["nb_read_packets"]), float(s["duration"]))
+                for s in json.loads(out)["streams"]]
+        got = [(t.kind, t.packets, t.duration) for t in media.mp4_tracks(path)]
+        assert [g[:2] for g in got] == [w[:2] for w in want]
+        assert np.allclose([g[2] for g in got], [w[2] for w in want], atol=1e-3)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(ok.read_bytes()[:-200])  # the index (at the end) is cut short
+    with pytest.raises(Skip) as e:
+        check_crop(cut, 50, 60, "")
+    assert e.value.reason is SkipReason.DECODE_ERROR and "no complete mp4" in e.value.detail
 
 
 def test_detect_dims():
@@ -407,9 +542,19 @@ def test_shared_media(shared_media, face_model, tmp_path):
     assert run_stage(ClipStage(ClipConfig(manifest=str(manifest))), work, progress=False).ok
     summary = run_stage(CropStage(CropConfig()), work, progress=False)
     assert summary.done == 3 and summary.ok
+    # Decoding only keyframes (as above) and decoding every frame: byte-identical crops.
+    keys = [name.split("_")[1] + "_f000" for name in SHARED_CLIPS]
+    _strip_keyframes(work, tmp_path / "work2", keys)
+    assert run_stage(CropStage(CropConfig()), tmp_path / "work2", progress=False).done == 3
+    assert len(_same_crop_outputs(work, tmp_path / "work2", keys)) == 6
     with MediaPipeDetector(face_model) as det:
         for name in SHARED_CLIPS:
             key = name.split("_")[1] + "_f000"
+            clip_meta = json.loads((work / "clips" / f"{key}.json").read_text())
+            keyed = scan_faces(work / "clips" / f"{key}.mp4", clip_meta["width"],
+                               clip_meta["height"], CropConfig(), det.detect,
+                               keyframes=Keyframes.of_clip(clip_meta))
+            assert keyed.keyframes and keyed.read < clip_meta["frames"] / 2
             assert len(list((work / "crops").glob(f"{key}_t*.json"))) == 1
             meta = _check_crop_files(work, f"{key}_t0")
             clip_frames = json.loads((work / "clips" / f"{key}.json").read_text())["frames"]
