@@ -102,7 +102,15 @@ def feature_info(config: AudioConfig) -> dict:
 
 
 def decode_audio(path: Path, timeout: float) -> np.ndarray:
-    """The crop's audio, (S,) float32 16 kHz mono; a bad file raises the probe's specific Skip."""
+    """The crop's audio, (S,) float32 16 kHz mono; a bad file raises the probe's specific Skip.
+
+    The crop stage writes the audio beside the mp4 as exact-length PCM (`<key>.wav`);
+    reading that starts no decoder (ffmpeg's start-up alone costs more than the log-mel).
+    Without it (crops from older runs), ffmpeg decodes the mp4's AAC track.
+    """
+    wav = Path(path).with_suffix(".wav")
+    if wav.is_file():
+        return media.read_wav(wav)
     try:
         return media.read_audio(path, timeout)
     except Skip:

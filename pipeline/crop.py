@@ -324,18 +324,26 @@ def crop_filter(tubes: Sequence[Tube], boxes: Sequence[tuple[int, int, int, int]
                      f"scale={size}:{size}:flags={flags},setsar=1[v{k}]")
         parts.append(f"[ai{k}]apad,atrim=start_sample={tube.start * SAMPLES_PER_FRAME}:"
                      f"end_sample={(tube.end + 1) * SAMPLES_PER_FRAME},"
-                     f"asetpts=PTS-STARTPTS[a{k}]")
+                     f"asetpts=PTS-STARTPTS,asplit=2[a{k}][w{k}]")
     return ";".join(parts)
 
 
 def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
-                 boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float) -> str:
-    """One ffmpeg pass writing every tube's crop to its `dsts` path; returns ffmpeg's stderr."""
+                 boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float,
+                 wavs: Sequence[Path] = ()) -> str:
+    """One ffmpeg pass writing every tube's crop to its `dsts` path (and, when `wavs` are
+    given, its audio as exact-length 16 kHz mono PCM: F * 640 samples, read by the audio
+    stage without starting a decoder); returns ffmpeg's stderr."""
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(src),
            "-filter_complex", crop_filter(tubes, boxes, size)]
     for k, dst in enumerate(dsts):
         cmd += ["-map", f"[v{k}]", "-map", f"[a{k}]", *media.X264_ARGS, *media.AAC_ARGS,
                 *media.BITEXACT_ARGS, str(dst)]
+    for k, wav in enumerate(wavs):
+        cmd += ["-map", f"[w{k}]", "-c:a", "pcm_s16le", *media.BITEXACT_ARGS, str(wav)]
+    if not wavs:
+        cmd[cmd.index("-filter_complex") + 1] += "".join(f";[w{k}]anullsink"
+                                                         for k in range(len(dsts)))
     return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
 
 
@@ -443,14 +451,18 @@ class CropStage:
         boxes = [crop_box(t.box, width, height, cfg.increase) for t in tubes]
         keys = [f"{item.key}_t{k}" for k in range(len(tubes))]
         finals = [Path(work) / OUT_DIR / f"{key}.mp4" for key in keys]
+        wav_finals = [f.with_suffix(".wav") for f in finals]
         with contextlib.ExitStack() as stack:
             tmps = [stack.enter_context(atomic.atomic_path(f)) for f in finals]
-            stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout)
-            for tmp, tube in zip(tmps, tubes, strict=True):
+            wavs = [stack.enter_context(atomic.atomic_path(f)) for f in wav_finals]
+            stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout, wavs)
+            for tmp, wav, tube in zip(tmps, wavs, tubes, strict=True):
                 check_crop(tmp, tube.length, cfg.timeout, stderr)
+                if len(media.read_wav(wav)) != tube.length * SAMPLES_PER_FRAME:
+                    raise Skip(SkipReason.DECODE_ERROR, f"{wav.name}: wrong length", stderr)
         outputs = []
         for k, (key, tube, box) in enumerate(zip(keys, tubes, boxes, strict=True)):
             atomic.write_json(Path(work) / OUT_DIR / f"{key}.json",
                               crop_record(key, item.payload, k, tube, box, scan, cfg))
-            outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.json"]
+            outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.wav", f"{OUT_DIR}/{key}.json"]
         return outputs

@@ -302,6 +302,17 @@ def read_frames(path: Path, width: int, height: int, timeout: float) -> np.ndarr
     return np.stack(frames)
 
 
+def read_wav(path: Path) -> np.ndarray:
+    """A 16-bit PCM mono WAV (as the crop stage writes) as float32 samples in [-1, 1]."""
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
+            raise ValueError(f"{path}: expected 16-bit mono {SAMPLE_RATE} Hz PCM")
+        data = w.readframes(w.getnframes())
+    return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
 def read_audio(path: Path, timeout: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The first audio stream of `path` as float32 mono samples in [-1, 1] at `sample_rate`."""
     cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-ac", "1",

@@ -150,8 +150,13 @@ def test_moving_face_crop(generated, face_model):
     work, summary = generated
     assert summary.failed == 0
     assert _status(work, "moving_f000")["outputs"] == [
-        "crops/moving_f000_t0.mp4", "crops/moving_f000_t0.json"]
+        "crops/moving_f000_t0.mp4", "crops/moving_f000_t0.wav", "crops/moving_f000_t0.json"]
     meta = _check_crop_files(work, "moving_f000_t0")
+    # The PCM beside the crop has exactly 640 samples a frame and is the crop's audio.
+    pcm = media.read_wav(work / "crops" / "moving_f000_t0.wav")
+    assert len(pcm) == meta["frames"] * 640
+    aac = media.read_audio(work / "crops" / "moving_f000_t0.mp4", 60)[: len(pcm)]
+    assert np.corrcoef(pcm[: len(aac)], aac)[0, 1] > 0.95
     # The face enters between two sparse detections: the gap was filled in, the start is exact.
     assert (meta["start_frame"], meta["end_frame"]) == (FACE_ENTERS, 75)
     assert meta["detected_frames"] < 75 and meta["clip"] == "moving_f000"
@@ -247,7 +252,7 @@ def test_keyframe_decoding_gives_byte_identical_crops(generated, face_model, tmp
     work2 = tmp_path / "work"
     _strip_keyframes(work, work2, keys)
     assert run_stage(CropStage(CropConfig()), work2, progress=False).ok
-    assert len(_same_crop_outputs(work, work2, keys)) == 8  # moving 1, two 2, leaves 1 (x2)
+    assert len(_same_crop_outputs(work, work2, keys)) == 12  # moving 1, two 2, leaves 1 (x3)
 
 
 @pytest.mark.parametrize("key, reason, detail", [
@@ -546,7 +551,7 @@ def test_shared_media(shared_media, face_model, tmp_path):
     keys = [name.split("_")[1] + "_f000" for name in SHARED_CLIPS]
     _strip_keyframes(work, tmp_path / "work2", keys)
     assert run_stage(CropStage(CropConfig()), tmp_path / "work2", progress=False).done == 3
-    assert len(_same_crop_outputs(work, tmp_path / "work2", keys)) == 6
+    assert len(_same_crop_outputs(work, tmp_path / "work2", keys)) == 9  # mp4, wav, json
     with MediaPipeDetector(face_model) as det:
         for name in SHARED_CLIPS:
             key = name.split("_")[1] + "_f000"
