@@ -13,6 +13,7 @@ Every stage reads and writes one work directory:
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +38,31 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or t
 FaceModel = Annotated[str | None, typer.Option(
     "--face-model", help="MediaPipe face_landmarker.task (default: $FD2TALK_FACE_MODEL, "
     "then ~/.cache/fd2talk/face_landmarker.task).")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
+
+
+class Detector(StrEnum):
+    mediapipe = "mediapipe"
+    s3fd = "s3fd"
+
+
+class CoeffsBackend(StrEnum):
+    mediapipe = "mediapipe"
+    deep3d = "deep3d"
+
+
+class AudioBackend(StrEnum):
+    logmel = "logmel"
+    wav2vec2 = "wav2vec2"
+
+
+class DeviceName(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+Device = Annotated[DeviceName, typer.Option(
+    "--device", help="auto (CUDA when present), cpu or cuda.")]
 
 
 def _run(stage, work: Path, workers: int, part: str, force: bool, quiet: bool) -> None:
@@ -70,8 +95,9 @@ def clip(
 @app.command()
 def crop(
     work: Work,
-    detector: Annotated[str, typer.Option(
-        help="Face detector: mediapipe (offline) or s3fd (face-alignment's weights).")] = "mediapipe",
+    detector: Annotated[Detector, typer.Option(
+        help="Face detector: mediapipe (offline) or s3fd (face-alignment's weights).")
+    ] = Detector.mediapipe,
     s3fd_weights: Annotated[str | None, typer.Option(
         help="face-alignment's s3fd-619a316812.pth (default: $FD2TALK_S3FD_WEIGHTS).")] = None,
     detect_size: Annotated[int, typer.Option(
@@ -84,24 +110,24 @@ def crop(
     min_frames: Annotated[int, typer.Option(help="Drop shorter face tubes.")] = 25,
     min_face: Annotated[int, typer.Option(help="Drop faces smaller than this (pixels).")] = 64,
     size: Annotated[int, typer.Option(help="Side of the square crops.")] = 256,
-    face_model: FaceModel = None, device: Device = "auto",
+    face_model: FaceModel = None, device: Device = DeviceName.auto,
     workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Clips -> 256x256 face crops with audio, one per face tube (WORK/crops)."""
     from .crop import CropConfig, CropStage
 
-    cfg = CropConfig(detector=detector, face_model=face_model, s3fd_weights=s3fd_weights,
+    cfg = CropConfig(detector=detector.value, face_model=face_model, s3fd_weights=s3fd_weights,
                      detect_size=detect_size, detect_every=detect_every,
                      iou_with_initial=iou_with_initial, increase=increase,
-                     min_frames=min_frames, min_face=min_face, size=size, device=device)
+                     min_frames=min_frames, min_face=min_face, size=size, device=device.value)
     _run(CropStage(cfg), work, workers, part, force, quiet)
 
 @app.command()
 def coeffs(
     work: Work,
-    backend: Annotated[str, typer.Option(
+    backend: Annotated[CoeffsBackend, typer.Option(
         help="mediapipe (52 blendshapes, offline default) or deep3d (R-Net, 257-d).")
-    ] = "mediapipe",
+    ] = CoeffsBackend.mediapipe,
     face_model: FaceModel = None,
     deep3d_checkpoint: Annotated[str | None, typer.Option(
         "--deep3d-checkpoint", help="Deep3DFaceRecon_pytorch's epoch_20.pth "
@@ -112,7 +138,7 @@ def coeffs(
     max_invalid: Annotated[float, typer.Option(
         help="Skip clips with a larger share of frames without a face.")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="R-Net batch size (deep3d).")] = 32,
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     timeout: Annotated[float, typer.Option(
         help="Seconds per clip for decoding (plus 1 s a frame for the model).")] = 600.0,
     workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
@@ -123,15 +149,15 @@ def coeffs(
     def absolute(p: str | None) -> str | None:
         return str(Path(p).expanduser().resolve()) if p else None
 
-    cfg = CoeffsConfig(backend, absolute(face_model), absolute(deep3d_checkpoint),
-                       absolute(bfm_dir), max_invalid, batch_size, device, timeout)
+    cfg = CoeffsConfig(backend.value, absolute(face_model), absolute(deep3d_checkpoint),
+                       absolute(bfm_dir), max_invalid, batch_size, device.value, timeout)
     _run(CoeffsStage(cfg), work, workers, part, force, quiet)
 
 
 @app.command()
 def audio(
     work: Work,
-    backend: Annotated[str | None, typer.Option(
+    backend: Annotated[AudioBackend | None, typer.Option(
         help="logmel (80 log-mel bands, offline default) or wav2vec2 (the default when "
         "--wav2vec2 is given).")] = None,
     wav2vec2: Annotated[str | None, typer.Option(
@@ -148,16 +174,17 @@ def audio(
         help="wav2vec2 windows per forward (0: 1 on CPU, 4 on CUDA).")] = 0,
     av_tolerance: Annotated[float, typer.Option(
         help="Skip crops whose audio and video lengths differ by more (s).")] = 0.2,
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Crops -> per-frame audio features at 25 fps, float16 (F, D) (WORK/audio)."""
     from .audio import AudioConfig, AudioStage
 
-    cfg = AudioConfig(backend=backend or ("wav2vec2" if wav2vec2 else "logmel"),
+    cfg = AudioConfig(backend=backend.value if backend else
+                      ("wav2vec2" if wav2vec2 else "logmel"),
                       wav2vec2=wav2vec2, layer=layer, chunk_seconds=chunk_seconds,
                       context_seconds=context_seconds, batch_size=batch_size,
-                      av_tolerance=av_tolerance, device=device)
+                      av_tolerance=av_tolerance, device=device.value)
     _run(AudioStage(cfg), work, workers, part, force, quiet)
 
 @app.command()
@@ -203,15 +230,16 @@ def run(
         "--manifest", "-m", help="CSV or JSONL manifest (not needed with --demo).")] = None,
     demo: Annotated[bool, typer.Option(
         "--demo", help="First make the bundled demo dataset in WORK/demo_src and use it.")] = False,
-    detector: Annotated[str, typer.Option(help="crop: mediapipe or s3fd.")] = "mediapipe",
-    coeffs_backend: Annotated[str, typer.Option(
-        "--coeffs", help="coeffs: mediapipe or deep3d.")] = "mediapipe",
-    audio_backend: Annotated[str, typer.Option(
-        "--audio", help="audio: logmel or wav2vec2.")] = "logmel",
+    detector: Annotated[Detector, typer.Option(help="crop: mediapipe or s3fd.")
+    ] = Detector.mediapipe,
+    coeffs_backend: Annotated[CoeffsBackend, typer.Option(
+        "--coeffs", help="coeffs: mediapipe or deep3d.")] = CoeffsBackend.mediapipe,
+    audio_backend: Annotated[AudioBackend, typer.Option(
+        "--audio", help="audio: logmel or wav2vec2.")] = AudioBackend.logmel,
     wav2vec2: Annotated[str | None, typer.Option(
         help="audio: local wav2vec 2.0 model directory (with --audio wav2vec2).")] = None,
     max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
-    face_model: FaceModel = None, device: Device = "auto",
+    face_model: FaceModel = None, device: Device = DeviceName.auto,
     workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Every stage in order: clip, crop, coeffs, audio, shard (shard only without --part).
@@ -234,9 +262,9 @@ def run(
     face = str(Path(face_model).expanduser().resolve()) if face_model else None
     cfg = RunConfig(
         clip=ClipConfig(str(Path(manifest).resolve()), max_seconds=max_seconds),
-        crop=CropConfig(detector=detector, face_model=face, device=device),
-        coeffs=CoeffsConfig(backend=coeffs_backend, face_model=face, device=device),
-        audio=AudioConfig(backend=audio_backend, wav2vec2=wav2vec2, device=device),
+        crop=CropConfig(detector=detector.value, face_model=face, device=device.value),
+        coeffs=CoeffsConfig(backend=coeffs_backend.value, face_model=face, device=device.value),
+        audio=AudioConfig(backend=audio_backend.value, wav2vec2=wav2vec2, device=device.value),
     )
     summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
                         progress=not quiet)

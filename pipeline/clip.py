@@ -74,6 +74,7 @@ class ClipStage:
 
     name = "clip"
     out_dir = OUT_DIR
+    input_fields = ("manifest",)  # another manifest adds rows; it does not change settings
 
     def __init__(self, config: ClipConfig):
         self.config = config

@@ -54,6 +54,7 @@ class Stage(Protocol):
     name: str  # "clip", "crop", ...: names the status folder
     out_dir: str  # folder under the work dir that holds the outputs
     config: Any  # a frozen dataclass; recorded in status/<name>/config.json
+    # optional: `input_fields`, config fields that name inputs, not settings (not compared)
 
     def items(self, work: Path) -> list[Item]: ...
 
@@ -135,7 +136,11 @@ def done_outputs(work: Path, stage: str) -> dict[str, list[str]]:
 
 
 def _config_record(stage: Stage) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(stage.config), default=str))
+    """The settings that shape the outputs (not inputs such as the manifest's path)."""
+    record = json.loads(json.dumps(dataclasses.asdict(stage.config), default=str))
+    for name in getattr(stage, "input_fields", ()):
+        record.pop(name, None)
+    return record
 
 
 def _check_config(stage: Stage, work: Path, force: bool) -> None:
@@ -219,11 +224,12 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
 
     work = Path(work)
     t0 = time.perf_counter()
+    all_items = stage.items(work)  # validates the inputs (a bad manifest stops here)
     _check_config(stage, work, force)
     (work / stage.out_dir).mkdir(parents=True, exist_ok=True)
     if part.whole:
         atomic.clean_tmp(work / stage.out_dir)
-    items = [it for it in stage.items(work) if part.owns(it.group or it.key)]
+    items = [it for it in all_items if part.owns(it.group or it.key)]
     summary = Summary(stage.name, total=len(items))
     pending = [it for it in items if read_status(work, stage.name, it.key) is None]
     summary.already = len(items) - len(pending)
