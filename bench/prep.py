@@ -170,6 +170,7 @@ def main() -> None:
         for name, acfg in (("logmel", AudioConfig()),
                            ("wav2vec2-base", AudioConfig(backend="wav2vec2",
                                                          wav2vec2=str(w2v_dir)))):
+            (tmp / f"mem-{name}").mkdir()
             mem = measure_peak_memory(acfg, seconds=600.0, work=tmp / f"mem-{name}")
             ok = mem["peak_mb"] < 2048
             print(f"audio peak memory, 10-minute input, {name}: {mem['peak_mb']:.0f} MB "

@@ -24,7 +24,6 @@ and `--bfm-dir` / $FD2TALK_BFM_DIR; a missing one is a PrepError saying where to
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 from fd2talk.model.device import resolve_device
 
 from .skip import PrepError
+from .weights import local_weight
 
 INPUT_SIZE = 224  # R-Net input side (Deep3D's target_size)
 RESCALE_FACTOR = 102.0  # Deep3D's rescale_factor: face scale in the 224 crop
@@ -65,31 +65,15 @@ _LM68_FOR_5 = np.array([31, 37, 40, 43, 46, 49, 55]) - 1
 
 def checkpoint_path(flag: str | Path | None = None) -> Path:
     """Resolve the R-Net checkpoint: `flag`, else $FD2TALK_DEEP3D_CHECKPOINT."""
-    value = flag or os.environ.get(CHECKPOINT_ENV)
-    if not value:
-        raise PrepError(
-            f"the deep3d backend needs Deep3DFaceRecon_pytorch's {CHECKPOINT_NAME}: pass "
-            f"--deep3d-checkpoint PATH or set {CHECKPOINT_ENV} ({CHECKPOINT_HINT}), or use "
-            "--backend mediapipe")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise PrepError(f"Deep3D checkpoint {path} (from "
-                        f"{'--deep3d-checkpoint' if flag else CHECKPOINT_ENV}) not found: "
-                        f"{CHECKPOINT_HINT}")
-    return path
+    return local_weight(flag, flag_name="--deep3d-checkpoint PATH", env=CHECKPOINT_ENV,
+                        name=f"Deep3DFaceRecon_pytorch's {CHECKPOINT_NAME}",
+                        hint=CHECKPOINT_HINT, alternative="--backend mediapipe")
 
 
 def lm3d_path(bfm_dir: str | Path | None = None) -> Path:
     """Resolve `similarity_Lm3D_all.mat` in `bfm_dir`, else in $FD2TALK_BFM_DIR."""
-    value = bfm_dir or os.environ.get(BFM_ENV)
-    if not value:
-        raise PrepError(f"the deep3d backend needs {LM3D_NAME}: pass --bfm-dir DIR or set "
-                        f"{BFM_ENV} ({LM3D_HINT})")
-    path = Path(value).expanduser() / LM3D_NAME
-    if not path.is_file():
-        raise PrepError(f"{path} (from {'--bfm-dir' if bfm_dir else BFM_ENV}) not found: "
-                        f"{LM3D_HINT}")
-    return path
+    return local_weight(bfm_dir, flag_name="--bfm-dir DIR", env=BFM_ENV, name=LM3D_NAME,
+                        hint=LM3D_HINT, member=LM3D_NAME)
 
 
 def load_lm3d(bfm_dir: str | Path | None = None) -> np.ndarray:

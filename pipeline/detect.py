@@ -25,7 +25,6 @@ are not closed print tracebacks at interpreter exit.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -34,7 +33,9 @@ import numpy as np
 from fd2talk.model.device import resolve_device
 
 from . import weights
+from .quiet import native_stderr_silenced
 from .skip import PrepError
+from .weights import local_weight
 
 Detection = tuple[float, float, float, float, float]  # x0, y0, x1, y1, score
 DETECTORS = ("mediapipe", "s3fd")
@@ -79,14 +80,23 @@ class MediaPipeDetector:
             base_options=BaseOptions(model_asset_buffer=weights.task_member(task,
                                                                             MEDIAPIPE_MEMBER)),
             running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_score)
-        self._detector = vision.FaceDetector.create_from_options(options)
+        with native_stderr_silenced():
+            self._detector = vision.FaceDetector.create_from_options(options)
+        self._first = True  # the first inference logs too
+
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         import mediapipe as mp
 
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+        if self._first:
+            self._first = False
+            with native_stderr_silenced():
+                result = self._detector.detect(image)
+        else:
+            result = self._detector.detect(image)
         out = []
-        for d in self._detector.detect(image).detections:
+        for d in result.detections:
             b = d.bounding_box
             bw, bh = float(b.width), float(b.height)
             el, et, er, eb = MEDIAPIPE_BOX_TO_FACE
@@ -97,7 +107,8 @@ class MediaPipeDetector:
 
     def close(self) -> None:
         if self._detector is not None:
-            self._detector.close()
+            with native_stderr_silenced():
+                self._detector.close()
             self._detector = None
 
     def __enter__(self) -> MediaPipeDetector:
@@ -109,20 +120,11 @@ class MediaPipeDetector:
 
 def s3fd_weights_path(flag: str | Path | None = None) -> Path:
     """Resolve S3FD's weights: `flag`, else $FD2TALK_S3FD_WEIGHTS; a missing file is a PrepError."""
-    value = flag or os.environ.get(S3FD_ENV)
-    if not value:
-        raise PrepError(
-            f"the s3fd detector needs face-alignment's {S3FD_FILE}: pass --s3fd-weights PATH "
-            f"or set {S3FD_ENV} (download it from {S3FD_URL}, the file face-alignment "
-            "(github.com/1adrianb/face-alignment) fetches on first use), or use "
-            "--detector mediapipe")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise PrepError(
-            f"S3FD weights {path} (from {'--s3fd-weights' if flag else S3FD_ENV}) not found: "
-            f"download {S3FD_FILE} from {S3FD_URL} (face-alignment's published S3FD "
-            "weights, github.com/1adrianb/face-alignment) and give its path")
-    return path
+    return local_weight(
+        flag, flag_name="--s3fd-weights PATH", env=S3FD_ENV, name=f"S3FD weights {S3FD_FILE}",
+        hint=f"download {S3FD_FILE} from {S3FD_URL}, face-alignment's published S3FD weights "
+        "(github.com/1adrianb/face-alignment fetches it on first use), and give its path",
+        alternative="--detector mediapipe")
 
 
 # S3FD = VGG-16 body + extra layers; (name, in, out, kernel, stride, padding); "pool" = 2x2 max.

@@ -46,6 +46,7 @@ import numpy as np
 from fd2talk.model.schema import FPS
 
 from . import weights
+from .quiet import native_stderr_silenced
 
 N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
@@ -145,14 +146,20 @@ class Landmarker:
             min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        with native_stderr_silenced():
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
         self.fps = fps
+        self._first = True  # the first inference logs too
 
     def detect_raw(self, frame: np.ndarray, index: int):
         """The bare model call: (H, W, 3) uint8 RGB frame `index` -> MediaPipe's result."""
         import mediapipe as mp
 
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+        if self._first:
+            self._first = False
+            with native_stderr_silenced():
+                return self._landmarker.detect_for_video(image, timestamp_ms(index, self.fps))
         return self._landmarker.detect_for_video(image, timestamp_ms(index, self.fps))
 
     def detect(self, frame: np.ndarray, index: int) -> Frame:
@@ -173,7 +180,8 @@ class Landmarker:
 
     def close(self) -> None:
         if self._landmarker is not None:
-            self._landmarker.close()
+            with native_stderr_silenced():
+                self._landmarker.close()
             self._landmarker = None
 
     def __enter__(self) -> Landmarker:

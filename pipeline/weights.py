@@ -50,6 +50,23 @@ def face_model_path(flag: str | Path | None = None) -> Path:
     return path
 
 
+def local_weight(flag: str | Path | None, *, flag_name: str, env: str, name: str, hint: str,
+                 alternative: str = "", member: str | None = None) -> Path:
+    """Resolve a third-party weight file from `flag`, else $`env` (`member`: a file inside the
+    folder given). Never downloads: a missing one is a `PrepError` naming the file, where the
+    path came from, and how to get it (`hint`) or what to use instead (`alternative`)."""
+    value = flag or os.environ.get(env)
+    if not value:
+        alt = f", or use {alternative}" if alternative else ""
+        raise PrepError(f"{name} is needed: pass {flag_name} or set {env} ({hint}){alt}")
+    path = Path(value).expanduser()
+    if member:
+        path = path / member
+    if not path.is_file():
+        raise PrepError(f"{name} not found at {path} (from {flag_name if flag else env}): {hint}")
+    return path
+
+
 def task_member(task: Path, name: str) -> bytes:
     """One model file (e.g. `face_detector.tflite`) from inside a `.task` bundle (a zip)."""
     with zipfile.ZipFile(task) as zf:
