@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fd2talk.model.schema import CROP_SIZE
 from fd2talk.pipeline import crop as crop_mod
 from fd2talk.pipeline import media
@@ -74,6 +76,42 @@ def ffmpeg_limit_crop(clips: list[Path], tmp: Path) -> float:
                *media.BITEXACT_ARGS, str(tmp / "limit.mp4")]
         media.run_tool(cmd, 600, "ffmpeg")
     return time.perf_counter() - t0
+
+
+def _per_call(detect, frame: np.ndarray, n: int = 3) -> float:
+    detect(frame)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        detect(frame)
+    return (time.perf_counter() - t0) / n
+
+
+def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, frames: int,
+                  tmp: Path) -> dict:
+    """The paper's S3FD detector in place of BlazeFace, ESTIMATED: measured per-call cost of
+    both detectors (S3FD with random weights: the same network and cost; random boxes would
+    make a real sparse run meaningless) swapped into the measured stage times, with the
+    detector-call counts of the real sparse run and of every-frame detection."""
+    import torch
+
+    from fd2talk.pipeline.crop import detect_dims
+    from fd2talk.pipeline.detect import MediaPipeDetector, S3FDDetector, s3fd_class
+
+    torch.save(s3fd_class()().state_dict(), tmp / "s3fd-random.pth")
+    info = media.probe(clips[0])
+    full = media.read_frames(clips[0], info.width, info.height, 600)[0]
+    small = media.read_frames(clips[0], *detect_dims(info.width, info.height, 320), 600)[0]
+    with MediaPipeDetector() as mp_det, S3FDDetector(tmp / "s3fd-random.pth") as s3fd:
+        mp_small, mp_full = _per_call(mp_det.detect, small), _per_call(mp_det.detect, full)
+        s3_small, s3_full = _per_call(s3fd.detect, small), _per_call(s3fd.detect, full)
+    sparse = secs + calls * (s3_small - mp_small)
+    every = secs_full + frames * (s3_full - mp_full)
+    print(f"{'crop, S3FD (estimate)':<22} {frames:>6} {frames / sparse:>10.2f} "
+          f"{'':>10} {every / sparse:>6.2f}x  {'ok' if every / sparse >= 5 else 'BELOW 5x'}  "
+          f"ESTIMATE: S3FD {s3_small * 1e3:.0f} ms/call at 320 px, {s3_full * 1e3:.0f} ms at "
+          f"{info.width} px; {calls} vs {frames} calls")
+    return {"stage": "crop_vs_exhaustive_s3fd_estimate", "speedup": every / sparse,
+            "s3fd_ms_320": s3_small * 1e3, "s3fd_ms_full": s3_full * 1e3, "calls": calls}
 
 
 def row(name: str, frames: int, secs: float, limit_secs: float, note: str = "") -> dict:
@@ -128,6 +166,9 @@ def main() -> None:
     results.append({"stage": "crop_vs_exhaustive", "speedup": speedup})
     stage_seconds(CropStage(cfg), work)  # leave the sparse crops for the next stages
     crop_n = crop_frames(work)
+    calls = sum(json.loads(p.read_text())["detected_frames"]
+                for p in (work / "crops").glob("*.json"))
+    results.append(s3fd_estimate(clips, secs, secs_full, calls, n_clip_frames, tmp))
     n_crop_frames = sum(crop_n.values())
 
     # coeffs (mediapipe) vs the bare landmarker on the same frames
