@@ -197,12 +197,12 @@ def shard(
 ) -> None:
     """Crops + coefficients + audio features -> WORK/shards/<split>-%06d.tar (70/10/20 by video)."""
     from .runner import print_summary
-    from .shard import ShardConfig, run_shard
+    from .shard import ShardConfig, describe, run_shard
 
     summary = run_shard(work, ShardConfig(maxcount, maxsize), progress=not quiet, force=force)
     if not quiet:
         print_summary(summary)
-        typer.echo(f"shards and manifest: {work / 'shards'}", err=True)
+        typer.echo(describe(work), err=True)
 
 
 @app.command()
@@ -270,9 +270,10 @@ def run(
                         progress=not quiet)
     if any(not s.ok for s in summaries):
         raise typer.Exit(1)
-    if not quiet:
-        typer.echo(f"shards: {work / 'shards'} (manifest.jsonl says where every clip went)",
-                   err=True)
+    if not quiet and Part.parse(part).whole:
+        from .shard import describe
+
+        typer.echo(describe(work), err=True)
 
 
 @app.command("fetch-face-model")

@@ -27,6 +27,7 @@ from fd2talk import __version__
 from fd2talk.model import schema
 
 from . import atomic, runner
+from .manifest import SPLITS
 from .skip import PrepError, Skip, SkipReason
 from .split import DEFAULT_RATIOS, assign_splits
 
@@ -199,6 +200,17 @@ class _Writer:
     def close(self) -> list[dict]:
         self._close()
         return self.shards
+
+
+def describe(work: Path) -> str:
+    """One line for the end of a run: samples per split and where the shards are."""
+    path = Path(work) / OUT_DIR / MANIFEST
+    if not path.is_file():
+        return f"no shards in {path.parent}"
+    header = json.loads(path.read_text().splitlines()[0])
+    counts = ", ".join(f"{split} {header['counts'].get(split, 0)}" for split in SPLITS)
+    return (f"shards in {path.parent}: {counts} clips in {len(header['shards'])} tars; "
+            f"{MANIFEST} says where every clip went")
 
 
 def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = True,
