@@ -4,7 +4,9 @@ model, and small media files generated with ffmpeg's own sources."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,22 @@ def frames_to_video(path: Path, frames: np.ndarray, fps: float = 25,
     if tmp_wav:
         tmp_wav.unlink()
     return path
+
+
+def start_then_kill(cmd: list[str], ready, delay: float = 0.0, timeout: float = 60.0) -> bool:
+    """Start `cmd` (in REPO, its own process group), wait until `ready()` is true (or it
+    exits, or `timeout`), then `delay` more seconds, then kill -9 the whole group.
+    Returns whether it was killed (False: it had already finished)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    t0 = time.monotonic()
+    while proc.poll() is None and not ready() and time.monotonic() - t0 < timeout:
+        time.sleep(0.02)
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
 
 
 @pytest.fixture

@@ -3,17 +3,14 @@ and a run killed with kill -9 at several points resumes to byte-identical output
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import REPO
+from conftest import REPO, start_then_kill
 from typer.testing import CliRunner
 
 from fd2talk.model import schema
@@ -69,12 +66,7 @@ def test_kill_9_anywhere_then_resume_is_identical(demo_manifest, clean_run, tmp_
     kills = 0
     # kill after 2, 6 and 10 seconds of work: inside clip, crop/coeffs, and later stages
     for delay in (2.0, 6.0, 10.0):
-        proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += start_then_kill(cmd, lambda: True, delay)
     assert kills >= 2
     done = subprocess.run(cmd, cwd=REPO, timeout=600, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

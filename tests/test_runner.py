@@ -1,16 +1,13 @@
 """The stage runner: --part slices, resume after kill -9, workers, config changes, failures."""
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ffmpeg_video
+from conftest import REPO, ffmpeg_video, start_then_kill
 
 from fd2talk.pipeline.clip import ClipConfig, ClipStage
 from fd2talk.pipeline.runner import Item, Part, run_stage
@@ -128,19 +125,14 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     cmd = [sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
            "clip", str(work), "-m", str(manifest), "-q"]
     kills = 0
+    status = work / "status" / "clip"
     for delay in (0.0, 0.4, 0.8):  # kill while items are in flight, at different points
-        proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
-        status = work / "status" / "clip"
-        t0 = time.monotonic()
-        while proc.poll() is None and len(list(status.glob("v*.json"))) <= kills:
-            if time.monotonic() - t0 > 60:
-                break
-            time.sleep(0.02)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        done_before = len(list(status.glob("v*.json")))
+
+        def progressed(n=done_before) -> bool:  # at least one more item finished
+            return len(list(status.glob("v*.json"))) > n
+
+        kills += start_then_kill(cmd, progressed, delay)
     assert kills >= 1
     final = subprocess.run(cmd, cwd=REPO, timeout=300)
     assert final.returncode == 0
