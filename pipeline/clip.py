@@ -62,7 +62,9 @@ def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: floa
     dur = n_frames / FPS
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
            "-i", str(src), "-t", f"{dur:.6f}", "-map", "0:v:0", "-map", "0:a:0",
-           "-vf", f"fps={FPS}", "-frames:v", str(n_frames),
+           # 4:2:0 needs even sides: an odd-sized source loses its last row/column
+           "-vf", f"fps={FPS},crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0,setsar=1",
+           "-frames:v", str(n_frames),
            "-af", f"aresample={SAMPLE_RATE},apad", *media.x264_args(KEYINT),
            "-force_key_frames", f"expr:eq(n,{n_frames - 1})", *media.AAC_ARGS,
            *media.BITEXACT_ARGS, str(dst)]

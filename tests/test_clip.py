@@ -59,18 +59,20 @@ def test_fragments_cover_the_span_evenly():
     assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
 
 
-@pytest.mark.parametrize("fps, sr, channels, vcodec, ext", [
-    (24, 44100, 2, "libx264", "mp4"),
-    (30000 / 1001, 16000, 1, "mpeg4", "mkv"),
-    (30, 48000, 2, "mpeg4", "avi"),
-    (25, 22050, 1, "libx264", "mov"),
+@pytest.mark.parametrize("fps, sr, channels, vcodec, ext, size", [
+    (24, 44100, 2, "libx264", "mp4", "320x240"),
+    (30000 / 1001, 16000, 1, "mpeg4", "mkv", "320x240"),
+    (30, 48000, 2, "mpeg4", "avi", "321x241"),  # odd sides: x264's 4:2:0 needs even ones
+    (25, 22050, 1, "libx264", "mov", "320x240"),
 ])
-def test_formats_are_normalised(tmp_path, fps, sr, channels, vcodec, ext):
+def test_formats_are_normalised(tmp_path, fps, sr, channels, vcodec, ext, size):
     src = ffmpeg_video(tmp_path / f"src.{ext}", seconds=2.0, fps=fps, sample_rate=sr,
-                       channels=channels, vcodec=vcodec)
+                       channels=channels, vcodec=vcodec, size=size)
     work, summary = _run(tmp_path, [("v", src, None, None)])
     assert summary.done == 1 and summary.ok, summary.failures
     _check_clip(work, "v_f000", 50)
+    meta = json.loads((work / "clips" / "v_f000.json").read_text())
+    assert (meta["width"], meta["height"]) == (320, 240)
 
 
 def test_start_end_and_long_sources_split(tmp_path):
