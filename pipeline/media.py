@@ -12,7 +12,8 @@ import os
 import shutil
 import struct
 import subprocess
-import time
+import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -272,26 +273,36 @@ def iter_frames(path: Path, width: int, height: int, timeout: float,
     cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", *input_args, "-i", str(path), "-an",
            "-vf", chain, *output_args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frame_bytes = width * height * 3
-    deadline = time.monotonic() + timeout
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr goes to a file, not a pipe: a damaged file makes ffmpeg print an error per
+    # frame, and an unread pipe would fill up and block it (and us, reading its stdout).
+    # A timer kills ffmpeg at the deadline, so a read that would block forever returns.
+    err_file = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+
+    def stderr() -> str:
+        err_file.seek(0)
+        return err_file.read()[-20000:].decode(errors="replace")
+
     try:
         while True:
-            if time.monotonic() > deadline:
-                raise Skip(SkipReason.TIMEOUT, f"decoding {path} ran past {timeout:.0f} s")
             buf = proc.stdout.read(frame_bytes)
             if len(buf) < frame_bytes:
                 break
             yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        proc.wait()
+        if not timer.is_alive():
+            raise Skip(SkipReason.TIMEOUT, f"decoding {path} ran past {timeout:.0f} s", stderr())
         if proc.returncode != 0:
-            err = proc.stderr.read().decode(errors="replace")
-            raise Skip(SkipReason.DECODE_ERROR, f"decoding {path} failed", err)
+            raise Skip(SkipReason.DECODE_ERROR, f"decoding {path} failed", stderr())
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
-        proc.stderr.close()
+        err_file.close()
 
 
 def read_frames(path: Path, width: int, height: int, timeout: float) -> np.ndarray:

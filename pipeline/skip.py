@@ -25,6 +25,7 @@ class SkipReason(StrEnum):
     TIMEOUT = "timeout"  # an external tool ran past its timeout
     INCOMPLETE = "incomplete_inputs"  # shard: an earlier stage produced no output for this clip
     INCONSISTENT = "inconsistent_inputs"  # shard: frame counts of the parts disagree
+    NON_FINITE = "non_finite_values"  # a model gave inf/NaN (or overflowed float16)
 
 
 class Skip(Exception):  # noqa: N818 - it is a control-flow signal, not an error
