@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import traceback
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -123,24 +125,22 @@ def read_status(work: Path, stage: str, key: str) -> dict | None:
     return json.loads(path.read_text())
 
 
-def done_outputs(work: Path, stage: str) -> dict[str, list[str]]:
-    """key -> outputs of every item the stage completed (not skipped)."""
-    out = {}
-    for path in sorted(status_dir(work, stage).glob("*.json")):
-        if path.name in ("config.json", "summary.json"):
-            continue
-        rec = json.loads(path.read_text())
-        if rec["status"] == "done":
-            out[rec["key"]] = rec["outputs"]
-    return out
+# Config fields that never shape an output: a re-run may change them freely.
+NEUTRAL_FIELDS = ("timeout",)
 
 
 def _config_record(stage: Stage) -> dict:
-    """The settings that shape the outputs (not inputs such as the manifest's path)."""
+    """The settings that shape the outputs (not inputs such as the manifest's path, nor
+    timeouts)."""
     record = json.loads(json.dumps(dataclasses.asdict(stage.config), default=str))
-    for name in getattr(stage, "input_fields", ()):
+    for name in (*getattr(stage, "input_fields", ()), *NEUTRAL_FIELDS):
         record.pop(name, None)
     return record
+
+
+def _complete(rec: dict | None) -> bool:
+    """Done or skipped for good; a timeout is retried (maybe with a longer --timeout)."""
+    return rec is not None and rec.get("reason") != "timeout"
 
 
 def _check_config(stage: Stage, work: Path, force: bool) -> None:
@@ -157,8 +157,15 @@ def _check_config(stage: Stage, work: Path, force: bool) -> None:
                 f"{stage.name}: {work} holds outputs made with other settings {diff} "
                 "(old, new); use a new work dir, the old settings, or --force to redo them")
         if previous != current:
-            for rec in sdir.glob("*.json"):
-                rec.unlink()
+            # --force: drop every output the old settings made (sidecar json first, so no
+            # later stage picks up a half-removed clip), then the records
+            for rec_path in sorted(sdir.glob("*.json")):
+                if rec_path.name in ("config.json", "summary.json", "state.json"):
+                    continue
+                outputs = json.loads(rec_path.read_text()).get("outputs") or []
+                for rel in sorted(outputs, key=lambda o: not o.endswith(".json")):
+                    (Path(work) / rel).unlink(missing_ok=True)
+                rec_path.unlink()
     sdir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, current)
 
@@ -169,11 +176,10 @@ _WORKER_STAGE: Stage | None = None
 
 def _init_worker(stage: Stage, threads: int) -> None:
     global _WORKER_STAGE
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch/numpy when they load
     stage.setup()
+    if "torch" in sys.modules:  # only stages that use torch pay for importing it
+        sys.modules["torch"].set_num_threads(threads)
     _WORKER_STAGE = stage
 
 
@@ -231,7 +237,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
         atomic.clean_tmp(work / stage.out_dir)
     items = [it for it in all_items if part.owns(it.group or it.key)]
     summary = Summary(stage.name, total=len(items))
-    pending = [it for it in items if read_status(work, stage.name, it.key) is None]
+    pending = [it for it in items if not _complete(read_status(work, stage.name, it.key))]
     summary.already = len(items) - len(pending)
     failed: list[dict] = []
 
@@ -256,18 +262,39 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
                 account(_process_one(stage, it, work))
                 bar.update(1)
         else:
+            # Set up once here first: a missing or bad weight file is then a clear error,
+            # not a broken pool.
+            stage.setup()
+            close = getattr(stage, "close", None)
+            if close:
+                close()
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                      initializer=_init_worker,
                                      initargs=(stage, threads)) as pool:
                 queue = list(reversed(pending))
-                running = set()
+                running: dict = {}
                 while queue or running:
                     while queue and len(running) < 2 * workers:
-                        running.add(pool.submit(_worker_process, queue.pop(), work))
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        it = queue.pop()
+                        running[pool.submit(_worker_process, it, work)] = it
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        account(fut.result())
+                        it = running.pop(fut)
+                        try:
+                            account(fut.result())
+                        except BrokenProcessPool:
+                            # A worker died (killed for memory, or a crash in native code):
+                            # the items in flight fail; a re-run retries them.
+                            for lost in [it, *running.values()]:
+                                account({"key": lost.key, "stage": stage.name,
+                                         "inputs": lost.payload, "status": "failed",
+                                         "error": "a worker process died while processing "
+                                         "it (out of memory, or a crash in native code)",
+                                         "traceback": ""})
+                            running.clear()
+                            queue.clear()
+                            break
                         bar.update(1)
     finally:
         bar.close()

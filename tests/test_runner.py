@@ -1,6 +1,7 @@
 """The stage runner: --part slices, resume after kill -9, workers, config changes, failures."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ class CountingStage:
 
     def process(self, item, work):
         n = item.payload["n"]
+        if n == 99 and self.config.timeout < 5:
+            raise Skip(SkipReason.TIMEOUT, "ran past its timeout")
+        if n == 66:
+            os._exit(1)  # a worker dying (out of memory, a crash in native code)
         if n < 0:
             raise Skip(SkipReason.TOO_SHORT, f"{n} is negative")
         if n == 13:
@@ -42,10 +47,11 @@ class CountingStage:
 @dataclass(frozen=True)
 class CountingConfig:
     numbers: tuple
+    timeout: float = 1.0
 
 
-def _stage(numbers):
-    return CountingStage(CountingConfig(tuple(numbers)))
+def _stage(numbers, timeout=1.0):
+    return CountingStage(CountingConfig(tuple(numbers), timeout))
 
 
 def test_part_slices_are_disjoint_and_complete():
@@ -137,3 +143,28 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     final = subprocess.run(cmd, cwd=REPO, timeout=300)
     assert final.returncode == 0
     assert _tree_hashes(work / "clips") == _tree_hashes(clean / "clips")
+
+
+def test_force_removes_what_the_old_settings_made(tmp_path):
+    run_stage(_stage([1, 2, 3]), tmp_path, progress=False)
+    assert (tmp_path / "out" / "k3.txt").exists()
+    run_stage(_stage([1, 2]), tmp_path, progress=False, force=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["k1.txt", "k2.txt"]
+
+
+def test_timeouts_are_retried_with_a_longer_timeout(tmp_path):
+    s = run_stage(_stage([1, 99], timeout=1.0), tmp_path, progress=False)
+    assert dict(s.skipped) == {"timeout": 1}
+    s = run_stage(_stage([1, 99], timeout=60.0), tmp_path, progress=False)  # not refused
+    assert (s.already, s.done) == (1, 1)
+
+
+def test_a_dying_worker_fails_its_items_not_the_run(tmp_path):
+    s = run_stage(_stage([1, 2, 66, 3, 4]), tmp_path, workers=2, progress=False)
+    assert not s.ok and s.failed >= 1
+    failed = {r["key"] for r in s.failures if r["status"] == "failed"}
+    assert "k66" in failed
+    assert all("worker process died" in r["error"] for r in s.failures
+               if r["status"] == "failed")
+    s = run_stage(_stage([1, 2, 3, 4]), tmp_path, workers=2, progress=False, force=True)
+    assert s.ok and s.done == 4
