@@ -32,18 +32,32 @@ if [ -z "$py" ]; then
 fi
 
 # ffmpeg/ffprobe for every stage, espeak-ng for the demo's speech, libEGL/libGLESv2 because
-# MediaPipe's native library links them even on its CPU path.
+# MediaPipe's native library links them even on its CPU path, and the venv module (Debian
+# splits it off as python3.11-venv).
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+has_lib() { "$ldconfig" -p 2>/dev/null | grep -q "$1 "; }
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v espeak-ng >/dev/null \
-   || ! ldconfig -p | grep -q "libEGL.so.1 " || ! ldconfig -p | grep -q "libGLESv2.so.2 "; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "== apt: ffmpeg espeak-ng libegl1 libgles2"
+   || ! has_lib libEGL.so.1 || ! has_lib libGLESv2.so.2 \
+   || ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install.sh: need root or sudo to apt-get install ffmpeg espeak-ng libegl1 libgles2 python3.11-venv" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "== apt: ffmpeg espeak-ng libegl1 libgles2 python3-venv"
   $sudo apt-get update -qq
+  venv_pkg=""
+  "$py" -c 'import ensurepip, venv' 2>/dev/null || venv_pkg="python3.11-venv"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    ffmpeg espeak-ng libegl1 libgles2 >/dev/null
+    ffmpeg espeak-ng libegl1 libgles2 $venv_pkg >/dev/null
 fi
 
 echo "== venv (.venv) with $($py --version)"
-[ -x .venv/bin/python ] || "$py" -m venv .venv
+# a venv left half-made (e.g. by a failed earlier run) has a python but no pip: remake it
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  "$py" -m venv .venv
+fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" -c constraints.txt -e ".[dev]"

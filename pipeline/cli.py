@@ -65,6 +65,12 @@ Device = Annotated[DeviceName, typer.Option(
     "--device", help="auto (CUDA when present), cpu or cuda.")]
 
 
+def _absolute(path: str | None) -> str | None:
+    """An absolute path for a file option (the recorded settings must not depend on the
+    directory a command runs from); None stays None."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def _run(stage, work: Path, workers: int, part: str, force: bool, quiet: bool) -> None:
     from .runner import Part, print_summary, run_stage
 
@@ -116,11 +122,13 @@ def crop(
     """Clips -> 256x256 face crops with audio, one per face tube (WORK/crops)."""
     from .crop import CropConfig, CropStage
 
-    cfg = CropConfig(detector=detector.value, face_model=face_model, s3fd_weights=s3fd_weights,
+    cfg = CropConfig(detector=detector.value, face_model=_absolute(face_model),
+                     s3fd_weights=_absolute(s3fd_weights),
                      detect_size=detect_size, detect_every=detect_every,
                      iou_with_initial=iou_with_initial, increase=increase,
                      min_frames=min_frames, min_face=min_face, size=size, device=device.value)
     _run(CropStage(cfg), work, workers, part, force, quiet)
+
 
 @app.command()
 def coeffs(
@@ -146,11 +154,8 @@ def coeffs(
     """Crops -> per-frame expression, pose, identity, landmarks, valid mask (WORK/coeffs)."""
     from .coeffs import CoeffsConfig, CoeffsStage
 
-    def absolute(p: str | None) -> str | None:
-        return str(Path(p).expanduser().resolve()) if p else None
-
-    cfg = CoeffsConfig(backend.value, absolute(face_model), absolute(deep3d_checkpoint),
-                       absolute(bfm_dir), max_invalid, batch_size, device.value, timeout)
+    cfg = CoeffsConfig(backend.value, _absolute(face_model), _absolute(deep3d_checkpoint),
+                       _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout)
     _run(CoeffsStage(cfg), work, workers, part, force, quiet)
 
 
@@ -186,6 +191,7 @@ def audio(
                       context_seconds=context_seconds, batch_size=batch_size,
                       av_tolerance=av_tolerance, device=device.value)
     _run(AudioStage(cfg), work, workers, part, force, quiet)
+
 
 @app.command()
 def shard(
@@ -234,8 +240,9 @@ def run(
     ] = Detector.mediapipe,
     coeffs_backend: Annotated[CoeffsBackend, typer.Option(
         "--coeffs", help="coeffs: mediapipe or deep3d.")] = CoeffsBackend.mediapipe,
-    audio_backend: Annotated[AudioBackend, typer.Option(
-        "--audio", help="audio: logmel or wav2vec2.")] = AudioBackend.logmel,
+    audio_backend: Annotated[AudioBackend | None, typer.Option(
+        "--audio", help="audio: logmel (default) or wav2vec2 (default with --wav2vec2).")
+    ] = None,
     wav2vec2: Annotated[str | None, typer.Option(
         help="audio: local wav2vec 2.0 model directory (with --audio wav2vec2).")] = None,
     max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
@@ -253,18 +260,22 @@ def run(
     from .run import RunConfig, run_all
     from .runner import Part
 
+    if demo and manifest is not None:
+        raise PrepError("run takes --manifest FILE or --demo, not both")
     if demo:
         from .demo import DemoConfig, make_demo
 
         manifest = make_demo(work, DemoConfig())
     if manifest is None:
         raise PrepError("run needs --manifest FILE (or --demo for the bundled demo data)")
-    face = str(Path(face_model).expanduser().resolve()) if face_model else None
+    face = _absolute(face_model)
+    audio_name = audio_backend.value if audio_backend else (
+        "wav2vec2" if wav2vec2 else "logmel")
     cfg = RunConfig(
         clip=ClipConfig(str(Path(manifest).resolve()), max_seconds=max_seconds),
         crop=CropConfig(detector=detector.value, face_model=face, device=device.value),
         coeffs=CoeffsConfig(backend=coeffs_backend.value, face_model=face, device=device.value),
-        audio=AudioConfig(backend=audio_backend.value, wav2vec2=wav2vec2, device=device.value),
+        audio=AudioConfig(backend=audio_name, wav2vec2=wav2vec2, device=device.value),
     )
     summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
                         progress=not quiet)

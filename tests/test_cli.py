@@ -43,6 +43,7 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
         (["clip", str(tmp_path / "w"), "-m", str(bad)], "m.csv:2"),
         (["clip", str(tmp_path / "w"), "-m", str(tmp_path / "nope.csv")], "does not exist"),
         (["run", str(tmp_path / "w")], "needs --manifest"),
+        (["run", str(tmp_path / "w"), "--demo", "-m", str(bad)], "not both"),
         (["clip", str(tmp_path / "w"), "-m", str(bad), "--part", "5/2"], "0 <= i < n"),
         (["shard", str(tmp_path / "empty")], "no crops"),
     ):
