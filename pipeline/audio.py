@@ -55,7 +55,8 @@ class AudioConfig:
     layer: int = -1  # wav2vec2: -1 the last layer; k the output after the first k layers
     chunk_seconds: float = CHUNK_SECONDS  # wav2vec2: audio each window owns
     context_seconds: float = CONTEXT_SECONDS  # wav2vec2: extra audio each side of a window
-    batch_size: int = 0  # wav2vec2: windows per forward (0: 1 on CPU, 4 on CUDA)
+    batch_size: int = 0  # wav2vec2: windows per forward (0: 1 on CPU, 4 on CUDA; the stage
+    # records the resolved number, so a resume on another device is refused, not different)
     av_tolerance: float = 0.2  # seconds the audio may differ from F / 25
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     timeout: float = 600.0  # seconds per ffmpeg call
@@ -74,6 +75,13 @@ def resolve_config(config: AudioConfig) -> AudioConfig:
             raise PrepError("--wav2vec2 is only used by --backend wav2vec2")
         return config
     return dataclasses.replace(config, wav2vec2=wav2vec2_source(config.wav2vec2))
+
+
+def default_batch_size(device: str) -> int:
+    """wav2vec2 windows per forward when --batch-size is 0: 4 on CUDA, 1 on the CPU."""
+    from fd2talk.model.device import resolve_device
+
+    return 4 if resolve_device(device) == "cuda" else 1
 
 
 def make_encoder(config: AudioConfig) -> LogMel | Wav2Vec2Features:
@@ -126,9 +134,12 @@ class AudioStage:
     out_dir = OUT_DIR
 
     def __init__(self, config: AudioConfig = AudioConfig()):
-        self.config = resolve_config(config)
-        if self.config.backend == "wav2vec2":
-            wav2vec2_config(self.config.wav2vec2)  # a missing model fails now, not per clip
+        config = resolve_config(config)
+        if config.backend == "wav2vec2":
+            wav2vec2_config(config.wav2vec2)  # a missing model fails now, not per clip
+            if config.batch_size == 0:  # windows per forward change the float results
+                config = dataclasses.replace(config, batch_size=default_batch_size(config.device))
+        self.config = config
         self._encoder: LogMel | Wav2Vec2Features | None = None
 
     def items(self, work: Path) -> list[Item]:
@@ -152,9 +163,14 @@ class AudioStage:
                        f"audio lasts {audio_s:.3f} s, video {video_s:.3f} s ({n_frames} frames; "
                        f"tolerance {cfg.av_tolerance} s)")
         feats = self._encoder.features(samples, n_frames)  # (F, D) float32
-        out = feats.astype(FEATURE_DTYPE)
+        with np.errstate(over="ignore"):  # an overflow is checked (and skipped) just below
+            out = feats.astype(FEATURE_DTYPE)
         if not np.isfinite(out).all():
-            raise ValueError(f"{item.key}: {cfg.backend} features overflow float16")
+            bad = int((~np.isfinite(out)).any(1).sum())
+            raise Skip(SkipReason.NON_FINITE,
+                       f"{cfg.backend} features of {bad} of {len(out)} frames are inf/NaN in "
+                       f"float16 (largest finite |value| before the cast "
+                       f"{float(np.abs(feats[np.isfinite(feats)]).max(initial=0.0)):.3g})")
         atomic.write_npy(Path(work) / OUT_DIR / f"{item.key}.npy", out)
         return [f"{OUT_DIR}/{item.key}.npy"]
 

@@ -231,8 +231,8 @@ class Wav2Vec2Options:
 class Wav2Vec2Features:
     """wav2vec 2.0 hidden states resampled to 25 fps: (n_frames, hidden_size) float32.
 
-    Layer k (1..L) is the encoder's output after its first k transformer layers (the
-    later layers are dropped, saving their compute); -1 (default) is the last layer.
+    Layer k (0..L) is `hidden_states[k]` of the full model (see `keep_layers`: the later
+    layers are dropped, saving their compute); -1 (default) is the last layer.
     """
 
     name = "wav2vec2"
@@ -261,7 +261,7 @@ class Wav2Vec2Features:
             raise PrepError(f"wav2vec2 model {src} expects {extractor.sampling_rate} Hz audio; "
                             f"the pipeline has {SAMPLE_RATE} Hz")
         self.normalize = bool(extractor.do_normalize)
-        model.encoder.layers = model.encoder.layers[:self.layer]
+        keep_layers(model, self.layer)
         self.model = model.eval().to(self.device)
         self.dim = int(config.hidden_size)
         self.field, self.stride = conv_geometry(config)
@@ -321,6 +321,26 @@ class Wav2Vec2Features:
         return out
 
 
+def keep_layers(model, k: int) -> None:
+    """Cut a Wav2Vec2Model in place so `last_hidden_state` is `hidden_states[k]` of the full one.
+
+    Post-norm models (base; `do_stable_layer_norm=False`) normalise before the layers, so
+    the first k layers give hidden_states[k]. Pre-norm ones (large-lv60, XLS-R;
+    `do_stable_layer_norm=True`) apply a final LayerNorm after the last layer: it is kept
+    only for k = L (the model's last_hidden_state) and removed for k < L, where
+    hidden_states[k] is the raw output of layer k. (transformers 5 reports the final
+    layer's pre-norm output as hidden_states[L]; L here means last_hidden_state, as in
+    transformers 4.) Dropping layers keeps the memory of a k-layer model.
+    """
+    from torch import nn
+
+    encoder = model.encoder
+    n = len(encoder.layers)
+    encoder.layers = encoder.layers[:k]
+    if model.config.do_stable_layer_norm and k < n:
+        encoder.layer_norm = nn.Identity()
+
+
 def _interpolate(hidden, pos):
     """Linear interpolation along time: (B, T, D) at fractional indices (W,) -> (B, W, D)."""
     import torch
@@ -336,7 +356,8 @@ def _interpolate(hidden, pos):
 def save_random_wav2vec2(path: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Save a randomly initialised Wav2Vec2Model with `save_pretrained` (tests, bench).
 
-    `tiny`: 2 layers, hidden 64 (fast, for tests); `base`: 12 layers, hidden 768 (the
+    `tiny`: 2 layers, hidden 64 (fast, for tests); `tiny-stable`: the same with
+    `do_stable_layer_norm=True`; `base`: 12 layers, hidden 768 (the
     shape of facebook/wav2vec2-base, for speed and memory measurements).
     """
     import torch
@@ -346,6 +367,11 @@ def save_random_wav2vec2(path: Path, size: str = "tiny", seed: int = 0) -> Path:
         "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
                      num_conv_pos_embedding_groups=4),
+        # the tiny shape with pre-norm layers and a final LayerNorm (as large-lv60, XLS-R)
+        "tiny-stable": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, conv_dim=(32,) * 7,
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                            do_stable_layer_norm=True, feat_extract_norm="layer"),
         "base": {},  # Wav2Vec2Config's defaults are the base model
     }
     if size not in presets:

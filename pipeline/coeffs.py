@@ -43,7 +43,7 @@ import numpy as np
 
 from fd2talk.model.schema import CROP_SIZE, FPS
 
-from . import atomic, deep3d, landmarker, media, weights
+from . import atomic, deep3d, landmarker, media
 from .crop import OUT_DIR as CROPS_DIR
 from .crop import crop_items
 from .runner import Item
@@ -86,7 +86,8 @@ class CoeffsStage:
             raise PrepError(f"--batch-size {config.batch_size}: expected at least 1")
         self.config = config
         # Resolve every file now, so a missing one is reported before any work starts.
-        self._face_model = weights.face_model_path(config.face_model)
+        self._face_model = landmarker.check_task(config.face_model)
+        landmarker.canonical_face(str(self._face_model))  # a corrupt bundle fails here
         if config.backend == "deep3d":
             deep3d.checkpoint_path(config.deep3d_checkpoint)
             deep3d.lm3d_path(config.bfm_dir)
@@ -96,7 +97,7 @@ class CoeffsStage:
         self._lm3d: np.ndarray | None = None
 
     def items(self, work: Path) -> list[Item]:
-        return crop_items(work, "video_id")
+        return crop_items(work, "size")
 
     def setup(self) -> None:
         if self._face_bytes is not None:
@@ -104,6 +105,9 @@ class CoeffsStage:
         cfg = self.config
         self._face_bytes = self._face_model.read_bytes()
         self._canonical = landmarker.canonical_face(str(self._face_model))
+        # MediaPipe loads the bundle's models now, so one it rejects fails before any clip.
+        with landmarker.Landmarker(self._face_bytes, origin=self._face_model):
+            pass
         if cfg.backend == "deep3d":
             self._net = deep3d.load_rnet(cfg.deep3d_checkpoint, cfg.device)
             self._lm3d = deep3d.load_lm3d(cfg.bfm_dir)
@@ -124,7 +128,7 @@ class CoeffsStage:
         results: list[landmarker.Frame] = []
         pending: list[np.ndarray] = []  # aligned (224, 224, 3) crops waiting for a batch
         outputs = []  # (B, 257) tensors, possibly still running on the GPU
-        with landmarker.Landmarker(self._face_bytes) as lmk:
+        with landmarker.Landmarker(self._face_bytes, origin=self._face_model) as lmk:
             for i, frame in enumerate(frames):
                 res = lmk.detect(frame, i)
                 if use_rnet and res.found:
@@ -144,8 +148,9 @@ class CoeffsStage:
         valid = track.found
         n = len(track)
         lm3d = landmarker.canonical_landmarks(track.landmarks, self._canonical)  # (F, 478, 3)
-        arrays = {"valid": valid, "lm": track.landmarks[..., :2].copy(),
-                  "lm3d": lm3d.astype(np.float16)}
+        with np.errstate(over="ignore"):  # an overflow to inf is skipped by check_finite
+            lm3d16 = lm3d.astype(np.float16)
+        arrays = {"valid": valid, "lm": track.landmarks[..., :2].copy(), "lm3d": lm3d16}
         if use_rnet:
             import torch
 
@@ -186,17 +191,17 @@ class CoeffsStage:
                                       deep3d.COEFF_SLICES.items()})
         return meta
 
-    def bare_inference(self, frames: np.ndarray) -> None:
+    def bare_inference(self, frames: np.ndarray):
         """The bare model over (N, 256, 256, 3) uint8 frames, for the bench's reference fps:
-        mediapipe: the landmarker's detect_for_video on every frame; deep3d: the R-Net on
-        centre 224x224 crops in batches (no landmarks, no alignment)."""
+        mediapipe: the landmarker's detect_for_video on every frame, returns the number of
+        frames with a face; deep3d: the R-Net on centre 224x224 crops in batches (no
+        landmarks, no alignment), returns what `deep3d.bare_inference` does."""
         self.setup()
         if self.config.backend == "deep3d":
             off = (frames.shape[1] - deep3d.INPUT_SIZE) // 2
             crops = frames[:, off:off + deep3d.INPUT_SIZE, off:off + deep3d.INPUT_SIZE]
-            deep3d.bare_inference(self._net, crops, self.config.batch_size)
-        else:
-            landmarker.bare_inference(frames, self._face_bytes)
+            return deep3d.bare_inference(self._net, crops, self.config.batch_size)
+        return landmarker.bare_inference(frames, self._face_bytes)
 
     def process(self, item: Item, work: Path) -> list[str]:
         cfg = self.config
@@ -205,9 +210,11 @@ class CoeffsStage:
         if not mp4.is_file():
             raise Skip(SkipReason.INCOMPLETE, f"{mp4} is missing beside its json")
         expected = int(item.payload["frames"])
+        size = int(item.payload.get("size") or CROP_SIZE)  # crops made with --size decode at it
         timeout = cfg.timeout + expected * MODEL_SECONDS_PER_FRAME
-        arrays = self.coefficients(media.iter_frames(mp4, CROP_SIZE, CROP_SIZE, timeout))
+        arrays = self.coefficients(media.iter_frames(mp4, size, size, timeout))
         check_valid(arrays["valid"], expected, cfg.max_invalid)
+        check_finite(arrays)
         atomic.write_npz(work / OUT_DIR / f"{item.key}.npz", **arrays)
         return [f"{OUT_DIR}/{item.key}.npz"]
 
@@ -224,6 +231,15 @@ def check_valid(valid: np.ndarray, expected: int, max_invalid: float) -> None:
     if invalid > max_invalid * n:
         raise Skip(SkipReason.TOO_MANY_INVALID,
                    f"{invalid} of {n} frames have no face (at most {max_invalid:.0%} allowed)")
+
+
+def check_finite(arrays: dict[str, np.ndarray]) -> None:
+    """Skip (non_finite_values) a clip whose arrays hold inf/NaN, in the dtype written
+    (lm3d is float16: a landmark beyond 65504 cm overflows to inf)."""
+    bad = [k for k, v in arrays.items()
+           if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise Skip(SkipReason.NON_FINITE, f"non-finite values in {', '.join(sorted(bad))}")
 
 
 def _valid_mean(rows: np.ndarray, valid: np.ndarray) -> np.ndarray:

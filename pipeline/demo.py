@@ -38,6 +38,7 @@ import io
 import json
 import subprocess
 import tempfile
+import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -301,6 +302,14 @@ def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def _close_quietly(pipe) -> None:
+    """Close a pipe whose reader is gone (flushing it would raise BrokenPipeError again)."""
+    try:
+        pipe.close()
+    except OSError:
+        pass  # the reader's error message is what gets reported
+
+
 def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
     """Write `<name>.opening.npy`, then `<name>.mp4` (returned)."""
     import cv2
@@ -334,21 +343,33 @@ def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
                *media.BITEXACT_ARGS, str(tmp_mp4)]
         with open(Path(tmp) / "stderr", "w+b") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
-            for i in range(n_frames):
-                m = head_matrix(v, (i + 0.5) / v.fps, cfg.size, image.shape[1])
-                frame = cv2.warpAffine(warp.render(opening[i]), m, (cfg.size, cfg.size),
-                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-                proc.stdin.write(frame.tobytes())
-            proc.stdin.close()
+            # A stalled ffmpeg would block a pipe write forever: kill it at the timeout.
+            fired = threading.Event()
+            watchdog = threading.Timer(ENCODE_TIMEOUT, lambda: (fired.set(), proc.kill()))
+            watchdog.daemon = True
+            watchdog.start()
             try:
-                code = proc.wait(timeout=ENCODE_TIMEOUT)
-            except subprocess.TimeoutExpired:
+                for i in range(n_frames):
+                    m = head_matrix(v, (i + 0.5) / v.fps, cfg.size, image.shape[1])
+                    frame = cv2.warpAffine(warp.render(opening[i]), m, (cfg.size, cfg.size),
+                                           flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REFLECT_101)
+                    proc.stdin.write(frame.tobytes())
+                proc.stdin.close()
+            except OSError:  # BrokenPipeError: ffmpeg died (or was killed) early
                 proc.kill()
-                proc.wait()
-                raise PrepError(f"ffmpeg encoding {dst} ran past {ENCODE_TIMEOUT:.0f} s") from None
+                _close_quietly(proc.stdin)
+            finally:
+                code = proc.wait()
+                watchdog.cancel()
+            timed_out = fired.is_set()
             if code != 0:
                 err.seek(0)
-                raise PrepError(f"ffmpeg encoding {dst} failed: {err.read().decode(errors='replace')}")
+                message = err.read().decode(errors="replace").strip()[-4000:]
+                if timed_out:
+                    raise PrepError(f"ffmpeg encoding {dst} ran past {ENCODE_TIMEOUT:.0f} s "
+                                    f"and was killed: {message}")
+                raise PrepError(f"ffmpeg encoding {dst} failed (exit {code}): {message}")
     return dst
 
 

@@ -80,8 +80,12 @@ class MediaPipeDetector:
             base_options=BaseOptions(model_asset_buffer=weights.task_member(task,
                                                                             MEDIAPIPE_MEMBER)),
             running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_score)
-        with native_stderr_silenced():
-            self._detector = vision.FaceDetector.create_from_options(options)
+        self._detector = None
+        try:
+            with native_stderr_silenced():
+                self._detector = vision.FaceDetector.create_from_options(options)
+        except (RuntimeError, ValueError, OSError, IndexError) as e:  # MediaPipe refuses it
+            raise weights.model_load_error(task, f"face detector ({MEDIAPIPE_MEMBER})", e) from None
         self._first = True  # the first inference logs too
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from fd2talk.model.schema import FPS
 
 from . import weights
 from .quiet import native_stderr_silenced
+from .skip import PrepError
 
 N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
@@ -135,10 +137,15 @@ class Landmarker:
     """
 
     def __init__(self, model: str | Path | bytes | None = None, fps: float = FPS,
-                 min_confidence: float = 0.5):
+                 min_confidence: float = 0.5, origin: str | Path | None = None):
+        """`origin`: where bytes given as `model` came from (named in a load error)."""
         from mediapipe.tasks.python import BaseOptions, vision
 
-        buffer = model if isinstance(model, bytes) else weights.face_model_path(model).read_bytes()
+        if isinstance(model, bytes):
+            buffer, origin = model, origin or "the given model bytes"
+        else:
+            origin = weights.face_model_path(model)
+            buffer = origin.read_bytes()
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=buffer),
             running_mode=vision.RunningMode.VIDEO, num_faces=1,
@@ -146,8 +153,12 @@ class Landmarker:
             min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        with native_stderr_silenced():
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._landmarker = None
+        try:
+            with native_stderr_silenced():
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError, OSError, IndexError) as e:  # MediaPipe refuses it
+            raise weights.model_load_error(Path(origin), "face landmarker", e) from None
         self.fps = fps
         self._first = True  # the first inference logs too
 
@@ -302,15 +313,46 @@ def parse_geometry_metadata(data: bytes) -> CanonicalFace:
             entry = dict((f, v) for f, _, v in _proto_fields(value))
             ids.append(int(entry.get(1, 0)))
             wts.append(float(entry.get(2, 0.0)))
+    if len(vertices) != 468 * 5 or not ids or len(ids) != len(wts):
+        raise ValueError(f"expected 468 canonical vertices (x y z u v) and a Procrustes basis, "
+                         f"got {len(vertices)} values and {len(ids)} basis points")
     mesh = np.asarray(vertices, np.float64).reshape(-1, 5)[:, :3]
-    return CanonicalFace(mesh, np.asarray(ids, np.int64), np.asarray(wts, np.float64))
+    ids_arr = np.asarray(ids, np.int64)
+    if ids_arr.min() < 0 or ids_arr.max() >= len(mesh):
+        raise ValueError("Procrustes basis landmark ids outside the canonical mesh")
+    return CanonicalFace(mesh, ids_arr, np.asarray(wts, np.float64))
 
 
 @functools.cache
 def canonical_face(model: str | None = None) -> CanonicalFace:
-    """The canonical face of the `.task` bundle at `model` (flag/env/default resolution)."""
+    """The canonical face of the `.task` bundle at `model` (flag/env/default resolution).
+
+    A bundle that is not a zip, lacks a member or holds unreadable geometry is a PrepError.
+    """
+    task = check_task(model)
+    try:
+        return parse_geometry_metadata(weights.task_member(task, GEOMETRY_MEMBER))
+    except (ValueError, IndexError, struct.error) as e:
+        raise weights.model_load_error(task, f"canonical face ({GEOMETRY_MEMBER})", e) from None
+
+
+def check_task(model: str | Path | None = None) -> Path:
+    """Resolve the face landmarker bundle and check it is a zip holding every member the
+    landmarker and the canonical face need (reads only the zip's directory); else PrepError."""
     task = weights.face_model_path(model)
-    return parse_geometry_metadata(weights.task_member(task, GEOMETRY_MEMBER))
+    try:
+        with zipfile.ZipFile(task) as zf:
+            names = set(zf.namelist())
+    except zipfile.BadZipFile as e:
+        raise PrepError(f"{task} is not a readable MediaPipe {weights.FACE_MODEL_NAME} bundle "
+                        f"({e}): {weights.FETCH_HINT}, or pass --face-model PATH to a good "
+                        "copy") from None
+    missing = [m for m in (*LANDMARKER_MEMBERS, GEOMETRY_MEMBER) if m not in names]
+    if missing:
+        raise PrepError(f"{task} holds no {', '.join(missing)}: is it MediaPipe's "
+                        f"{weights.FACE_MODEL_NAME}? {weights.FETCH_HINT}, or pass "
+                        "--face-model PATH to a good copy")
+    return task
 
 
 def similarity_to(src: np.ndarray, dst: np.ndarray, w: np.ndarray

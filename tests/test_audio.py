@@ -218,3 +218,43 @@ def test_peak_memory_of_a_long_input_is_bounded(tiny_dir):
     assert out["frames"] == out["frames_written"] == 3000
     assert out["after_setup_mb"] < out["peak_mb"] < 1500, out
     assert out["peak_mb"] - out["after_setup_mb"] < 300, out  # the work itself, past the imports
+
+
+def test_float16_overflow_is_a_non_finite_skip(crops_work, tmp_path):
+    """A model whose features overflow float16 is skipped (non_finite_values), not a crash."""
+    import torch
+    from transformers import Wav2Vec2Model
+
+    src = tmp_path / "loud"
+    model = Wav2Vec2Model.from_pretrained(save_model(tmp_path / "tiny")).eval()
+    with torch.no_grad():
+        model.encoder.layers[-1].final_layer_norm.bias.fill_(1e6)  # > float16's 65504
+    model.save_pretrained(src)
+    work = tmp_path / "w"
+    (work / "crops").mkdir(parents=True)
+    for p in (crops_work / "crops").glob("a_f000_t0.*"):
+        (work / "crops" / p.name).symlink_to(p)
+    cfg = AudioConfig(backend="wav2vec2", wav2vec2=str(src), device="cpu")
+    summary = run_stage(AudioStage(cfg), work, progress=False)
+    assert summary.failed == 0 and summary.skipped == {"non_finite_values": 1}, summary.failures
+    rec = json.loads((work / "status" / "audio" / "a_f000_t0.json").read_text())
+    assert rec["reason"] == "non_finite_values" and "float16" in rec["detail"]
+    assert not (work / "audio" / "a_f000_t0.npy").exists()
+
+
+def test_batch_size_zero_is_resolved_in_the_recorded_config(crops_work, tiny_dir, tmp_path):
+    """batch_size 0 means 1 on the CPU: recorded as 1, so a run with 4 is refused on resume."""
+    work = tmp_path / "w"
+    (work / "crops").mkdir(parents=True)
+    for p in (crops_work / "crops").glob("a_f000_t0.*"):
+        (work / "crops" / p.name).symlink_to(p)
+    cfg = AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu")
+    stage = AudioStage(cfg)
+    assert stage.config.batch_size == 1
+    assert run_stage(stage, work, progress=False).done == 1
+    status = json.loads((work / "status" / "audio" / "config.json").read_text())
+    assert status["batch_size"] == 1
+    with pytest.raises(PrepError, match="batch_size"):
+        run_stage(AudioStage(AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu",
+                                         batch_size=4)), work, progress=False)
+    assert AudioStage(AudioConfig()).config.batch_size == 0  # logmel: no windows, unchanged

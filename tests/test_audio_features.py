@@ -277,3 +277,30 @@ def test_saved_preprocessor_config_is_respected(tmp_path):
     assert not enc.normalize
     assert np.allclose(enc.normalise(x, 25), x[:16000])
     assert _encoder(save_model(tmp_path / "n")).normalize
+
+
+@pytest.mark.parametrize("size", ["tiny", "tiny-stable"])
+def test_every_layer_equals_hidden_states_for_both_layer_norm_kinds(tmp_path, size):
+    """--layer k is hidden_states[k] of the full model for post-norm (base) and pre-norm
+    (`do_stable_layer_norm`: large-lv60, XLS-R) models; the last is last_hidden_state."""
+    from transformers import Wav2Vec2Model
+
+    src = str(save_random_wav2vec2(tmp_path / size, size))
+    x, n = noise(2.0), 50
+    model = Wav2Vec2Model.from_pretrained(src).eval()
+    assert model.config.do_stable_layer_norm == (size == "tiny-stable")
+    values = torch.from_numpy((x - x.mean()) / np.sqrt(x.var() + 1e-7))[None]
+    with torch.inference_mode():
+        out = model(values, output_hidden_states=True)
+    refs = [h[0].numpy() for h in out.hidden_states[:-1]] + [out.last_hidden_state[0].numpy()]
+    pos = (640 * np.arange(n) + 120) / 320
+    feats = [_encoder(src, layer=k).features(x, n) for k in range(3)]
+    for k, (ours, h) in enumerate(zip(feats, refs, strict=True)):
+        ref = np.stack([np.interp(pos, np.arange(len(h)), h[:, d]) for d in range(64)], 1)
+        np.testing.assert_allclose(ours, ref, atol=2e-4, rtol=1e-4, err_msg=f"layer {k}")
+    np.testing.assert_array_equal(feats[2], _encoder(src, layer=-1).features(x, n))
+    if size == "tiny-stable":  # the final LayerNorm must not be applied to inner layers
+        ln = model.encoder.layer_norm
+        with torch.inference_mode():
+            normed = ln(torch.from_numpy(refs[1])).numpy()
+        assert np.abs(refs[1] - normed).mean() > 0.05

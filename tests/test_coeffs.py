@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from fd2talk.model import schema
 from fd2talk.pipeline import atomic, deep3d, landmarker, media
 from fd2talk.pipeline.cli import app
-from fd2talk.pipeline.coeffs import CoeffsConfig, CoeffsStage
+from fd2talk.pipeline.coeffs import CoeffsConfig, CoeffsStage, check_finite
 from fd2talk.pipeline.runner import read_status, run_stage
-from fd2talk.pipeline.skip import PrepError
+from fd2talk.pipeline.skip import PrepError, Skip, SkipReason
 
 SIZE = schema.CROP_SIZE
 GREY = 128
@@ -287,7 +287,51 @@ def test_cli_and_errors(face_work, tmp_path, monkeypatch):
         CoeffsStage(CoeffsConfig(face_model=str(tmp_path / "missing.task")))
 
 
-def test_bare_inference_runs(face_model):
+def test_bare_inference_finds_the_faces(face_model, tmp_path):
     frames = moving_face(3)
-    CoeffsStage().bare_inference(frames)
+    assert CoeffsStage().bare_inference(frames) == 3  # a face in every frame
     assert landmarker.bare_inference(frames, face_model) == 3
+    frames[1] = GREY
+    assert CoeffsStage().bare_inference(frames) == 2
+    torch.manual_seed(0)
+    ckpt = tmp_path / deep3d.CHECKPOINT_NAME
+    torch.save({"net_recon": deep3d.build_rnet().state_dict()}, ckpt)
+    stage = CoeffsStage(CoeffsConfig(backend="deep3d", deep3d_checkpoint=str(ckpt),
+                                     bfm_dir=str(write_lm3d_mat(tmp_path / "bfm")),
+                                     batch_size=2, device="cpu"))
+    out = stage.bare_inference(frames)
+    assert out.shape == (3, deep3d.COEFF_DIM) and np.isfinite(out).all()
+
+
+def test_crops_of_another_size_give_landmarks_in_their_pixels(tmp_path, face_model):
+    """A crop made with --size 320 is decoded at 320 (its json's "size"), not at 256."""
+    side = 320
+    face = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC)
+                     for f in moving_face(8)])
+    make_crop(tmp_path, "big_f000_t0", face)
+    meta = json.loads((tmp_path / "crops" / "big_f000_t0.json").read_text())
+    atomic.write_json(tmp_path / "crops" / "big_f000_t0.json", {**meta, "size": side})
+    run(tmp_path)
+    z = load(tmp_path, "big_f000_t0")
+    decoded = media.read_frames(tmp_path / "crops" / "big_f000_t0.mp4", side, side, 60)
+    with landmarker.Landmarker(face_model) as lmk:
+        want = lmk.track(decoded)
+    assert z["valid"].all()
+    np.testing.assert_allclose(z["lm"], want.landmarks[..., :2], atol=1e-3)
+    small = media.read_frames(tmp_path / "crops" / "big_f000_t0.mp4", SIZE, SIZE, 60)
+    with landmarker.Landmarker(face_model) as lmk:
+        at_256 = lmk.track(small).landmarks[..., :2]
+    spread = np.ptp(z["lm"], axis=1).mean() / np.ptp(at_256, axis=1).mean()
+    assert abs(spread - side / SIZE) < 0.03  # the 320-pixel scale, not the 256 one
+
+
+def test_non_finite_arrays_are_skipped():
+    ok = {"exp": np.zeros((2, 52), np.float32), "lm3d": np.zeros((2, 478, 3), np.float16),
+          "valid": np.ones(2, bool), "meta": np.array("{}")}
+    check_finite(ok)
+    with np.errstate(over="ignore"):  # 7e4 cm is beyond float16's 65504: inf
+        over = dict(ok, lm3d=np.full((2, 478, 3), 7e4, np.float32).astype(np.float16))
+    for bad, name in ((over, "lm3d"), (dict(ok, exp=np.full((2, 52), np.nan, np.float32)), "exp")):
+        with pytest.raises(Skip) as err:
+            check_finite(bad)
+        assert err.value.reason == SkipReason.NON_FINITE and name in err.value.detail

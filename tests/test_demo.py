@@ -165,3 +165,29 @@ def test_cli_demo_then_clip(tmp_path):
     assert result.exit_code == 0, result.output
     for key in ("demo000_f000", "demo001_f000"):
         assert media.count_frames(tmp_path / "clips" / f"{key}.mp4") == 37  # 1.5 s at 25 fps
+
+
+def test_ffmpeg_dying_early_is_a_prep_error_with_its_message(tmp_path):
+    """libx264 refuses an odd frame size after ffmpeg starts reading: the pipe breaks mid-video;
+    the error carries ffmpeg's own message, not a BrokenPipeError traceback."""
+    cfg = demo.DemoConfig(size=511, seconds=2.0, use_espeak=False, mixed_formats=False)
+    with pytest.raises(PrepError, match="width not divisible by 2"):
+        demo.make_video(tmp_path, cfg, 0)
+    assert not (tmp_path / "demo000.mp4").exists()
+
+
+def test_a_stalled_encoder_is_killed_at_the_timeout(tmp_path, monkeypatch):
+    """An encoder that never reads its input (a stand-in for a hung ffmpeg) is killed by the
+    watchdog at ENCODE_TIMEOUT instead of blocking the pipe write forever."""
+    import time
+
+    stalled = tmp_path / "stalled-ffmpeg"
+    stalled.write_text("#!/bin/sh\necho stalled >&2\nexec sleep 60\n")
+    stalled.chmod(0o755)
+    monkeypatch.setenv("FD2TALK_FFMPEG", str(stalled))
+    monkeypatch.setattr(demo, "ENCODE_TIMEOUT", 1.0)
+    cfg = demo.DemoConfig(size=256, seconds=2.0, use_espeak=False, mixed_formats=False)
+    t0 = time.perf_counter()
+    with pytest.raises(PrepError, match="ran past 1 s"):
+        demo.make_video(tmp_path, cfg, 0)
+    assert time.perf_counter() - t0 < 30
