@@ -57,10 +57,15 @@ def write_json(final: Path, obj: object) -> None:
     write_bytes(final, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def write_npy(final: Path, array: np.ndarray) -> None:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` as the bytes of a .npy file (no pickles)."""
     buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    write_bytes(final, buf.getvalue())
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npy(final: Path, array: np.ndarray) -> None:
+    write_bytes(final, npy_bytes(array))
 
 
 def write_npz(final: Path, **arrays: np.ndarray) -> None:
@@ -68,10 +73,8 @@ def write_npz(final: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
-            member = io.BytesIO()
-            np.save(member, np.asarray(arrays[name]), allow_pickle=False)
             zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                        member.getvalue())
+                        npy_bytes(arrays[name]))
     write_bytes(final, buf.getvalue())
 
 

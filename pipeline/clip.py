@@ -34,6 +34,7 @@ from .skip import Skip, SkipReason
 
 OUT_DIR = "clips"
 KEYINT = 5  # frames between keyframes (the crop stage's default detect_every)
+START_TOLERANCE = 0.5 / SAMPLE_RATE  # seconds a clip's stream may start away from 0
 
 
 @dataclass(frozen=True)
@@ -52,23 +53,45 @@ def fragments(n_frames: int, max_frames: int) -> list[tuple[int, int]]:
     return [(bounds[k], bounds[k + 1]) for k in range(n)]
 
 
-def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: float) -> str:
+def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: float,
+                streams: tuple[int, int] | None = None) -> str:
     """Cut `n_frames` frames at 25 fps from `start` s into `dst` (x264 + AAC 16 kHz mono).
 
-    The audio is padded with silence if the source's ends a little early, so it
-    always lasts exactly n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ...
-    and the last frame. Returns ffmpeg's stderr.
+    `streams`: the (video, audio) stream indices to take (`media.probe`'s choice,
+    which never takes cover art); None: the first of each. Both output streams
+    start at 0: audio that starts late is led in with silence (`aresample`'s
+    `first_pts=0`), video that starts late repeats its first frame (the fps
+    filter), so sample 0 and frame 0 are presented at the same time. The audio
+    is padded with silence if the source's ends a little early, so it always
+    lasts n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ... and the
+    last frame. Returns ffmpeg's stderr.
     """
     dur = n_frames / FPS
+    video, audio = (f"0:{streams[0]}", f"0:{streams[1]}") if streams else ("0:v:0", "0:a:0")
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
-           "-i", str(src), "-t", f"{dur:.6f}", "-map", "0:v:0", "-map", "0:a:0",
+           "-i", str(src), "-t", f"{dur:.6f}", "-map", video, "-map", audio,
            # 4:2:0 needs even sides: an odd-sized source loses its last row/column
            "-vf", f"fps={FPS},crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0,setsar=1",
            "-frames:v", str(n_frames),
-           "-af", f"aresample={SAMPLE_RATE},apad", *media.x264_args(KEYINT),
+           "-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0,apad", *media.x264_args(KEYINT),
            "-force_key_frames", f"expr:eq(n,{n_frames - 1})", *media.AAC_ARGS,
            *media.BITEXACT_ARGS, str(dst)]
     return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
+
+
+def check_starts(path: Path, info: media.Probe, stderr: str = "") -> None:
+    """Both tracks of an encoded clip start at 0 (no empty edit, no start time), else a Skip.
+
+    The crop stage counts frames and samples from each stream's start: a stream
+    starting later would put the crop's audio out of step with its video.
+    """
+    late = {t.kind: t.start for t in media.mp4_tracks(path) if t.start > 0}
+    late.update({kind: t for kind, t in (("video", info.video_start),
+                                         ("audio", info.audio_start)) if abs(t) > START_TOLERANCE})
+    if late:
+        raise Skip(SkipReason.AV_MISMATCH, "the clip's " + ", ".join(
+            f"{kind} starts at {t:.3f} s" for kind, t in sorted(late.items()))
+            + " (both must start at 0)", stderr)
 
 
 class ClipStage:
@@ -111,17 +134,19 @@ class ClipStage:
             mp4 = work / OUT_DIR / f"{key}.mp4"
             t0 = start + f0 / FPS
             with atomic.atomic_path(mp4) as tmp:
-                stderr = encode_clip(src, tmp, t0, f1 - f0, cfg.timeout)
+                stderr = encode_clip(src, tmp, t0, f1 - f0, cfg.timeout,
+                                     (info.video_index, info.audio_index))
                 got = media.count_frames(tmp)
                 if got < f1 - f0:
                     raise Skip(SkipReason.TRUNCATED,
                                f"decoded {got} of {f1 - f0} frames from {t0:.2f} s: the source "
                                "is cut short or damaged", stderr)
                 out = media.probe(tmp)
-                if out.audio_duration + 1.5 / FPS < (f1 - f0) / FPS:
+                if out.audio_duration + media.AV_TOLERANCE < (f1 - f0) / FPS:
                     raise Skip(SkipReason.TRUNCATED,
                                f"audio ends at {out.audio_duration:.2f} s of "
                                f"{(f1 - f0) / FPS:.2f} s", stderr)
+                check_starts(tmp, out, stderr)
             meta = {
                 "key": key, "source": str(src), "row": row.to_dict(), "fragment": k,
                 "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,

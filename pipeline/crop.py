@@ -60,10 +60,10 @@ from .clip import OUT_DIR as CLIPS_DIR
 from .clip import clip_metadata
 from .runner import Item
 from .skip import Skip, SkipReason
-from .tubes import Box, Tube, TubeBuilder, crop_box, iou, long_tubes
+from .tubes import INCREASE, IOU_WITH_INITIAL, Box, Tube, TubeBuilder, crop_box, iou, long_tubes
 
 OUT_DIR = "crops"
-AV_TOLERANCE = 1.5 / FPS  # seconds a crop's audio may differ from its video (AAC framing)
+AV_TOLERANCE = media.AV_TOLERANCE  # seconds a crop's audio may differ from its video
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class CropConfig:
     detect_size: int = 320  # long side of the frames fed to the detector; 0: full resolution
     detect_every: int = 5  # detect every n-th frame (+ the last; + gaps where things change)
     refine_iou: float = 0.6  # fill a gap when a face's boxes on its two sides overlap less
-    iou_with_initial: float = 0.25  # FOMM: a tube goes on while IoU with its first box is above
-    increase: float = 0.1  # FOMM: enlarge the tube box by this fraction per side
+    iou_with_initial: float = IOU_WITH_INITIAL  # FOMM: a tube goes on while IoU(first box) > it
+    increase: float = INCREASE  # FOMM: enlarge the tube box by this fraction per side
     min_frames: int = 25  # shorter tubes are dropped (1 s at 25 fps; FOMM's default: 150)
     min_face: int = 64  # tubes whose face (median box side, clip pixels) is smaller are dropped
     size: int = CROP_SIZE  # side of the output crops
@@ -219,8 +219,12 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
     indices = keyframes.indices()
     wanted = set(range(0, keyframes.frames, every)) | {last}
 
-    def remaining() -> float:
-        return max(1.0, deadline - time.monotonic())
+    def remaining() -> float:  # what is left of `timeout`: a seek never extends it
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Skip(SkipReason.TIMEOUT, f"decoding {path} for detection ran past "
+                       f"{timeout:.0f} s")
+        return left
 
     def seek(first: int, n: int) -> list[tuple[int, np.ndarray]]:  # frames [first, first + n)
         start = f"{(first - 0.5) / keyframes.fps:.6f}"  # half a frame early: no rounding issue
@@ -347,12 +351,12 @@ def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
     return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
 
 
-def check_crop(path: Path, frames: int, timeout: float, stderr: str) -> None:
+def check_crop(path: Path, frames: int, stderr: str) -> None:
     """The crop has exactly `frames` video frames and audio as long as them, else a Skip.
 
     Read from the mp4's index (no process started): the video's packet count and
     the audio's presented duration (the edit list trims AAC's padding, so it is
-    exact). `timeout` is unused (kept for the callers).
+    exact).
     """
     tracks = media.mp4_tracks(path)
     video = next((t for t in tracks if t.kind == "video"), None)
@@ -457,9 +461,11 @@ class CropStage:
             wavs = [stack.enter_context(atomic.atomic_path(f)) for f in wav_finals]
             stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout, wavs)
             for tmp, wav, tube in zip(tmps, wavs, tubes, strict=True):
-                check_crop(tmp, tube.length, cfg.timeout, stderr)
-                if len(media.read_wav(wav)) != tube.length * SAMPLES_PER_FRAME:
-                    raise Skip(SkipReason.DECODE_ERROR, f"{wav.name}: wrong length", stderr)
+                check_crop(tmp, tube.length, stderr)
+                got = len(media.read_wav(wav))  # a damaged wav raises Skip(DECODE_ERROR)
+                if got != tube.length * SAMPLES_PER_FRAME:
+                    raise Skip(SkipReason.DECODE_ERROR, f"{wav.name}: {got} samples, the tube "
+                               f"needs {tube.length * SAMPLES_PER_FRAME}", stderr)
         outputs = []
         for k, (key, tube, box) in enumerate(zip(keys, tubes, boxes, strict=True)):
             atomic.write_json(Path(work) / OUT_DIR / f"{key}.json",

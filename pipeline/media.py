@@ -8,6 +8,7 @@ an ffmpeg pipe (rawvideo rgb24), audio as 16 kHz mono float32.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fd2talk.model.schema import SAMPLE_RATE
+from fd2talk.model.schema import FPS, SAMPLE_RATE
 
 from .skip import PrepError, Skip, SkipReason
 
 PROBE_TIMEOUT = 60.0  # seconds for ffprobe
+AV_TOLERANCE = 1.5 / FPS  # seconds an encoded AAC track may differ from its video (framing)
 # Encoder settings shared by every stage that writes video: deterministic bytes
 # (bitexact muxing; x264's frame threading gave different bytes run to run here, its
 # sliced threading with a fixed thread count does not) so a resumed run equals an
@@ -85,6 +87,39 @@ class Probe:
     sample_rate: int
     channels: int
     audio_duration: float
+    video_index: int = 0  # absolute stream index of the video (cover art is never chosen)
+    audio_index: int | None = None  # absolute stream index of the audio; None: no audio
+    video_start: float = 0.0  # seconds the video stream starts at (ffprobe's start_time)
+    audio_start: float = 0.0  # seconds the audio stream starts at
+
+
+def _rate(value: object) -> float:
+    """A frame rate as ffprobe writes it ("25/1", "0/0", "30000/1001"); 0.0 when unusable."""
+    try:
+        rate = float(Fraction(str(value)))
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return rate if math.isfinite(rate) and rate > 0 else 0.0
+
+
+def _seconds(value: object, what: str, path: Path) -> float:
+    """A duration/time field of ffprobe's json (absent: 0.0); a garbled one raises a Skip."""
+    if value in (None, "", "N/A"):
+        return 0.0
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not math.isfinite(out):
+        raise Skip(SkipReason.DECODE_ERROR, f"ffprobe gives {path} an unusable {what} {value!r}")
+    return out
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 # Signatures of containers ffmpeg reads: a file that starts like one but cannot be
@@ -114,8 +149,12 @@ def probe(path: Path, need_audio: bool = True, timeout: float = PROBE_TIMEOUT) -
         if _looks_like_container(path):
             raise Skip(SkipReason.TRUNCATED, f"{path} is cut short or damaged", err) from None
         raise Skip(SkipReason.NOT_A_VIDEO, f"ffprobe cannot read {path}", err) from None
-    info = json.loads(proc.stdout or b"{}")
-    streams = info.get("streams", [])
+    try:
+        info = json.loads(proc.stdout or b"{}")
+    except ValueError as e:
+        raise Skip(SkipReason.DECODE_ERROR, f"ffprobe's output for {path} is no json: {e}",
+                   proc.stdout[-2000:].decode(errors="replace")) from None
+    streams = info.get("streams", []) if isinstance(info, dict) else []
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
@@ -123,36 +162,47 @@ def probe(path: Path, need_audio: bool = True, timeout: float = PROBE_TIMEOUT) -
         raise Skip(SkipReason.NO_VIDEO_STREAM, f"{path} has no video stream")
     if audio is None and need_audio:
         raise Skip(SkipReason.NO_AUDIO_STREAM, f"{path} has no audio stream")
-    fmt_dur = float(info.get("format", {}).get("duration") or 0.0)
-    rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
-    fps = float(Fraction(rate)) if rate not in ("0/0", "0/1") else 0.0
-    if video.get("duration"):
-        v_dur = float(video["duration"])
+    fmt_dur = _seconds(info.get("format", {}).get("duration"), "duration", path)
+    fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
+    if _seconds(video.get("duration"), "video duration", path) > 0:
+        v_dur = _seconds(video["duration"], "video duration", path)
     elif fps > 0:  # e.g. Matroska keeps no stream durations: count the packets (demux only)
-        v_dur = count_frames(path, timeout) / fps
+        v_dur = count_frames(path, timeout, _int(video.get("index"))) / fps
     else:
         v_dur = fmt_dur
     a = audio or {}
+    a_dur = _seconds(a.get("duration"), "audio duration", path) or fmt_dur
     return Probe(
         duration=fmt_dur or v_dur,
-        width=int(video.get("width") or 0),
-        height=int(video.get("height") or 0),
+        width=_int(video.get("width")),
+        height=_int(video.get("height")),
         fps=fps,
         video_codec=str(video.get("codec_name")),
         video_duration=v_dur,
         audio_codec=str(a.get("codec_name")),
-        sample_rate=int(a.get("sample_rate") or 0),
-        channels=int(a.get("channels") or 0),
-        audio_duration=float(a.get("duration") or fmt_dur) if audio else 0.0,
+        sample_rate=_int(a.get("sample_rate")),
+        channels=_int(a.get("channels")),
+        audio_duration=a_dur if audio else 0.0,
+        video_index=_int(video.get("index")),
+        audio_index=_int(audio.get("index")) if audio else None,
+        video_start=_seconds(video.get("start_time"), "video start time", path),
+        audio_start=_seconds(a.get("start_time"), "audio start time", path),
     )
 
 
-def count_frames(path: Path, timeout: float = PROBE_TIMEOUT) -> int:
-    """Exact number of video frames (packets) in `path`."""
-    cmd = [tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
+def count_frames(path: Path, timeout: float = PROBE_TIMEOUT, stream: int | None = None) -> int:
+    """Exact number of video frames (packets) in `path`: stream index `stream`, else the
+    first video stream. A file ffprobe cannot count raises `Skip(DECODE_ERROR)`."""
+    select = str(stream) if stream is not None else "v:0"
+    cmd = [tool("ffprobe"), "-v", "error", "-select_streams", select, "-count_packets",
            "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)]
-    out = run_tool(cmd, timeout, "ffprobe -count_packets").stdout.decode().strip()
-    return int(out.split(",")[0])
+    proc = run_tool(cmd, timeout, "ffprobe -count_packets")
+    out = proc.stdout.decode(errors="replace").strip()
+    try:
+        return int(out.split(",")[0])
+    except ValueError:
+        raise Skip(SkipReason.DECODE_ERROR, f"ffprobe cannot count the frames of {path} "
+                   f"(it says {out[:40]!r})", proc.stderr.decode(errors="replace")) from None
 
 
 @dataclass(frozen=True)
@@ -162,6 +212,7 @@ class Mp4Track:
     kind: str  # "video", "audio", or the handler type as found (e.g. "text")
     packets: int  # samples (for video: frames)
     duration: float  # seconds presented: the edit list's span (ffprobe's stream duration)
+    start: float = 0.0  # seconds of empty edits before the first sample is presented
 
 
 def _mp4_boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -188,12 +239,13 @@ def _mp4_find(buf: bytes, start: int, end: int, *path: bytes) -> tuple[int, int]
     return None
 
 
-def _mp4_need(buf: bytes, start: int, end: int, *path: bytes) -> int:
-    """Payload start of the box at `path`; ValueError when there is none."""
+def _mp4_need(buf: bytes, start: int, end: int, *path: bytes) -> bytes:
+    """Payload of the box at `path` (a copy: a read past its end fails instead of reading
+    the next box); ValueError when there is none."""
     span = _mp4_find(buf, start, end, *path)
     if span is None:
         raise ValueError(f"no {b'/'.join(path).decode()} box")
-    return span[0]
+    return buf[span[0]:span[1]]
 
 
 def _read_moov(path: Path) -> bytes:
@@ -213,24 +265,38 @@ def _read_moov(path: Path) -> bytes:
                 break
             if kind == b"moov":
                 f.seek(pos)
-                return f.read(size)
+                moov = f.read(size)
+                if len(moov) != size:
+                    raise ValueError(f"the moov box is cut short ({len(moov)} of {size} bytes)")
+                return moov
             pos += size
     raise ValueError("no moov box")
+
+
+def _edits(elst: bytes, movie_scale: int) -> tuple[float, float]:
+    """(seconds presented, seconds of empty edits before the first sample) of an edit list."""
+    version, (n,) = elst[0], struct.unpack_from(">I", elst, 4)
+    fmt, step = (">Qq", 20) if version else (">Ii", 12)
+    edits = [struct.unpack_from(fmt, elst, 8 + k * step) for k in range(n)]
+    first = next((k for k, (_, t) in enumerate(edits) if t != -1), len(edits))
+    return (sum(d for d, t in edits if t != -1) / movie_scale,
+            sum(d for d, _ in edits[:first]) / movie_scale)
 
 
 def mp4_tracks(path: Path) -> list[Mp4Track]:
     """The tracks of an mp4/mov from its index, without starting a process.
 
     Cheap enough to check every output of a stage (packet counts and presented
-    durations, as `ffprobe -count_packets` reports them for ffmpeg's own mp4s).
-    A file that is no complete mp4 raises `Skip(DECODE_ERROR)`.
+    durations, as `ffprobe -count_packets` reports them for ffmpeg's own mp4s, and
+    the delay of an empty edit before a track starts). A file that is no complete
+    mp4 (a box cut short, a zero time scale...) raises `Skip(DECODE_ERROR)`.
     """
     kinds = {b"vide": "video", b"soun": "audio"}
     try:
         moov = _read_moov(Path(path))
         mvhd = _mp4_need(moov, 8, len(moov), b"mvhd")
         # version 0: 4-byte times (scale at +12), version 1: 8-byte times (scale at +20)
-        (movie_scale,) = struct.unpack_from(">I", moov, mvhd + (20 if moov[mvhd] else 12))
+        (movie_scale,) = struct.unpack_from(">I", mvhd, 20 if mvhd[0] else 12)
         tracks = []
         for kind, s, e in _mp4_boxes(moov, 8, len(moov)):
             if kind != b"trak":
@@ -238,23 +304,22 @@ def mp4_tracks(path: Path) -> list[Mp4Track]:
             hdlr = _mp4_need(moov, s, e, b"mdia", b"hdlr")
             mdhd = _mp4_need(moov, s, e, b"mdia", b"mdhd")
             stsz = _mp4_need(moov, s, e, b"mdia", b"minf", b"stbl", b"stsz")
-            if moov[mdhd]:
-                scale, duration = struct.unpack_from(">IQ", moov, mdhd + 20)
+            if mdhd[0]:
+                scale, duration = struct.unpack_from(">IQ", mdhd, 20)
             else:
-                scale, duration = struct.unpack_from(">II", moov, mdhd + 12)
-            seconds = duration / scale
+                scale, duration = struct.unpack_from(">II", mdhd, 12)
+            seconds, start = duration / scale, 0.0
             elst = _mp4_find(moov, s, e, b"edts", b"elst")
             if elst:  # the presented span: the non-empty edits (media time != -1)
-                version, (n,) = moov[elst[0]], struct.unpack_from(">I", moov, elst[0] + 4)
-                fmt, step = (">Qq", 20) if version else (">Ii", 12)
-                edits = [struct.unpack_from(fmt, moov, elst[0] + 8 + k * step) for k in range(n)]
-                seconds = sum(d for d, t in edits if t != -1) / movie_scale
-            handler = moov[hdlr + 8:hdlr + 12]
-            (packets,) = struct.unpack_from(">I", moov, stsz + 8)
+                seconds, start = _edits(moov[elst[0]:elst[1]], movie_scale)
+            handler = hdlr[8:12]
+            if len(handler) != 4:
+                raise ValueError(f"the hdlr box has {len(hdlr)} bytes")
+            (packets,) = struct.unpack_from(">I", stsz, 8)
             tracks.append(Mp4Track(kinds.get(handler, handler.decode("latin-1")), packets,
-                                   seconds))
+                                   seconds, start))
         return tracks
-    except (ValueError, struct.error) as e:
+    except (ValueError, struct.error, IndexError, ZeroDivisionError) as e:
         raise Skip(SkipReason.DECODE_ERROR, f"{path} is no complete mp4: {e}") from None
 
 
@@ -314,13 +379,26 @@ def read_frames(path: Path, width: int, height: int, timeout: float) -> np.ndarr
 
 
 def read_wav(path: Path) -> np.ndarray:
-    """A 16-bit PCM mono WAV (as the crop stage writes) as float32 samples in [-1, 1]."""
+    """A 16-bit PCM mono WAV (as the crop stage writes) as float32 samples in [-1, 1].
+
+    A damaged file, another format, or a header that promises more samples than the
+    file holds raises `Skip(DECODE_ERROR)`.
+    """
     import wave
 
-    with wave.open(str(path), "rb") as w:
-        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
-            raise ValueError(f"{path}: expected 16-bit mono {SAMPLE_RATE} Hz PCM")
-        data = w.readframes(w.getnframes())
+    try:
+        with wave.open(str(path), "rb") as w:
+            fmt = (w.getnchannels(), w.getsampwidth(), w.getframerate())
+            expected = w.getnframes()
+            data = w.readframes(expected)
+    except (wave.Error, EOFError) as e:
+        raise Skip(SkipReason.DECODE_ERROR, f"{path} is no readable WAV: {e}") from None
+    if fmt != (1, 2, SAMPLE_RATE):
+        raise Skip(SkipReason.DECODE_ERROR, f"{path} is {fmt[0]} channel(s), {8 * fmt[1]} bit, "
+                   f"{fmt[2]} Hz; expected 16-bit mono {SAMPLE_RATE} Hz PCM")
+    if len(data) != 2 * expected:
+        raise Skip(SkipReason.DECODE_ERROR, f"{path}: its header says {expected} samples, it "
+                   f"holds {len(data) // 2}")
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
 
 

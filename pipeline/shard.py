@@ -12,11 +12,11 @@ changed inputs it rebuilds every shard in `shards/.tmp/` and swaps them in.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import time
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,12 +57,6 @@ def git_revision() -> str:
     return rev.stdout.strip() if rev.returncode == 0 else fallback
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _stage_config(work: Path, stage: str) -> dict:
     path = runner.status_dir(work, stage) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -73,6 +67,11 @@ def _upstream_skip(work: Path, stage: str, key: str) -> str | None:
     if rec and rec["status"] == "skipped":
         return f"{stage}: {rec['reason']}: {rec.get('detail', '')}"
     return None
+
+
+def _columns(arr: np.ndarray | None) -> int | None:
+    """Columns of a (F, D) array; None for another shape (which validation then rejects)."""
+    return int(arr.shape[1]) if arr is not None and arr.ndim == 2 else None
 
 
 def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
@@ -86,23 +85,29 @@ def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
             why = _upstream_skip(work, stage, key) or f"{stage}: not run yet for this clip"
             raise Skip(SkipReason.INCOMPLETE, why)
     sample: dict = {"__key__": schema.check_key(key), schema.MEDIA_KEY: mp4.read_bytes()}
-    with np.load(coeffs, allow_pickle=False) as npz:
-        for field in schema.FIELDS:
-            name = field.key.removesuffix(".npy")
-            if name in npz.files:
-                sample[field.key] = npz[name].astype(field.dtype)
-    sample["audio.npy"] = np.load(audio, allow_pickle=False).astype("float16")
+    try:
+        with np.load(coeffs, allow_pickle=False) as npz:
+            for field in schema.FIELDS:
+                name = field.key.removesuffix(".npy")
+                if name in npz.files:
+                    sample[field.key] = npz[name].astype(field.dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise Skip(SkipReason.DECODE_ERROR, f"{coeffs.name} cannot be read: {e}") from None
+    try:
+        sample["audio.npy"] = np.load(audio, allow_pickle=False).astype("float16")
+    except (OSError, ValueError, EOFError) as e:
+        raise Skip(SkipReason.DECODE_ERROR, f"{audio.name} cannot be read: {e}") from None
     frames = int(crop_meta["frames"])
-    exp_dim = sample["exp.npy"].shape[1] if "exp.npy" in sample else None
     meta = {
         "key": key, "clip": crop_meta.get("clip"), "fps": schema.FPS, "frames": frames,
         "sample_rate": schema.SAMPLE_RATE, "size": schema.CROP_SIZE,
         "source": crop_meta.get("source"), "start": crop_meta.get("start"),
         "video_id": crop_meta.get("video_id"), "speaker_id": crop_meta.get("speaker_id"),
         "split": split, "box": crop_meta.get("box"), "detector": crop_meta.get("detector"),
-        "coeffs": _stage_config(work, "coeffs").get("backend"), "exp_dim": exp_dim,
+        "coeffs": _stage_config(work, "coeffs").get("backend"),
+        "exp_dim": _columns(sample.get("exp.npy")),
         "audio_features": _stage_config(work, "audio").get("backend"),
-        "audio_dim": int(sample["audio.npy"].shape[1]),
+        "audio_dim": _columns(sample["audio.npy"]),
         "pipeline_version": __version__, "schema_version": schema.SCHEMA_VERSION,
     }
     sample[schema.META_KEY] = meta
@@ -120,7 +125,7 @@ def _encode(sample: dict) -> dict:
            schema.META_KEY: json.dumps(sample[schema.META_KEY], sort_keys=True).encode()}
     for field in schema.FIELDS:
         if field.key in sample:
-            out[field.key] = _npy_bytes(sample[field.key])
+            out[field.key] = atomic.npy_bytes(sample[field.key])
     return out
 
 
@@ -129,10 +134,16 @@ def _crops(work: Path) -> list[dict]:
 
 
 def _fingerprint(work: Path, crops: list[dict], config: ShardConfig) -> str:
-    """Changes when any input file or the config changes."""
-    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    """Changes when any input file (crop json included), the config, an upstream stage's
+    config, or the pipeline/schema version changes."""
+    h = hashlib.sha256(json.dumps(
+        {"config": asdict(config), "pipeline_version": __version__,
+         "schema_version": schema.SCHEMA_VERSION,
+         "upstream_config": {st: _stage_config(work, st) for st in ("clip",) + UPSTREAM}},
+        sort_keys=True).encode())
     for meta in crops:
         key = meta["key"]
+        h.update(json.dumps(meta, sort_keys=True).encode())
         for path in (work / "crops" / f"{key}.mp4", work / "coeffs" / f"{key}.npz",
                      work / "audio" / f"{key}.npy"):
             st = path.stat() if path.is_file() else None
@@ -175,8 +186,10 @@ class _Writer:
 
     def _close(self) -> None:
         if self._tar is not None:
-            self._tar.close()
-            self._tar = self._file = None
+            self._tar.close()  # TarWriter does not close a file object it was given
+        if self._file is not None:
+            self._file.close()
+        self._tar = self._file = None
 
     def write(self, sample: dict) -> str:
         encoded = _encode(sample)

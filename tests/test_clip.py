@@ -3,14 +3,16 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import SHARED_CLIPS, ffmpeg_video
 from typer.testing import CliRunner
 
 from fd2talk.pipeline import media
 from fd2talk.pipeline.cli import app
-from fd2talk.pipeline.clip import KEYINT, ClipConfig, ClipStage, fragments
+from fd2talk.pipeline.clip import KEYINT, ClipConfig, ClipStage, check_starts, fragments
 from fd2talk.pipeline.runner import run_stage
+from fd2talk.pipeline.skip import Skip, SkipReason
 
 
 def _manifest(tmp_path, rows):
@@ -161,3 +163,88 @@ def test_cli_clip_and_rerun_is_noop(tmp_path):
     result = CliRunner().invoke(app, ["clip", str(work), "-m", str(manifest),
                                       "--max-seconds", "10"])
     assert result.exit_code != 0
+
+
+CLICK_AT = 1.0  # seconds into the audio stream's own timeline
+
+
+def _offset_source(tmp_path, delay_audio: bool):
+    """A 3 s source whose audio is a click at CLICK_AT s; one of its streams starts 0.2 s late
+    (`-itsoffset`), so the click is presented at CLICK_AT + 0.2 s (late audio) or CLICK_AT s
+    (late video). Returns (source, its video without the offset)."""
+    video = ffmpeg_video(tmp_path / "v.mp4", seconds=3.0, size="160x120", audio=False)
+    click = tmp_path / "click.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"aevalsrc='if(between(t,{CLICK_AT},{CLICK_AT + 0.005}),0.9,0)':s=16000:d=3",
+                    "-c:a", "pcm_s16le", str(click)], check=True)
+    late, early = (click, video) if delay_audio else (video, click)
+    src = tmp_path / "offset.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(early), "-itsoffset", "0.2", "-i",
+                    str(late), "-map", f"{0 if delay_audio else 1}:v", "-map",
+                    f"{1 if delay_audio else 0}:a", "-c:v", "copy", "-c:a", "aac", str(src)],
+                   check=True)
+    return src, video
+
+
+def _frame_of(clip, video, k):
+    """Which frame of `video` the clip's frame `k` shows (nearest in pixels)."""
+    frames = media.read_frames(video, 80, 60, 60).astype(np.float32)
+    got = media.read_frames(clip, 80, 60, 60)[k].astype(np.float32)
+    return int(np.argmin([np.abs(got - f).mean() for f in frames]))
+
+
+@pytest.mark.parametrize("delay_audio", [True, False])
+def test_stream_offsets_keep_audio_in_step(tmp_path, delay_audio):
+    """A stream that starts late: the clip's audio sample 0 and video frame 0 are presented at
+    the same time, so the click stays where it was presented (within a frame), and the
+    crop stage can count frames and samples from 0."""
+    src, video = _offset_source(tmp_path, delay_audio)
+    info = media.probe(src)
+    assert (info.audio_start > 0.1) == delay_audio and (info.video_start > 0.1) != delay_audio
+    presented = CLICK_AT + (0.2 if delay_audio else 0.0)
+    for start in (None, 0.5):
+        (tmp_path / f"s{start}").mkdir()
+        work, summary = _run(tmp_path / f"s{start}", [("o", src, start, None)])
+        assert summary.done == 1, summary.failures
+        clip = work / "clips" / "o_f000.mp4"
+        assert all(t.start == 0 for t in media.mp4_tracks(clip))
+        out = media.probe(clip)
+        assert out.audio_start == out.video_start == 0
+        audio = media.read_audio(clip, 60)
+        at = int(np.argmax(np.abs(audio)))
+        expected = (presented - (start or 0.0)) * 16000
+        assert abs(at - expected) <= 640, (start, at, expected)
+        # the video keeps its place too: clip frame 25 is presented at 1 s after the start
+        shown = 25 + round((start or 0.0) * 25) - (0 if delay_audio else 5)
+        assert abs(_frame_of(clip, video, 25) - shown) <= 1
+
+
+def test_clip_starting_late_is_refused(tmp_path):
+    """A clip whose audio starts after its video (an empty edit: what the clip stage wrote
+    before it led late audio in with silence) is an av mismatch, not a clip."""
+    src, _ = _offset_source(tmp_path, delay_audio=True)
+    old = tmp_path / "old.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-t", "2", "-af",
+                    "aresample=16000", "-c:v", "libx264", "-c:a", "aac", str(old)], check=True)
+    assert [t.start for t in media.mp4_tracks(old) if t.kind == "audio"][0] > 0.05
+    with pytest.raises(Skip) as err:
+        check_starts(old, media.probe(old))
+    assert err.value.reason is SkipReason.AV_MISMATCH and "audio starts at" in err.value.detail
+
+
+def test_streams_probe_chose_are_the_ones_cut(tmp_path):
+    """Audio first, then video, then cover art: the clip takes probe's streams by index."""
+    base = ffmpeg_video(tmp_path / "base.mp4", seconds=1.5)
+    cover = tmp_path / "cover.png"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=red:size=64x64",
+                    "-frames:v", "1", str(cover)], check=True)
+    src = tmp_path / "order.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(base), "-i", str(cover), "-map",
+                    "0:a", "-map", "0:v", "-map", "1", "-c", "copy", "-disposition:v:1",
+                    "attached_pic", str(src)], check=True)
+    info = media.probe(src)
+    assert (info.audio_index, info.video_index) == (0, 1)
+    assert (info.width, info.height) == (320, 240)  # not the 64x64 cover
+    work, summary = _run(tmp_path, [("o", src, None, None)])
+    assert summary.done == 1, summary.failures
+    _check_clip(work, "o_f000", 37)

@@ -330,18 +330,29 @@ def _blob_detector(frame):
             for sl in ndimage.find_objects(labels)]
 
 
+def _square_spots(f: int) -> list[tuple[int, int, int]]:
+    """(x, y, side) of the squares on frame `f`: one from 17 to 41 moving right, one from 30
+    on moving down, which jumps left at 47."""
+    out = []
+    if 17 <= f <= 41:
+        out.append((40 + f // 2, 40, 40))
+    if 30 <= f:
+        out.append((200 if f < 47 else 60, 150 + (f - 30) // 4, 40))
+    return out
+
+
+def _squares(f: int) -> list:
+    """`_video` placements of frame `f`'s white squares."""
+    return [(np.full((s, s, 3), 255, np.uint8), x, y) for x, y, s in _square_spots(f)]
+
+
 def test_sparse_scan_fills_gaps_where_faces_change(tmp_path):
     """Squares appear, vanish and jump between sparse detections; tube spans stay exact."""
     n, truth = 60, {}
 
     def squares(f):
-        out = []
-        if 17 <= f <= 41:
-            out.append((40 + f // 2, 40, 40))
-        if 30 <= f:
-            out.append((200 if f < 47 else 60, 150 + (f - 30) // 4, 40))  # jumps at 47
-        truth[f] = out
-        return [(np.full((s, s, 3), 255, np.uint8), x, y) for x, y, s in out]
+        truth[f] = _square_spots(f)
+        return _squares(f)
 
     clip = _video(tmp_path / "squares.mp4", n, 320, 240, squares)
     cfg = CropConfig(detect_size=160, detect_every=5)
@@ -364,16 +375,7 @@ def test_keyframe_scan_equals_streaming_scan(tmp_path):
     """Squares appear, vanish and jump between keyframes: decoding only the keyframes (and
     seeking into the gaps to fill) gives exactly the tubes of decoding every frame."""
     n = 60
-
-    def squares(f):
-        out = []
-        if 17 <= f <= 41:
-            out.append((40 + f // 2, 40, 40))
-        if 30 <= f:
-            out.append((200 if f < 47 else 60, 150 + (f - 30) // 4, 40))
-        return [(np.full((s, s, 3), 255, np.uint8), x, y) for x, y, s in out]
-
-    src = _video(tmp_path / "squares.mp4", n, 320, 240, squares)  # x264's default GOP
+    src = _video(tmp_path / "squares.mp4", n, 320, 240, _squares)  # x264's default GOP
     clip = tmp_path / "clip.mp4"  # the clip stage's encoding: keyframes 0, 5, ..., 55, 59
     encode_clip(src, clip, 0.0, n, 60)
     no_last = tmp_path / "no_last.mp4"  # keyframes 0, 5, ..., 55: the last frame is sought
@@ -421,14 +423,14 @@ def test_check_crop_rejects_wrong_lengths(tmp_path):
 
     frames = np.full((50, 64, 64, 3), 128, np.uint8)
     ok = frames_to_video(tmp_path / "ok.mp4", frames, audio=np.zeros(50 * 640, np.float32))
-    check_crop(ok, 50, 60, "")
+    check_crop(ok, 50, "")
     with pytest.raises(Skip) as e:
-        check_crop(ok, 51, 60, "")
+        check_crop(ok, 51, "")
     assert e.value.reason is SkipReason.DECODE_ERROR
     short = frames_to_video(tmp_path / "short.mp4", frames,
                             audio=np.zeros(40 * 640, np.float32))
     with pytest.raises(Skip) as e:
-        check_crop(short, 50, 60, "")
+        check_crop(short, 50, "")
     assert e.value.reason is SkipReason.AV_MISMATCH
     # check_crop reads the mp4's index: the same packet counts and durations as ffprobe.
     for path in (ok, short):
@@ -443,7 +445,7 @@ def test_check_crop_rejects_wrong_lengths(tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(ok.read_bytes()[:-200])  # the index (at the end) is cut short
     with pytest.raises(Skip) as e:
-        check_crop(cut, 50, 60, "")
+        check_crop(cut, 50, "")
     assert e.value.reason is SkipReason.DECODE_ERROR and "no complete mp4" in e.value.detail
 
 

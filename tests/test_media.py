@@ -53,3 +53,54 @@ def test_mp4_index_matches_ffprobe(tmp_path):
     tracks = {t.kind: t for t in media.mp4_tracks(src)}
     assert tracks["video"].packets == media.count_frames(src) == 50
     assert abs(tracks["audio"].duration - media.probe(src).audio_duration) < 1e-3
+
+
+def test_damaged_index_and_wav_are_skips(tmp_path):
+    """Bad bytes where an index or header is read give a Skip naming the file, no traceback."""
+    import struct
+    import wave
+
+    src = ffmpeg_video(tmp_path / "a.mp4", seconds=1.0)
+    data = bytearray(src.read_bytes())
+    pos = data.index(b"stsz") - 4  # the sample-size box: its size says 8 (header only)
+    data[pos:pos + 4] = struct.pack(">I", 8)
+    bad = tmp_path / "short_box.mp4"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(Skip) as err:
+        media.mp4_tracks(bad)
+    assert err.value.reason is SkipReason.DECODE_ERROR and "short_box.mp4" in err.value.detail
+    moov = data.index(b"moov") - 4
+    cut = tmp_path / "cut_moov.mp4"  # the index ends half-way
+    cut.write_bytes(bytes(data[:moov + 200]))
+    with pytest.raises(Skip):
+        media.mp4_tracks(cut)
+    # A wav whose header promises twice the samples it holds; one that is no wav at all.
+    wav = tmp_path / "lie.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(640, "<i2").tobytes())
+    raw = bytearray(wav.read_bytes())
+    raw[40:44] = struct.pack("<I", 2 * 640 * 2)  # the data chunk's size
+    wav.write_bytes(bytes(raw))
+    with pytest.raises(Skip) as err:
+        media.read_wav(wav)
+    assert err.value.reason is SkipReason.DECODE_ERROR and "1280 samples" in err.value.detail
+    wav.write_bytes(b"RIFF" + b"\0" * 10)
+    with pytest.raises(Skip):
+        media.read_wav(wav)
+
+
+def test_count_frames_and_rates_of_odd_input(tmp_path):
+    """No video stream to count: a Skip (ffprobe prints nothing); unusable rates read as 0."""
+    audio_only = tmp_path / "a.m4a"
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(audio_only)], check=True)
+    with pytest.raises(Skip) as err:
+        media.count_frames(audio_only)
+    assert err.value.reason is SkipReason.DECODE_ERROR
+    assert [media._rate(r) for r in ("25/1", "1/0", "0/0", "x", None, "-5/1")] == [25.0, 0, 0,
+                                                                                    0, 0, 0]

@@ -1,6 +1,7 @@
 """Stage `shard`: samples round-trip through webdataset, split by video, stats and manifest."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -77,14 +78,19 @@ def test_split_by_video_and_shard_names(work):
     rows = [json.loads(line) for line in (work / "shards" / "manifest.jsonl").read_text()
             .splitlines()]
     header, rows = rows[0], rows[1:]
-    assert header["counts"] == {"train": 14, "val": 2, "test": 4}
+    # (the split of 10 videos is split.py's to test; here: every clip counted where it went)
+    assert header["counts"] == {sp: sum(1 for r in rows if r["shard"] and r["split"] == sp)
+                                for sp in ("train", "val", "test")}
+    assert sum(header["counts"].values()) == 20 and min(header["counts"].values()) > 0
     split_of = {}
     for r in rows:
         if r["shard"]:
             assert r["shard"].startswith(r["split"] + "-")
             assert split_of.setdefault(r["video_id"], r["split"]) == r["split"]
     names = sorted(p.name for p in (work / "shards").glob("*.tar"))
-    assert "train-000000.tar" in names and "train-000003.tar" in names  # 14 at 4 a shard
+    for sp, n in header["counts"].items():  # at most 4 a shard
+        assert [x for x in names if x.startswith(sp)] == [
+            f"{sp}-{k:06d}.tar" for k in range(math.ceil(n / 4))]
     assert json.loads((work / "shards" / "splits.json").read_text()) == {
         f"vid{v}": split_of[f"vid{v}"] for v in range(10)}
 
@@ -117,3 +123,25 @@ def test_rerun_is_noop_and_changes_rebuild(work, tmp_path):
     assert {p.name: p.read_bytes() for p in (work / "shards").glob("*.tar")} == tars
     with pytest.raises(PrepError, match="no crops"):
         run_shard(tmp_path, ShardConfig(), progress=False)
+
+
+def test_upstream_changes_rebuild_and_bad_arrays_are_skips(tmp_path):
+    """A changed crop json or upstream stage config rebuilds the shards; audio features of the
+    wrong shape or an unreadable npz are skips with a reason, not a traceback."""
+    work = tmp_path / "w"
+    _make_clip(work, "a_f000_t0", "a")
+    _make_clip(work, "b_f000_t0", "b", seed=1)
+    _make_clip(work, "c_f000_t0", "c", seed=2)
+    atomic.write_npy(work / "audio" / "b_f000_t0.npy", np.zeros(F, np.float16))  # (F,), no D
+    (work / "coeffs" / "c_f000_t0.npz").write_bytes(b"PK\x03\x04 not a zip")
+    summary = run_shard(work, ShardConfig(), progress=False)
+    assert summary.done == 1
+    assert dict(summary.skipped) == {"inconsistent_inputs": 1, "decode_error": 1}
+    assert run_shard(work, ShardConfig(), progress=False).already == 3
+    meta = json.loads((work / "crops" / "a_f000_t0.json").read_text())
+    atomic.write_json(work / "crops" / "a_f000_t0.json", {**meta, "box": [1, 1, 99, 99]})
+    assert run_shard(work, ShardConfig(), progress=False).done == 1
+    assert _read_all(work)["a_f000_t0"]["json"]["box"] == [1, 1, 99, 99]
+    atomic.write_json(work / "status" / "audio" / "config.json", {"backend": "wav2vec2"})
+    assert run_shard(work, ShardConfig(), progress=False).done == 1
+    assert _read_all(work)["a_f000_t0"]["json"]["audio_features"] == "wav2vec2"
