@@ -94,8 +94,8 @@ def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, 
     detector-call counts of the real sparse run and of every-frame detection."""
     import torch
 
-    from fd2talk.pipeline.crop import detect_dims
     from fd2talk.pipeline.detect import MediaPipeDetector, S3FDDetector, s3fd_class
+    from fd2talk.pipeline.scan import detect_dims
 
     torch.save(s3fd_class()().state_dict(), tmp / "s3fd-random.pth")
     info = media.probe(clips[0])

@@ -22,7 +22,7 @@ from fd2talk.model.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from fd2talk.pipeline import media
 from fd2talk.pipeline.cli import app
 from fd2talk.pipeline.clip import ClipConfig, ClipStage, encode_clip
-from fd2talk.pipeline.crop import CropConfig, CropStage, Keyframes, exhaustive, scan_faces
+from fd2talk.pipeline.crop import CropConfig, CropStage, exhaustive
 from fd2talk.pipeline.detect import (
     S3FD_FILE,
     S3FD_URL,
@@ -32,6 +32,7 @@ from fd2talk.pipeline.detect import (
     s3fd_class,
 )
 from fd2talk.pipeline.runner import run_stage
+from fd2talk.pipeline.scan import Keyframes, scan_faces
 from fd2talk.pipeline.skip import PrepError
 from fd2talk.pipeline.tubes import crop_box, iou
 
@@ -450,7 +451,7 @@ def test_check_crop_rejects_wrong_lengths(tmp_path):
 
 
 def test_detect_dims():
-    from fd2talk.pipeline.crop import detect_dims
+    from fd2talk.pipeline.scan import detect_dims
 
     assert detect_dims(1920, 1080, 320) == (320, 180)
     assert detect_dims(360, 640, 320) == (180, 320)
