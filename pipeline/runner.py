@@ -195,7 +195,7 @@ def _process_one(stage: Stage, item: Item, work: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - the runner is the one place that must not die
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc())
-    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    rec["seconds"] = round(time.perf_counter() - t0, 6)
     if rec["status"] != "failed":
         atomic.write_json(status_dir(work, stage.name) / f"{item.key}.json", rec)
     return rec
