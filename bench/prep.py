@@ -188,6 +188,9 @@ def main() -> None:
                        "limit: bare FaceLandmarker on decoded frames"))
 
     # audio: log-mel and wav2vec2-base (random weights) vs the bare encoder forward
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the table
     w2v_dir = save_random_wav2vec2(tmp / "w2v-base", "base")
     for name, acfg in (("audio (logmel)", AudioConfig()),
                        ("audio (wav2vec2-base)", AudioConfig(backend="wav2vec2",
