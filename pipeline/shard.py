@@ -27,6 +27,7 @@ from fd2talk import __version__
 from fd2talk.model import schema
 
 from . import atomic, runner
+from .crop import crop_metadata
 from .manifest import SPLITS
 from .skip import PrepError, Skip, SkipReason
 from .split import DEFAULT_RATIOS, assign_splits
@@ -127,10 +128,6 @@ def _encode(sample: dict) -> dict:
         if field.key in sample:
             out[field.key] = atomic.npy_bytes(sample[field.key])
     return out
-
-
-def _crops(work: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((work / "crops").glob("*.json"))]
 
 
 def _fingerprint(work: Path, crops: list[dict], config: ShardConfig) -> str:
@@ -234,7 +231,7 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
     t0 = time.perf_counter()
     work = Path(work)
     out = work / OUT_DIR
-    crops = _crops(work)
+    crops = list(crop_metadata(work).values())
     if not crops:
         raise PrepError(f"no crops in {work / 'crops'}: run `fd2talk-prep crop {work}` first")
     summary = runner.Summary("shard", total=len(crops))
