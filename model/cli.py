@@ -1,22 +1,172 @@
-"""`fd2talk-train` and `fd2talk-generate`: the model commands.
+"""`fd2talk-train` and `fd2talk-generate`: the model commands (thin: build a config, call one
+function).
 
-Training (stage 1 motion, stage 2 frames) and generation land with their own
-issues; until then these commands say so and exit with status 2.
+    fd2talk-train lipsync  --shards WORK/shards --out runs/lipsync       # the lip expert (first)
+    fd2talk-train motion   --shards WORK/shards --out runs/motion --lip-expert runs/lipsync/checkpoint.pt
+
+Every run directory holds config.json (settings + git revision), checkpoint.pt (everything a
+resume needs) and metrics.jsonl; `--resume` continues a run bit-for-bit; under
+`torchrun --nproc_per_node N` the same command trains with DDP.
 """
 
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
-_LATER = ("{cmd} is not implemented yet: it lands with the {what} issue. The data pipeline "
-          "(`fd2talk-prep`) is ready: it writes the shards that {cmd} will read.")
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+class Preset(StrEnum):  # the keys of the PRESETS dicts (tests check they agree)
+    tiny = "tiny"
+    paper = "paper"
+
+
+class DeviceName(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2talk-prep` wrote "
+                                      "(holds manifest.jsonl and <split>-NNNNNN.tar).")]
+Out = Annotated[Path, typer.Option("--out", help="Run directory (checkpoint.pt, metrics.jsonl, "
+                                   "config.json).")]
+PresetOpt = Annotated[Preset, typer.Option("--preset", help="Model size: tiny (CPU smoke runs, "
+                                           "tests) or paper (the published settings).")]
+Steps = Annotated[int, typer.Option("--steps", help="Total optimizer steps (a resumed run "
+                                    "continues to this number).")]
+Batch = Annotated[int, typer.Option("--batch-size", help="25-frame windows per step (per GPU).")]
+Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+ValSplit = Annotated[str, typer.Option("--val-split", help="Split for validation; `none` to "
+                                       "train without validation.")]
+Every = Annotated[int, typer.Option(help="Steps between these events.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for init, data order and noise.")]
+Device = Annotated[DeviceName, typer.Option("--device", help="auto (CUDA when present), cpu "
+                                            "or cuda.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
+EpochBatches = Annotated[int, typer.Option("--epoch-batches", help="Batches per data epoch (a "
+                                           "re-seed point of the resampled shard stream).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
+                                      "checkpoint (same settings; bit-for-bit on CPU).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+def _split(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _summary(title: str, out: Path, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("validation metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.jsonl'}")
+
+
+@app.command()
+def lipsync(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
+            batch_size: Batch = 32, lr: Lr = 3e-4,
+            bfm: Annotated[str | None, typer.Option(
+                "--bfm", help="BFM_model_front.mat (or its folder) for deep3d shards (default "
+                "$FD2TALK_BFM_DIR); "
+                "mediapipe shards fit their mouth model from the data.")] = None,
+            val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
+            log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
+            workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
+            quiet: Quiet = False) -> None:
+    """Pre-train the lip expert (SyncNet-style: in-sync vs time-shifted pairs); reports
+    in-sync / off-sync accuracy on the validation split."""
+    from .train_lipsync import LipsyncTrainConfig, train_lipsync
+
+    cfg = LipsyncTrainConfig(
+        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
+        batch_size=batch_size, lr=lr, bfm=bfm, val_split=_split(val_split), val_every=val_every,
+        save_every=save_every, log_every=log_every, seed=seed, device=device.value,
+        workers=workers, epoch_batches=epoch_batches)
+    metrics = train_lipsync(cfg, resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("lip expert", out, metrics)
+
+
+@app.command()
+def motion(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
+           batch_size: Batch = 32, lr: Lr = 1e-4,
+           k: Annotated[int, typer.Option("--k", help="Alignment mask: frame i sees audio "
+                                          "frames j with |i - j| <= k; -1 for no mask.")] = 3,
+           lambda_exp: Annotated[float, typer.Option(help="Weight of L_exp.")] = 1.0,
+           lambda_pose: Annotated[float, typer.Option(help="Weight of L_pose.")] = 1.0,
+           lambda_sync: Annotated[float, typer.Option(help="Weight of L_sync (0: off, no lip "
+                                                      "expert needed).")] = 0.1,
+           lip_expert: Annotated[Path | None, typer.Option(
+               "--lip-expert", help="`fd2talk-train lipsync` checkpoint (needed when "
+               "--lambda-sync > 0).")] = None,
+           ema_decay: Annotated[float, typer.Option(help="EMA decay.")] = 0.999,
+           val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
+           log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
+           workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
+           quiet: Quiet = False) -> None:
+    """Train the Exp and Pose Transformers (stage 1): L = l_exp L_exp + l_pose L_pose +
+    l_sync L_sync."""
+    from .train_motion import MotionTrainConfig, train_motion
+
+    cfg = MotionTrainConfig(
+        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
+        batch_size=batch_size, lr=lr, k=None if k < 0 else k, lambda_exp=lambda_exp,
+        lambda_pose=lambda_pose, lambda_sync=lambda_sync,
+        lip_expert=str(lip_expert.resolve()) if lip_expert else None, ema_decay=ema_decay,
+        val_split=_split(val_split), val_every=val_every, save_every=save_every,
+        log_every=log_every, seed=seed, device=device.value, workers=workers,
+        epoch_batches=epoch_batches)
+    metrics = train_motion(cfg, resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("motion (EMA, x0 loss on normalised coefficients)", out, metrics)
+
+
+def _later(what: str) -> None:
+    raise UserError(f"{what} lands with the stage-2 issue (autoencoder and frame UNet); stage 1 "
+                    "(`lipsync`, `motion`) is ready")
+
+
+@app.command(hidden=False)
+def autoencoder() -> None:
+    """Stage 2 autoencoder fine-tuning (not implemented yet)."""
+    _later("fd2talk-train autoencoder")
+
+
+@app.command(hidden=False)
+def frames() -> None:
+    """Stage 2 frame UNet (not implemented yet)."""
+    _later("fd2talk-train frames")
 
 
 def train_main() -> None:
-    print(_LATER.format(cmd="fd2talk-train", what="motion and frame model"), file=sys.stderr)
-    sys.exit(2)
+    try:
+        app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 def generate_main() -> None:
-    print(_LATER.format(cmd="fd2talk-generate", what="generation"), file=sys.stderr)
+    print("fd2talk-generate is not implemented yet: it lands with the generation issue. "
+          "Stage 1 sampling is available from Python: fd2talk.model.motion.sample(...).",
+          file=sys.stderr)
     sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m fd2talk.model.cli` (what torchrun -m launches)
+    train_main()

@@ -99,3 +99,73 @@ def synth_video(tmp_path):
         return ffmpeg_video(tmp_path / name, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_work(tmp_path_factory) -> Path:
+    """The bundled demo dataset through the whole pipeline, as `fd2talk-prep run WORK --demo`
+    makes it (10 videos of 6 s: 7 train, 1 val, 2 test clips; ~1 minute): the model tests'
+    training data."""
+    import sys
+
+    work = tmp_path_factory.mktemp("demo") / "work"
+    subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
+                    "run", str(work), "--demo", "-q"], check=True, timeout=900, cwd=REPO)
+    return work
+
+
+def rewrite_shards(src: Path, dst: Path, change) -> Path:
+    """Copy a shard folder, passing every sample (dict: extension -> bytes) through `change`
+    (which edits it in place; a key set to None is dropped). Returns `dst`."""
+    import shutil
+
+    import webdataset as wds
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.suffix != ".tar":
+            shutil.copy(path, dst / path.name)
+            continue
+        with wds.TarWriter(str(dst / path.name)) as out:
+            for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+                sample = {k: v for k, v in sample.items() if k != "__url__"}
+                change(sample)
+                out.write({k: v for k, v in sample.items() if v is not None})
+    return dst
+
+
+def npy(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def lip_expert(demo_work, tmp_path_factory):
+    """A tiny lip expert trained on the demo's train split: (checkpoint path, val metrics)."""
+    from fd2talk.model.train_lipsync import LipsyncTrainConfig, train_lipsync
+
+    out = tmp_path_factory.mktemp("lipsync") / "run"
+    cfg = LipsyncTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=600,
+                             batch_size=16, val_every=300, log_every=50, device="cpu")
+    metrics = train_lipsync(cfg, progress=False)
+    return out / "checkpoint.pt", metrics
+
+
+MOTION_STEPS = 600  # the demo motion run: a few minutes of CPU at most
+
+
+@pytest.fixture(scope="session")
+def motion_run(demo_work, lip_expert, tmp_path_factory) -> Path:
+    """Exp + Pose Transformers (tiny) trained on the demo with L_sync: the run directory."""
+    from fd2talk.model.train_motion import MotionTrainConfig, train_motion
+
+    out = tmp_path_factory.mktemp("motion") / "run"
+    cfg = MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=MOTION_STEPS,
+                            batch_size=16, lr=1e-3, lambda_sync=0.1,
+                            lip_expert=str(lip_expert[0]), val_every=200, log_every=50,
+                            epoch_batches=100, device="cpu")
+    train_motion(cfg, progress=False)
+    return out

@@ -52,9 +52,33 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_model_commands_say_they_come_later():
-    for script in ("train_main", "generate_main"):
-        proc = subprocess.run([sys.executable, "-c",
-                               f"from fd2talk.model.cli import {script}; {script}()"],
-                              capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+def test_train_help_and_later_commands():
+    from fd2talk.model.cli import Preset
+    from fd2talk.model.cli import app as train_app
+    from fd2talk.model.lip_expert import PRESETS as EXPERT_PRESETS
+    from fd2talk.model.motion_dit import PRESETS as DIT_PRESETS
+
+    result = CliRunner().invoke(train_app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("lipsync", "motion", "autoencoder", "frames"):
+        assert name in result.output
+        sub = CliRunner().invoke(train_app, [name, "--help"])
+        assert sub.exit_code == 0, (name, sub.output)
+    assert {p.value for p in Preset} == set(DIT_PRESETS) == set(EXPERT_PRESETS)
+    for name in ("autoencoder", "frames"):  # stage 2 lands with its own issue
+        proc = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import train_main; "
+                               "train_main()", name], capture_output=True, text=True, cwd=REPO,
+                              timeout=60)
+        assert proc.returncode == 2 and "stage-2 issue" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import generate_main; "
+                           "generate_main()"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+
+
+def test_train_help_imports_no_heavy_library():
+    code = ("import sys; from fd2talk.model.cli import app; "
+            "heavy = [m for m in ('torch', 'mediapipe', 'cv2', 'transformers', 'webdataset') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60, check=True).stdout.strip()
+    assert out == "[]"

@@ -1,0 +1,265 @@
+"""Training data: WebDataset shards -> random 25-frame windows -> batches (DESIGN.md section 3).
+
+The training stream is one explicit webdataset pipeline (`train_batches`):
+
+    shard source (resampled, split by node and worker) -> tar samples -> decode the needed
+    .npy fields -> random windows of `window` frames -> shuffle buffer -> batch -> with_epoch
+
+Resampling and epochs: the stream of epoch `e` on rank `r`, DataLoader worker `w` is a pure
+function of (seed, e, r, w), so a resumed run re-creates epoch `step // epoch_batches` and skips
+the batches already used: resume is bit-for-bit. When there are at least as many shards as
+(ranks x workers), every (rank, worker) draws only from its own slice of the shard list (split
+by node and worker); with fewer shards each draws from all of them with its own seed (the
+webdataset recipe for resampled shards, so small datasets still train on many GPUs).
+
+Validation and statistics read whole clips in a fixed order (`iter_clips`); validation cuts
+them into consecutive windows (`fixed_windows`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .schema import MEDIA_KEY, META_KEY
+
+WINDOW = 25  # frames per training window (paper: sequence length 25)
+MANIFEST = "manifest.jsonl"
+MOTION_FIELDS = ("exp", "pose", "audio", "valid", "id")  # what stage 1 reads from a sample
+PREP_HINT = "re-run `fd2talk-prep shard WORK` (or `fd2talk-prep run WORK`) with the current code"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the shards hold, read from the first sample's json (fd2talk-prep writes it)."""
+
+    coeffs: str  # "mediapipe" or "deep3d"
+    exp_dim: int
+    audio_features: str  # "logmel" or "wav2vec2"
+    audio_dim: int
+
+
+def split_shards(shards: str | Path, split: str) -> list[str]:
+    """The tar paths of one split, from the shard directory's manifest.jsonl header."""
+    root = Path(shards)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise UserError(f"{manifest} not found: point --shards at the `shards` folder that "
+                        "`fd2talk-prep shard` (or `fd2talk-prep run`) wrote")
+    with manifest.open() as f:
+        header = json.loads(f.readline())
+    counts = header.get("counts", {})
+    paths = [str(root / name) for name in header.get("shards", [])
+             if name.startswith(f"{split}-")]
+    if not counts.get(split) or not paths:
+        known = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
+        raise UserError(f"split {split!r} has no clips in {root} (clips per split: {known}); "
+                        "add videos to the manifest, or choose another split")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"shard {missing[0]} is listed in {manifest} but missing: {PREP_HINT}")
+    return paths
+
+
+def _decode(sample: dict, fields: tuple[str, ...]) -> dict:
+    """Raw tar sample (bytes per extension) -> {field: np.ndarray, "key", "meta"}."""
+    out = {"key": sample["__key__"], "url": sample.get("__url__", "?")}
+    for name in fields:
+        raw = sample.get(f"{name}.npy")
+        if raw is None:
+            raise UserError(f"sample {out['key']} in {out['url']} has no '{name}.npy', which this "
+                            f"stage needs (it has: {', '.join(sorted(k for k in sample if not k.startswith('__')))}); "
+                            f"{PREP_HINT}")
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        out[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
+    out["meta"] = json.loads(sample[META_KEY]) if META_KEY in sample else {}
+    return out
+
+
+def _tar_samples(urls: list[str]) -> Iterator[dict]:
+    import webdataset as wds
+
+    for url in urls:
+        yield from wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}])
+
+
+def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_FIELDS
+               ) -> Iterator[dict]:
+    """Every clip of a split in a fixed order, decoded (the mp4 is never decoded)."""
+    for sample in _tar_samples(split_shards(shards, split)):
+        sample.pop(MEDIA_KEY, None)
+        yield _decode(sample, fields)
+
+
+def dataset_info(shards: str | Path, split: str = "train",
+                 fields: tuple[str, ...] = MOTION_FIELDS) -> DatasetInfo:
+    """Read the first sample of `split`: check it has `fields`, return what the shards hold."""
+    clip = next(iter_clips(shards, split, fields))
+    meta = clip["meta"]
+    try:
+        return DatasetInfo(coeffs=meta["coeffs"], exp_dim=int(meta["exp_dim"]),
+                           audio_features=meta["audio_features"], audio_dim=int(meta["audio_dim"]))
+    except KeyError as err:
+        raise UserError(f"sample {clip['key']} has no {err.args[0]!r} in its json: "
+                        f"{PREP_HINT}") from None
+
+
+# ---- windows ---------------------------------------------------------------------------------
+
+def _slice(clip: dict, start: int, window: int, per_frame: tuple[str, ...]) -> dict:
+    out = {k: clip[k][start:start + window] for k in per_frame}
+    for k, v in clip.items():
+        if k not in out and isinstance(v, np.ndarray):
+            out[k] = v  # per-clip arrays (id) ride along
+    out["key"], out["start"] = clip["key"], start
+    return out
+
+
+def _per_frame(clip: dict) -> tuple[str, ...]:
+    n = len(clip["valid"])
+    return tuple(k for k, v in clip.items()
+                 if isinstance(v, np.ndarray) and k != "id" and v.ndim >= 1 and len(v) == n)
+
+
+def random_windows(clip: dict, window: int, rng: random.Random, min_valid: float = 0.8
+                   ) -> list[dict]:
+    """About F // window random windows of one clip, each with >= min_valid valid frames."""
+    n = len(clip["valid"])
+    if n < window:
+        return []
+    per_frame = _per_frame(clip)
+    valid = clip["valid"].astype(np.float32)
+    frac = np.convolve(valid, np.ones(window, np.float32), "valid") / window  # (n - window + 1,)
+    starts = np.flatnonzero(frac >= min_valid)
+    if len(starts) == 0:
+        return []
+    picks = [int(starts[rng.randrange(len(starts))]) for _ in range(max(1, n // window))]
+    return [_slice(clip, s, window, per_frame) for s in picks]
+
+
+def fixed_windows(clip: dict, window: int) -> list[dict]:
+    """Consecutive non-overlapping windows (validation): deterministic, no randomness."""
+    per_frame = _per_frame(clip)
+    n = len(clip["valid"])
+    return [_slice(clip, s, window, per_frame) for s in range(0, n - window + 1, window)
+            if clip["valid"][s:s + window].any()]
+
+
+def collate(windows: list[dict]) -> dict:
+    """List of windows -> dict of torch tensors stacked on a new batch axis (N, ...)."""
+    import torch
+
+    out = {}
+    for k, v in windows[0].items():
+        if isinstance(v, np.ndarray):
+            out[k] = torch.from_numpy(np.stack([w[k] for w in windows]))
+    out["key"] = [w["key"] for w in windows]
+    return out
+
+
+# ---- the training stream ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamConfig:
+    window: int = WINDOW
+    batch_size: int = 32
+    shuffle_buffer: int = 256  # windows held for shuffling
+    epoch_batches: int = 500  # batches per epoch and rank (an epoch is a re-seed point)
+    workers: int = 0  # DataLoader worker processes
+    min_valid: float = 0.8  # fraction of valid frames a training window needs
+
+
+def _seed(*parts: int) -> int:
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+def _worker() -> tuple[int, int]:
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _ShardSource:
+    """Endless random shard urls for this (rank, worker); picklable for DataLoader workers."""
+
+    def __init__(self, urls: list[str], seed: int, epoch: int, rank: int, world: int):
+        self.urls, self.seed, self.epoch, self.rank, self.world = urls, seed, epoch, rank, world
+
+    def __call__(self) -> Iterator[dict]:
+        worker, workers = _worker()
+        slot, slots = self.rank * workers + worker, self.world * workers
+        urls = self.urls[slot::slots] if len(self.urls) >= slots else self.urls  # split by node+worker
+        rng = random.Random(_seed(self.seed, self.epoch, self.rank, worker, 0))
+        while True:
+            yield {"url": urls[rng.randrange(len(urls))]}
+
+
+def _windows_stage(src, fields, window, min_valid, seed, epoch, rank):
+    rng = None
+    for sample in src:
+        if rng is None:
+            rng = random.Random(_seed(seed, epoch, rank, _worker()[0], 1))
+        sample.pop(MEDIA_KEY, None)
+        yield from random_windows(_decode(sample, fields), window, rng, min_valid)
+
+
+def _shuffle_stage(src, bufsize, seed, epoch, rank):
+    import webdataset as wds
+
+    rng = random.Random(_seed(seed, epoch, rank, _worker()[0], 2))
+    return wds.shuffle(bufsize, min(bufsize, 32), rng=rng)(src)
+
+
+def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
+                  epoch: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+    """Exactly `config.epoch_batches` batches of epoch `epoch` for this rank (dicts of tensors)."""
+    import itertools
+
+    import torch.utils.data
+    import webdataset as wds
+
+    workers = config.workers
+    per_worker = -(-config.epoch_batches // max(1, workers))
+    pipeline = wds.DataPipeline(
+        _ShardSource(urls, seed, epoch, rank, world),
+        wds.tarfile_to_samples(handler=wds.reraise_exception),
+        wds.pipelinefilter(_windows_stage)(fields, config.window, config.min_valid, seed, epoch,
+                                           rank),
+        wds.pipelinefilter(_shuffle_stage)(config.shuffle_buffer, seed, epoch, rank),
+        wds.batched(config.batch_size, collation_fn=collate, partial=False),
+    ).with_epoch(per_worker)
+    if workers == 0:
+        return itertools.islice(iter(pipeline), config.epoch_batches)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
+                                         persistent_workers=False)
+    return itertools.islice(iter(loader), config.epoch_batches)
+
+
+def batches_from(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
+                 step: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+    """The endless batch stream of a run, starting at global step `step` (resume)."""
+    epoch, skip = divmod(step, config.epoch_batches)
+    while True:
+        for i, batch in enumerate(train_batches(urls, config, fields, seed, epoch, rank, world)):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def audio_stage_config(shards: str | Path) -> dict:
+    """The `audio` stage settings the train shards were made with (from their stats json), so
+    sampling computes features from a new audio file the same way."""
+    first = split_shards(shards, "train")[0]
+    stats = Path(first).with_suffix(".stats.json")
+    if not stats.is_file():
+        return {}
+    return json.loads(stats.read_text()).get("upstream_config", {}).get("audio", {})

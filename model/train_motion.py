@@ -1,0 +1,219 @@
+"""`fd2talk-train motion`: the Exp and Pose Transformers of stage 1 (paper sections 3.2, 3.4.1).
+
+One command trains both networks on the same batches, each with its own optimizer and EMA:
+
+    L_first = lambda_exp L_exp + lambda_pose L_pose + lambda_sync L_sync
+
+L_exp, L_pose: the x0-prediction loss of `Diffusion.loss` on normalised coefficients, masked by
+the valid frames. L_sync: the frozen lip expert (`sync_critic.SyncCritic`) on the Exp
+Transformer's predicted x0 (denormalised), so it shapes expression only.
+
+Reads top-down: distributed set-up -> data and statistics -> run dir / resume -> models, EMA,
+optimizers -> loop (log, validate, checkpoint). Resume is bit-for-bit on CPU: the checkpoint
+holds every state the loop reads (models, EMAs, optimizers, step, the noise generator, global
+RNGs), and the data stream of a step is a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import trainer
+from .diffusion import Diffusion, DiffusionConfig
+from .errors import UserError
+from .motion_dit import PRESETS, MotionDiT
+from .normalize import Stats
+from .schema import POSE_DIM
+
+IGNORE_ON_RESUME = ("steps", "out", "log_every", "val_every", "save_every", "workers", "device")
+STREAMS = {"exp": "exp", "pose": "pose"}  # network name -> data field it denoises
+
+
+@dataclass(frozen=True)
+class MotionTrainConfig:
+    shards: str
+    out: str
+    preset: str = "tiny"
+    steps: int = 2000
+    batch_size: int = 32  # 25-frame windows per step
+    lr: float = 1e-4
+    k: int | None = 3  # alignment mask half-width (None: no mask)
+    lambda_exp: float = 1.0
+    lambda_pose: float = 1.0
+    lambda_sync: float = 0.1
+    lip_expert: str | None = None  # `fd2talk-train lipsync` checkpoint (needed when lambda_sync > 0)
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    diffusion_steps: int = 1000
+    val_split: str | None = "val"
+    val_every: int = 250
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    epoch_batches: int = 500
+
+
+def build_models(preset: str, k: int | None, exp_dim: int, audio_dim: int) -> dict[str, MotionDiT]:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    config = dataclasses.replace(PRESETS[preset], k=k)
+    return {"exp": MotionDiT(config, exp_dim, audio_dim), "pose": MotionDiT(config, POSE_DIM, audio_dim)}
+
+
+def normalised(batch: dict, stats: Stats, device: str) -> dict:
+    """Normalised exp/pose/audio (N, F, D) and the valid-frame weight (N, F, 1) on `device`."""
+    out = {k: stats.normalize(k, batch[k]).to(device) for k in ("exp", "pose", "audio")}
+    out["weight"] = batch["valid"].to(device)[..., None].float()
+    out["id"] = batch["id"].to(device)  # (N, D_id) identity alpha, raw
+    return out
+
+
+def losses(nets: dict, diffusion: Diffusion, b: dict, gen: torch.Generator) -> dict:
+    """Diffusion.loss per network; t and noise from `gen` (N, F, D) on the batch's device."""
+    out = {}
+    for name, net in nets.items():  # (exp first, pose second: the generator's order matters)
+        x0 = b[STREAMS[name]]
+        t = diffusion.sample_t(len(x0), generator=gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        out[name] = diffusion.loss(lambda x_t, t_, net=net: net(x_t, t_, b["audio"]), x0, t=t,
+                                   noise=noise, weight=b["weight"])
+    return out
+
+
+@torch.no_grad()
+def validate(nets: dict, diffusion: Diffusion, stats: Stats, val: list[dict], device: str,
+             seed: int) -> dict:
+    """Mean x0 loss per network over fixed validation windows with fixed t and noise."""
+    gen = torch.Generator().manual_seed(seed)
+    totals = {f"loss_{name}": 0.0 for name in nets}
+    for batch in val:
+        for name, out in losses(nets, diffusion, normalised(batch, stats, device), gen).items():
+            totals[f"loss_{name}"] += float(out["loss"]) / len(val)
+    return totals
+
+
+def check_dims(info: data_mod.DatasetInfo, dims: dict, where: str) -> None:
+    if (dims["exp"], dims["audio"]) != (info.exp_dim, info.audio_dim):
+        raise UserError(f"{where} has exp dim {dims['exp']} and audio dim {dims['audio']} but the "
+                        f"shards have {info.exp_dim} ({info.coeffs}) and {info.audio_dim} "
+                        f"({info.audio_features}): use shards made with the same coefficient and "
+                        "audio backends, or start a new run")
+
+
+def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train the Exp and Pose Transformers; returns the last validation losses."""
+    from tqdm import tqdm
+
+    from fd2talk.pipeline.shard import git_revision
+
+    from .sync_critic import load_sync_critic
+
+    d = trainer.setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    # data and statistics
+    info = data_mod.dataset_info(cfg.shards, "train")
+    urls = data_mod.split_shards(cfg.shards, "train")
+    audio_config = data_mod.audio_stage_config(cfg.shards)
+    val = []
+    if cfg.val_split:
+        from .train_lipsync import val_batches
+
+        val = val_batches(cfg.shards, cfg.val_split, data_mod.MOTION_FIELDS, data_mod.WINDOW,
+                          cfg.batch_size, limit=512)
+    critic = load_sync_critic(cfg.lip_expert, info, d.device) if cfg.lambda_sync > 0 else None
+    # run dir / resume
+    config = trainer.config_dict(cfg)
+    ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())
+    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
+    if state:
+        check_dims(info, state["dims"], str(ckpt_path))
+        trainer.check_resumable(state["config"], config, IGNORE_ON_RESUME, ckpt_path)
+        stats = Stats.from_state_dict(state["stats"])
+    else:
+        stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train"))
+    # models, EMA, optimizers
+    nets = {k: m.to(d.device) for k, m in build_models(cfg.preset, cfg.k, info.exp_dim,
+                                                       info.audio_dim).items()}
+    diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
+    emas = {k: trainer.EMA(m, cfg.ema_decay) for k, m in nets.items()}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=cfg.lr) for k, m in nets.items()}
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+    step = 0
+    if state:
+        for k in nets:
+            nets[k].load_state_dict(state["models"][k])
+            emas[k].model.load_state_dict(state["ema"][k])
+            opts[k].load_state_dict(state["optimizers"][k])
+        gen.set_state(state["generator"])
+        trainer.set_rng_state(state["rng"])
+        step = state["step"]
+    ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
+    log = trainer.MetricsLog(Path(cfg.out), d.main, step)
+    stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
+                                   epoch_batches=cfg.epoch_batches)
+    batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed, step,
+                                    d.rank, d.world)
+    weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose}
+
+    def checkpoint() -> None:
+        if d.main:
+            trainer.save_checkpoint(Path(cfg.out) / trainer.CHECKPOINT, {
+                "kind": "motion", "world": d.world, "config": config, "git_revision": git_revision(), "step": step,
+                "dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
+                "audio_config": audio_config,
+                "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
+                "model_config": dataclasses.asdict(nets["exp"].config),
+                "diffusion": dataclasses.asdict(diffusion.config),
+                "models": {k: m.state_dict() for k, m in nets.items()},
+                "ema": {k: e.model.state_dict() for k, e in emas.items()},
+                "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                "generator": gen.get_state(), "rng": trainer.rng_state()})
+        trainer.barrier(d)
+
+    metrics: dict = {}
+    saved = step if state else -1
+    bar = tqdm(total=cfg.steps, initial=step, desc="motion", disable=not (progress and d.main))
+    while step < cfg.steps:
+        b = normalised(next(batches), stats, d.device)
+        with trainer.autocast(d.device):
+            out = losses(ddp, diffusion, b, gen)
+            total = sum(weights[k] * out[k]["loss"] for k in nets)
+            terms = {f"loss_{k}": float(out[k]["loss"].detach()) for k in nets}
+            if critic is not None:
+                beta = stats.denormalize("exp", out["exp"]["x0_hat"].float())
+                raw_audio = stats.denormalize("audio", b["audio"])
+                sync = critic(beta, b["id"], raw_audio, b["weight"][..., 0] > 0)
+                total = total + cfg.lambda_sync * sync
+                terms["loss_sync"] = float(sync.detach())
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for k, m in nets.items():
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
+            opts[k].step()
+            emas[k].update(m, step)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.write(step, "train", {"loss": float(total.detach()), **terms})
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+        if val and (step % cfg.val_every == 0 or step == cfg.steps):
+            metrics = validate({k: e.model for k, e in emas.items()}, diffusion, stats, val,
+                               d.device, cfg.seed + 1)
+            log.write(step, "val", metrics)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            checkpoint()
+            saved = step
+    if saved != step:  # e.g. --steps 0: an untrained checkpoint (baselines)
+        checkpoint()
+    bar.close()
+    log.close()
+    trainer.teardown_distributed(d)
+    return metrics

@@ -1,0 +1,214 @@
+"""Training machinery shared by every `fd2talk-train` command (DESIGN.md section 3).
+
+- `setup_distributed`: one process per device under `torchrun` (NCCL on CUDA, gloo on CPU), or a
+  single process when launched plainly.
+- `EMA`: an exponential moving average of a model's weights, with the usual warm-up
+  `decay_t = min(decay, (1 + t) / (10 + t))` so short runs are not dominated by the init.
+- Checkpoints: one file holding everything a bit-for-bit resume needs (models, EMAs,
+  optimizers, step, RNG states, normalisation statistics, the resolved config and git revision),
+  written atomically by rank 0; `check_resumable` refuses a checkpoint whose settings differ.
+- `MetricsLog`: metrics.jsonl (truncated to the resumed step so a resumed run's log reads as
+  one run) and TensorBoard when it is installed.
+- `autocast`: bf16 autocast on CUDA only; CPU runs in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .device import resolve_device
+from .errors import UserError
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+RUN_CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1; pick this process's device."""
+    device = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(0, 1, device)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
+
+
+def teardown_distributed(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """DDP around `model` under torchrun; the model itself otherwise."""
+    if d.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [torch.device(d.device).index] if d.device.startswith("cuda") else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA, nothing on CPU (CPU training stays float32)."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EMA:
+    """Shadow copy of a model whose weights follow `p_ema <- d p_ema + (1 - d) p`."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file beside `path`, fsync, rename: never a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def check_resumable(saved: dict, current: dict, ignore: tuple[str, ...], path: Path) -> None:
+    """Refuse to resume when a setting other than `ignore` (steps, logging…) changed."""
+    diff = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if k not in ignore and saved.get(k) != current.get(k)]
+    if diff:
+        raise UserError(f"{path} was trained with other settings ({'; '.join(diff)}): resume with "
+                        "the same settings, or start a new run in another --out directory")
+
+
+def prepare_run_dir(out: Path, resume: bool, main: bool, config: dict, git: str) -> Path | None:
+    """The checkpoint to resume from (or None). Rank 0 writes config.json (settings + revision)."""
+    out = Path(out)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise UserError(f"{out} already holds a run ({ckpt.name}): pass --resume to continue it, "
+                        "or choose another --out")
+    if resume and not ckpt.exists():
+        raise UserError(f"--resume: no {CHECKPOINT} in {out} to resume from")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{RUN_CONFIG}.tmp"
+        tmp.write_text(json.dumps({"config": config, "git_revision": git}, indent=2) + "\n")
+        os.replace(tmp, out / RUN_CONFIG)
+    return ckpt if resume else None
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+class MetricsLog:
+    """Append-only metrics.jsonl (rank 0), plus TensorBoard scalars when tensorboard exists."""
+
+    def __init__(self, out: Path, main: bool, resume_step: int = 0):
+        self.main = main
+        self.path = Path(out) / METRICS
+        self.tb = None
+        if not main:
+            return
+        if self.path.exists():  # drop what a killed run logged after its last checkpoint
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=resume_step + 1)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        if not self.main:
+            return
+        row = {"step": step, "split": split,
+               **{k: round(float(v), 6) if isinstance(v, float) else v for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

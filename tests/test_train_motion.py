@@ -1,0 +1,144 @@
+"""`fd2talk-train motion` on the demo shards: it learns (the mouth follows held-out speech),
+resumes bit-for-bit, trains under torchrun with DDP, and refuses bad inputs clearly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, npy, rewrite_shards
+
+from fd2talk.model import data, motion
+from fd2talk.model.errors import UserError
+from fd2talk.model.train_motion import MotionTrainConfig, train_motion
+from fd2talk.pipeline import media
+from fd2talk.pipeline.landmarker import JAW_OPEN
+
+
+def envelope(work, key: str) -> np.ndarray:
+    """RMS of the crop's speech per 40 ms video frame."""
+    s = media.read_audio(work / "crops" / f"{key}.wav", 60)
+    n = len(s) // 640
+    return np.sqrt((s[:n * 640].reshape(n, 640) ** 2).mean(1))
+
+
+def jaw_vs_speech(checkpoint, work) -> list[float]:
+    """Pearson r(sampled jawOpen, speech envelope) per test clip and seed; a constant
+    prediction (an untrained, zero-initialised output layer) counts as r = 0."""
+    model = motion.load_motion(checkpoint, "cpu")
+    rs = []
+    for clip in data.iter_clips(work / "shards", "test"):
+        env = envelope(work, clip["key"])
+        n = min(len(env), len(clip["audio"]))
+        for seed in (0, 1):
+            jaw = motion.sample(model, clip["audio"], seed=seed)["exp"][:n, JAW_OPEN]
+            rs.append(0.0 if jaw.std() < 1e-6 else float(np.corrcoef(jaw, env[:n])[0, 1]))
+    return rs
+
+
+def test_training_makes_the_mouth_follow_held_out_speech(motion_run, demo_work, tmp_path):
+    trained = jaw_vs_speech(motion_run / "checkpoint.pt", demo_work)
+    untrained_dir = tmp_path / "untrained"
+    cfg = json.loads((motion_run / "config.json").read_text())["config"]
+    train_motion(MotionTrainConfig(**{**cfg, "out": str(untrained_dir), "steps": 0}),
+                 progress=False)
+    untrained = jaw_vs_speech(untrained_dir / "checkpoint.pt", demo_work)
+    print(f"r(jawOpen, speech envelope) on the test clips: trained {np.round(trained, 3)}, "
+          f"untrained {np.round(untrained, 3)}")
+    assert np.mean(trained) > 0.5 and min(trained) > 0.3, trained
+    assert np.mean(trained) > np.mean(np.abs(untrained)) + 0.4
+    rows = [json.loads(line) for line in (motion_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert val[-1]["loss_exp"] < val[0]["loss_exp"] or val[-1]["loss_exp"] < 0.5
+    assert np.mean([r["loss"] for r in train[-3:]]) < np.mean([r["loss"] for r in train[:3]])
+    assert all("loss_sync" in r for r in train)
+
+
+def _checkpoint_tensors(path):
+    state = torch.load(path, weights_only=False)
+    flat = {}
+    for group in ("models", "ema"):
+        for name, sd in state[group].items():
+            flat.update({f"{group}.{name}.{k}": v for k, v in sd.items()})
+    for name, opt in state["optimizers"].items():
+        for pid, st in opt["state"].items():
+            flat.update({f"opt.{name}.{pid}.{k}": v for k, v in st.items()})
+    return state["step"], flat
+
+
+def test_resume_is_bit_for_bit(demo_work, lip_expert, tmp_path):
+    base = dict(shards=str(demo_work / "shards"), batch_size=4, lambda_sync=0.1,
+                lip_expert=str(lip_expert[0]), val_every=2, save_every=3, log_every=1,
+                epoch_batches=4, device="cpu")
+    train_motion(MotionTrainConfig(out=str(tmp_path / "straight"), steps=6, **base),
+                 progress=False)
+    train_motion(MotionTrainConfig(out=str(tmp_path / "halves"), steps=3, **base), progress=False)
+    train_motion(MotionTrainConfig(out=str(tmp_path / "halves"), steps=6, **base), resume=True,
+                 progress=False)
+    step_a, a = _checkpoint_tensors(tmp_path / "straight" / "checkpoint.pt")
+    step_b, b = _checkpoint_tensors(tmp_path / "halves" / "checkpoint.pt")
+    assert step_a == step_b == 6 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    logs = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().split("\n")
+             if line] for run in ("straight", "halves")]
+    assert [r for r in logs[0] if r["split"] == "train"] == \
+        [r for r in logs[1] if r["split"] == "train"]
+    halves_val = [r for r in logs[1] if r["split"] == "val"]  # + the end of the first half
+    assert all(r in halves_val for r in logs[0] if r["split"] == "val")
+
+
+def test_torchrun_ddp_with_two_cpu_processes(demo_work, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "-m", "fd2talk.model.cli", "motion", "--shards",
+         str(demo_work / "shards"), "--out", str(out), "--steps", "4", "--batch-size", "4",
+         "--lambda-sync", "0", "--val-every", "2", "--log-every", "1", "--device", "cpu", "-q"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["world"] == 2 and state["step"] == 4
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len([r for r in rows if '"train"' in r]) == 4  # rank 0 alone writes
+
+
+def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
+    shards = demo_work / "shards"
+    base = dict(shards=str(shards), steps=2, batch_size=4, device="cpu", val_every=100)
+    with pytest.raises(UserError, match="needs a pre-trained lip expert"):
+        train_motion(MotionTrainConfig(out=str(tmp_path / "a"), **base), progress=False)
+    with pytest.raises(UserError, match="split 'nope' has no clips"):
+        train_motion(MotionTrainConfig(out=str(tmp_path / "b"), lambda_sync=0, val_split="nope",
+                                       **base), progress=False)
+    run = tmp_path / "c"
+    train_motion(MotionTrainConfig(out=str(run), lambda_sync=0, **base), progress=False)
+
+    def fewer_dims(sample):
+        meta = json.loads(sample["json"])
+        meta["exp_dim"] = 40
+        sample["json"] = json.dumps(meta).encode()
+        exp = np.load(__import__("io").BytesIO(sample["exp.npy"]))
+        sample["exp.npy"] = npy(np.ascontiguousarray(exp[:, :40]))
+
+    other = rewrite_shards(shards, tmp_path / "d40", fewer_dims)
+    with pytest.raises(UserError, match="exp dim 52 .* shards have 40"):
+        train_motion(MotionTrainConfig(**{**base, "shards": str(other)}, out=str(run),
+                                       lambda_sync=0), resume=True, progress=False)
+    model = motion.load_motion(run / "checkpoint.pt", "cpu")
+    with pytest.raises(UserError, match=r"take.* \(F, 80\) logmel"):
+        motion.sample(model, np.zeros((30, 768), np.float32), steps=2)
+
+
+def test_cli_errors_are_one_line(demo_work, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "from fd2talk.model.cli import train_main; train_main()", "motion",
+         "--shards", str(demo_work / "shards"), "--out", str(tmp_path / "r"), "--steps", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: --lambda-sync > 0 needs a pre-trained lip expert" in proc.stderr
