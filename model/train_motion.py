@@ -30,17 +30,11 @@ from .motion_dit import PRESETS, MotionDiT
 from .normalize import Stats
 from .schema import POSE_DIM
 
-IGNORE_ON_RESUME = ("steps", "out", "log_every", "val_every", "save_every", "workers", "device")
 STREAMS = {"exp": "exp", "pose": "pose"}  # network name -> data field it denoises
 
 
-@dataclass(frozen=True)
-class MotionTrainConfig:
-    shards: str
-    out: str
-    preset: str = "tiny"
-    steps: int = 2000
-    batch_size: int = 32  # 25-frame windows per step
+@dataclass(frozen=True, kw_only=True)
+class MotionTrainConfig(trainer.RunConfig):
     lr: float = 1e-4
     k: int | None = 3  # alignment mask half-width (None: no mask)
     lambda_exp: float = 1.0
@@ -50,14 +44,6 @@ class MotionTrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     diffusion_steps: int = 1000
-    val_split: str | None = "val"
-    val_every: int = 250
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    epoch_batches: int = 500
 
 
 def build_models(preset: str, k: int | None, exp_dim: int, audio_dim: int) -> dict[str, MotionDiT]:
@@ -134,7 +120,7 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
     if state:
         check_dims(info, state["dims"], str(ckpt_path))
-        trainer.check_resumable(state["config"], config, IGNORE_ON_RESUME, ckpt_path)
+        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
         stats = Stats.from_state_dict(state["stats"])
     else:
         stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train"))
@@ -178,6 +164,10 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
         trainer.barrier(d)
 
     metrics: dict = {}
+    if val and step == 0:  # the untrained baseline, so every curve starts where training did
+        metrics = validate({k: e.model for k, e in emas.items()}, diffusion, stats, val,
+                           d.device, cfg.seed + 1)
+        log.write(0, "val", metrics)
     saved = step if state else -1
     bar = tqdm(total=cfg.steps, initial=step, desc="motion", disable=not (progress and d.main))
     while step < cfg.steps:

@@ -34,6 +34,29 @@ METRICS = "metrics.jsonl"
 RUN_CONFIG = "config.json"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Settings every `fd2talk-train` command shares (each command's config extends it)."""
+
+    shards: str  # the shard folder fd2talk-prep wrote
+    out: str  # the run directory
+    preset: str = "tiny"
+    steps: int = 2000
+    batch_size: int = 32  # 25-frame windows per step (per process)
+    val_split: str | None = "val"  # None: no validation
+    val_every: int = 250
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0  # DataLoader worker processes
+    epoch_batches: int = 500  # batches per data epoch (a re-seed point of the stream)
+
+
+# settings a resumed run may change: how long it runs, where and how it reports
+RESUMABLE = ("steps", "out", "log_every", "val_every", "save_every", "workers", "device")
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0

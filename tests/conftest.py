@@ -101,6 +101,18 @@ def synth_video(tmp_path):
     return make
 
 
+@pytest.fixture
+def one_thread():
+    """Small models run faster on one thread, and OpenMP's 2-thread barriers make them ~50x
+    slower whenever another process holds the second core (use with pytest.mark.usefixtures)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_work(tmp_path_factory) -> Path:
     """The bundled demo dataset through the whole pipeline, as `fd2talk-prep run WORK --demo`
@@ -169,3 +181,15 @@ def motion_run(demo_work, lip_expert, tmp_path_factory) -> Path:
                             epoch_batches=100, device="cpu")
     train_motion(cfg, progress=False)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests need CUDA: skipped, with that reason, on machines without it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

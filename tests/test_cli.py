@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
@@ -21,9 +22,10 @@ def test_help_lists_every_stage():
         assert sub.exit_code == 0, (name, sub.output)
 
 
-def test_help_imports_no_heavy_library():
+@pytest.mark.parametrize("module", ["fd2talk.pipeline.cli", "fd2talk.model.cli"])
+def test_help_imports_no_heavy_library(module):
     """`--help` stays instant: torch, mediapipe, cv2, transformers load only when used."""
-    code = ("import sys; from fd2talk.pipeline.cli import app; "
+    code = (f"import sys; from {module} import app; "
             "heavy = [m for m in ('torch', 'mediapipe', 'cv2', 'transformers', 'webdataset') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -73,12 +75,3 @@ def test_train_help_and_later_commands():
     proc = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import generate_main; "
                            "generate_main()"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and "not implemented yet" in proc.stderr
-
-
-def test_train_help_imports_no_heavy_library():
-    code = ("import sys; from fd2talk.model.cli import app; "
-            "heavy = [m for m in ('torch', 'mediapipe', 'cv2', 'transformers', 'webdataset') "
-            "if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, timeout=60, check=True).stdout.strip()
-    assert out == "[]"

@@ -494,8 +494,18 @@ def test_readme_commands_name_registered_subcommands():
     names = set(re.findall(r"fd2talk-prep ([a-z][a-z-]+)", blocks))
     names |= set(re.findall(r"prep-part\.sbatch ([a-z][a-z-]+)", blocks))
     names |= set(re.findall(r"run (?:-d )?--rm prep ([a-z][a-z-]+)", blocks))
-    names |= set(re.findall(r"fd2talk:0\.1\.0 ([a-z][a-z-]+)", blocks)) - {"python"}
+    names |= set(re.findall(r"fd2talk:0\.1\.0 ([a-z][a-z-]+)", blocks)) - {
+        "python", "torchrun", "train", "generate"}  # programs on PATH; the model commands below
     assert {"clip", "shard"} <= names
+    train = set(re.findall(r"fd2talk:0\.1\.0 train ([a-z][a-z-]+)", blocks))
+    train |= set(re.findall(r"-m fd2talk\.model\.cli ([a-z][a-z-]+)", blocks))
+    train |= set(re.findall(r"fd2talk-train ([a-z][a-z-]+)", blocks))
+    assert {"lipsync", "motion"} <= train
+    from typer.main import get_command
+
+    from fd2talk.model.cli import app as train_app
+
+    assert train <= set(get_command(train_app).commands), train
     unknown = [n for n in sorted(names) if n not in _prep_commands() and not _pending(n)]
     assert not unknown, f"the README runs fd2talk-prep {unknown}, which do not exist"
     pending = [n for n in sorted(names) if _pending(n)]

@@ -12,15 +12,7 @@ from fd2talk.model import face_model as fm
 from fd2talk.model.errors import UserError
 from fd2talk.model.face_model import MOUTH, FaceModel
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- eq. 1 -------------------------------------------------------------------------------------
 

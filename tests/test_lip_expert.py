@@ -22,15 +22,7 @@ from fd2talk.model.lip_expert import (
     windows,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_shapes_and_p_sync_range(preset):

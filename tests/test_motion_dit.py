@@ -17,14 +17,7 @@ from fd2talk.model.motion_dit import (
 AUDIO_DIM = 80  # log-mel features
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small models run faster on one thread, and OpenMP's 2-thread barriers make them
-    ~50x slower whenever another process holds the second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(preset: str, motion_dim: int, audio_dim: int = AUDIO_DIM, seed: int = 0, **over):

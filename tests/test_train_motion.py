@@ -142,3 +142,17 @@ def test_cli_errors_are_one_line(demo_work, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --lambda-sync > 0 needs a pre-trained lip expert" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_bf16_autocast_and_sampling(demo_work, lip_expert, tmp_path):
+    out = tmp_path / "cuda"
+    train_motion(MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=4,
+                                   batch_size=8, lambda_sync=0.1, lip_expert=str(lip_expert[0]),
+                                   val_every=2, device="cuda"), progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
+    model = motion.load_motion(out / "checkpoint.pt", "cuda")
+    clip = next(data.iter_clips(demo_work / "shards", "test"))
+    result = motion.sample(model, clip["audio"], steps=5)
+    assert result["exp"].shape == (len(clip["audio"]), 52) and np.isfinite(result["exp"]).all()
