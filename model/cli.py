@@ -63,18 +63,27 @@ def _split(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
-def _summary(title: str, out: Path, metrics: dict) -> None:
+def _summary(title: str, out: Path) -> None:
+    """Validation metrics at the first and the last evaluation of the run (metrics.jsonl)."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
-    table.add_column("validation metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    log = out / "metrics.jsonl"
+    val = [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "val"]
     console = Console(stderr=True)
-    console.print(table)
-    console.print(f"checkpoint: {out / 'checkpoint.pt'}   metrics: {out / 'metrics.jsonl'}")
+    if val:
+        first, last = val[0], val[-1]
+        table = Table(title=title)
+        table.add_column("validation")
+        table.add_column(f"step {first['step']}", justify="right")
+        table.add_column(f"step {last['step']}", justify="right")
+        for k in (k for k in last if k not in ("step", "split")):
+            table.add_row(k, *(f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k))
+                               for r in (first, last)))
+        console.print(table)
+    console.print(f"checkpoint: {out / 'checkpoint.pt'}\nmetrics:    {log}")
 
 
 @app.command()
@@ -97,9 +106,9 @@ def lipsync(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: St
         batch_size=batch_size, lr=lr, bfm=bfm, val_split=_split(val_split), val_every=val_every,
         save_every=save_every, log_every=log_every, seed=seed, device=device.value,
         workers=workers, epoch_batches=epoch_batches)
-    metrics = train_lipsync(cfg, resume=resume, progress=not quiet)
+    train_lipsync(cfg, resume=resume, progress=not quiet)
     if not quiet:
-        _summary("lip expert", out, metrics)
+        _summary("lip expert (in-sync vs shifted audio)", out)
 
 
 @app.command()
@@ -131,9 +140,9 @@ def motion(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Ste
         val_split=_split(val_split), val_every=val_every, save_every=save_every,
         log_every=log_every, seed=seed, device=device.value, workers=workers,
         epoch_batches=epoch_batches)
-    metrics = train_motion(cfg, resume=resume, progress=not quiet)
+    train_motion(cfg, resume=resume, progress=not quiet)
     if not quiet:
-        _summary("motion (EMA, x0 loss on normalised coefficients)", out, metrics)
+        _summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
 
 
 def _later(what: str) -> None:
