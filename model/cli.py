@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from .device import DeviceName
 from .errors import UserError
 
 app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
@@ -27,12 +28,6 @@ app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")
 class Preset(StrEnum):  # the keys of the PRESETS dicts (tests check they agree)
     tiny = "tiny"
     paper = "paper"
-
-
-class DeviceName(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2talk-prep` wrote "

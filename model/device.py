@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceName(StrEnum):
+    """The `--device` choices of every command."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -19,6 +19,8 @@ from typing import Annotated
 
 import typer
 
+from fd2talk.model.device import DeviceName
+
 from .skip import PrepError
 
 app = typer.Typer(
@@ -53,12 +55,6 @@ class CoeffsBackend(StrEnum):
 class AudioBackend(StrEnum):
     logmel = "logmel"
     wav2vec2 = "wav2vec2"
-
-
-class DeviceName(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 Device = Annotated[DeviceName, typer.Option(
