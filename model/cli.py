@@ -140,21 +140,87 @@ def motion(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Ste
         _summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
 
 
-def _later(what: str) -> None:
-    raise UserError(f"{what} lands with the stage-2 issue (autoencoder and frame UNet); stage 1 "
-                    "(`lipsync`, `motion`) is ready")
+ImageSize = Annotated[int, typer.Option("--image-size", help="Frames are resized to this side "
+                                        "(256, the crop size; smaller for CPU smoke runs).")]
 
 
-@app.command(hidden=False)
-def autoencoder() -> None:
-    """Stage 2 autoencoder fine-tuning (not implemented yet)."""
-    _later("fd2talk-train autoencoder")
+@app.command()
+def autoencoder(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
+                batch_size: Batch = 8, lr: Lr = 1e-4,
+                pretrained: Annotated[Path | None, typer.Option(
+                    "--pretrained", help="Start from LDM's VQ-f4: a local diffusers VQModel "
+                    "directory (e.g. the `vqvae` folder of CompVis/ldm-celebahq-256).")] = None,
+                vgg_weights: Annotated[Path | None, typer.Option(
+                    "--vgg-weights", help="vgg16-397923af.pth for LPIPS (default $FD2TALK_VGG16, "
+                    "then torchvision's cache).")] = None,
+                lambda_rec: Annotated[float, typer.Option(help="Weight of the L2 term.")] = 1.0,
+                lambda_per: Annotated[float, typer.Option(help="Weight of LPIPS (0: off, no "
+                                                          "VGG weights needed).")] = 1.0,
+                lambda_vq: Annotated[float, typer.Option(help="Weight of the VQ loss.")] = 1.0,
+                image_size: ImageSize = 256, val_split: ValSplit = "val",
+                val_every: Every = 250, save_every: Every = 500, log_every: Every = 10,
+                seed: Seed = 0, device: Device = DeviceName.auto, workers: Workers = 0,
+                epoch_batches: EpochBatches = 500, resume: Resume = False,
+                quiet: Quiet = False) -> None:
+    """Fine-tune the reference-conditioned VQ autoencoder (stage 2): L2 + LPIPS on two frames
+    of one clip; writes RUN/autoencoder."""
+    from .train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(
+        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
+        batch_size=batch_size, lr=lr, pretrained=str(pretrained.resolve()) if pretrained else None,
+        vgg_weights=str(vgg_weights.resolve()) if vgg_weights else None, lambda_rec=lambda_rec,
+        lambda_per=lambda_per, lambda_vq=lambda_vq, image_size=image_size,
+        val_split=_split(val_split), val_every=val_every, save_every=save_every,
+        log_every=log_every, seed=seed, device=device.value, workers=workers,
+        epoch_batches=epoch_batches)
+    train_autoencoder(cfg, resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("autoencoder (PSNR of D([E(F1), E(F2)]) vs F2, dB)", out)
 
 
-@app.command(hidden=False)
-def frames() -> None:
-    """Stage 2 frame UNet (not implemented yet)."""
-    _later("fd2talk-train frames")
+class Cond(StrEnum):
+    dual = "dual"
+    concat = "concat"
+
+
+@app.command()
+def frames(shards: Shards, out: Out,
+           autoencoder: Annotated[Path, typer.Option(
+               "--autoencoder", help="The autoencoder `fd2talk-train autoencoder` wrote "
+               "(RUN/autoencoder).")],
+           preset: PresetOpt = Preset.tiny, steps: Steps = 2000, batch_size: Batch = 32,
+           lr: Lr = 1e-4,
+           motion: Annotated[Path | None, typer.Option(
+               "--motion", help="Stage-1 checkpoint: condition on its predicted motion (the "
+               "paper); default the ground-truth coefficients.")] = None,
+           motion_steps: Annotated[int, typer.Option(help="Sampler steps for --motion.")] = 50,
+           cond: Annotated[Cond, typer.Option(help="dual: separate motion and reference "
+                                              "cross-attentions (paper); concat: the ablation.")
+                           ] = Cond.dual,
+           latent_cache: Annotated[bool, typer.Option(
+               help="Use the shards' latents (`fd2talk-prep latents`) when they were made by "
+               "this autoencoder.")] = True,
+           image_size: ImageSize = 256, ema_decay: Annotated[float, typer.Option(
+               help="EMA decay.")] = 0.999,
+           val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
+           log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
+           workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
+           quiet: Quiet = False) -> None:
+    """Train the dual cross-attention frame UNet (stage 2) on (J0, t, beta, p, x) tuples."""
+    from .train_frames import FramesTrainConfig, train_frames
+
+    cfg = FramesTrainConfig(
+        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
+        batch_size=batch_size, lr=lr, autoencoder=str(autoencoder.resolve()),
+        motion=str(motion.resolve()) if motion else None, motion_steps=motion_steps,
+        cond=cond.value, latent_cache=latent_cache, image_size=image_size, ema_decay=ema_decay,
+        val_split=_split(val_split), val_every=val_every, save_every=save_every,
+        log_every=log_every, seed=seed, device=device.value, workers=workers,
+        epoch_batches=epoch_batches)
+    train_frames(cfg, resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("frames (EMA weights, x0 loss on latents)", out)
 
 
 def train_main() -> None:

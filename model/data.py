@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .schema import MEDIA_KEY, META_KEY
+from .schema import CROP_SIZE, MEDIA_KEY, META_KEY
 
 WINDOW = 25  # frames per training window (paper: sequence length 25)
 MANIFEST = "manifest.jsonl"
@@ -69,10 +69,28 @@ def split_shards(shards: str | Path, split: str) -> list[str]:
     return paths
 
 
+def decode_frames(mp4: bytes, size: int = CROP_SIZE) -> np.ndarray:
+    """A shard's `mp4` bytes -> (F, size, size, 3) uint8 RGB frames (ffmpeg via a temp file)."""
+    import tempfile
+
+    from fd2talk.pipeline import media
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        f.write(mp4)
+        f.flush()
+        return media.read_frames(Path(f.name), size, size, timeout=120.0)
+
+
 def _decode(sample: dict, fields: tuple[str, ...]) -> dict:
-    """Raw tar sample (bytes per extension) -> {field: np.ndarray, "key", "meta"}."""
+    """Raw tar sample (bytes per extension) -> {field: np.ndarray, "key", "meta"}; the field
+    `mp4` stays bytes (decode it with `decode_frames` only when needed)."""
     out = {"key": sample["__key__"], "url": sample.get("__url__", "?")}
     for name in fields:
+        if name == MEDIA_KEY:
+            if MEDIA_KEY not in sample:
+                raise UserError(f"sample {out['key']} in {out['url']} has no mp4: {PREP_HINT}")
+            out[name] = sample[MEDIA_KEY]
+            continue
         raw = sample.get(f"{name}.npy")
         if raw is None:
             raise UserError(f"sample {out['key']} in {out['url']} has no '{name}.npy', which this "
@@ -95,7 +113,8 @@ def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_
                ) -> Iterator[dict]:
     """Every clip of a split in a fixed order, decoded (the mp4 is never decoded)."""
     for sample in _tar_samples(split_shards(shards, split)):
-        sample.pop(MEDIA_KEY, None)
+        if MEDIA_KEY not in fields:
+            sample.pop(MEDIA_KEY, None)
         yield _decode(sample, fields)
 
 
@@ -161,6 +180,8 @@ def collate(windows: list[dict]) -> dict:
     for k, v in windows[0].items():
         if isinstance(v, np.ndarray):
             out[k] = torch.from_numpy(np.stack([w[k] for w in windows]))
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            out[k] = torch.tensor([int(w[k]) for w in windows])  # (N,) e.g. frame indices
     out["key"] = [w["key"] for w in windows]
     return out
 
@@ -203,13 +224,24 @@ class _ShardSource:
             yield {"url": urls[rng.randrange(len(urls))]}
 
 
-def _windows_stage(src, fields, window, min_valid, seed, epoch, rank):
+class RandomWindows:
+    """The stage-1 item maker: random windows of one decoded clip (picklable)."""
+
+    def __init__(self, window: int, min_valid: float):
+        self.window, self.min_valid = window, min_valid
+
+    def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
+        return random_windows(clip, self.window, rng, self.min_valid)
+
+
+def _items_stage(src, fields, make_items, seed, epoch, rank):
     rng = None
     for sample in src:
         if rng is None:
             rng = random.Random(_seed(seed, epoch, rank, _worker()[0], 1))
-        sample.pop(MEDIA_KEY, None)
-        yield from random_windows(_decode(sample, fields), window, rng, min_valid)
+        if MEDIA_KEY not in fields:
+            sample.pop(MEDIA_KEY, None)
+        yield from make_items(_decode(sample, fields), rng)
 
 
 def _shuffle_stage(src, bufsize, seed, epoch, rank):
@@ -220,8 +252,11 @@ def _shuffle_stage(src, bufsize, seed, epoch, rank):
 
 
 def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
-                  epoch: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
-    """Exactly `config.epoch_batches` batches of epoch `epoch` for this rank (dicts of tensors)."""
+                  epoch: int, rank: int = 0, world: int = 1, make_items=None) -> Iterator[dict]:
+    """Exactly `config.epoch_batches` batches of epoch `epoch` for this rank (dicts of tensors).
+
+    make_items(clip, rng) -> list of items (dicts of numpy arrays) cut from one decoded clip;
+    default: `RandomWindows(config.window, config.min_valid)` (stage 1)."""
     import itertools
 
     import torch.utils.data
@@ -232,8 +267,9 @@ def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...]
     pipeline = wds.DataPipeline(
         _ShardSource(urls, seed, epoch, rank, world),
         wds.tarfile_to_samples(handler=wds.reraise_exception),
-        wds.pipelinefilter(_windows_stage)(fields, config.window, config.min_valid, seed, epoch,
-                                           rank),
+        wds.pipelinefilter(_items_stage)(
+            fields, make_items or RandomWindows(config.window, config.min_valid), seed, epoch,
+            rank),
         wds.pipelinefilter(_shuffle_stage)(config.shuffle_buffer, seed, epoch, rank),
         wds.batched(config.batch_size, collation_fn=collate, partial=False),
     ).with_epoch(per_worker)
@@ -245,11 +281,12 @@ def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...]
 
 
 def batches_from(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
-                 step: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+                 step: int, rank: int = 0, world: int = 1, make_items=None) -> Iterator[dict]:
     """The endless batch stream of a run, starting at global step `step` (resume)."""
     epoch, skip = divmod(step, config.epoch_batches)
     while True:
-        for i, batch in enumerate(train_batches(urls, config, fields, seed, epoch, rank, world)):
+        for i, batch in enumerate(train_batches(urls, config, fields, seed, epoch, rank, world,
+                                                make_items)):
             if i >= skip:
                 yield batch
         epoch, skip = epoch + 1, 0

@@ -208,6 +208,29 @@ def shard(
 
 
 @app.command()
+def latents(
+    work: Work,
+    autoencoder: Annotated[Path, typer.Option(
+        "--autoencoder", help="Fine-tuned autoencoder folder (autoencoder.json + "
+        "model.safetensors, written by the autoencoder training step).")],
+    device: Device = DeviceName.auto,
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder forward.")] = 32,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace latents of a different autoencoder instead of refusing.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Optional, after shard: cache the autoencoder's latent of every frame in the shards
+    (latent.npy, float16 (F, d, 64, 64)), so frame training skips the encoder."""
+    from .latents import LatentsConfig, run_latents
+
+    cfg = LatentsConfig(str(autoencoder.expanduser().resolve()), device.value, batch_size)
+    summary = run_latents(work, cfg, progress=not quiet, force=force)
+    if not quiet:
+        typer.echo(summary.line(), err=True)
+
+
+@app.command()
 def demo(
     work: Work,
     videos: Annotated[int, typer.Option(help="Number of videos (distinct video ids).")] = 10,

@@ -193,3 +193,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+STAGE2_IMAGE = 64  # stage-2 smoke runs: 64 px frames -> 16x16 latents (f = 4), fast on CPU
+AE_STEPS = 300
+FRAMES_STEPS = 600
+
+
+@pytest.fixture(scope="session")
+def ae_run(demo_work, tmp_path_factory) -> Path:
+    """The tiny reference autoencoder fine-tuned on the demo (no LPIPS): the run directory."""
+    from fd2talk.model.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    out = tmp_path_factory.mktemp("autoencoder") / "run"
+    train_autoencoder(AutoencoderTrainConfig(
+        shards=str(demo_work / "shards"), out=str(out), steps=AE_STEPS, batch_size=8, lr=1e-3,
+        lambda_per=0, image_size=STAGE2_IMAGE, val_every=100, log_every=20, epoch_batches=100,
+        device="cpu"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def frames_run(demo_work, ae_run, tmp_path_factory) -> Path:
+    """The tiny frame UNet trained on the demo with ground-truth motion: the run directory."""
+    from fd2talk.model.train_frames import FramesTrainConfig, train_frames
+
+    out = tmp_path_factory.mktemp("frames") / "run"
+    train_frames(FramesTrainConfig(
+        shards=str(demo_work / "shards"), out=str(out), autoencoder=str(ae_run / "autoencoder"),
+        steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, val_every=200,
+        log_every=20, epoch_batches=100, device="cpu"), progress=False)
+    return out

@@ -1,0 +1,120 @@
+"""Stage-2 training items cut from shard clips (paper section 3.4.2; DESIGN.md section 3).
+
+Two item makers for `data.train_batches(make_items=...)`, both picklable:
+
+- `AutoencoderPairs`: two random valid frames F1, F2 of one clip -> {"ref": F1, "frame": F2}
+  (images (3, S, S) float32 in [-1, 1]; S = 256, the crop size, or smaller for CPU smoke
+  runs), the autoencoder's fine-tuning pairs.
+- `FrameItems`: the UNet's tuple without t: the clip's first valid frame as the reference x, a
+  random valid target frame J0, and that frame's ground-truth [beta, p] plus its index (the
+  trainer swaps in stage-1 predictions by (key, index) when asked). With the latent cache
+  (`latent.npy` in the shards) ref/frame are latents (d, 64, 64); without it, images that the
+  trainer encodes.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+from .data import decode_frames
+from .errors import UserError
+from .schema import CROP_SIZE, MEDIA_KEY
+
+AE_FIELDS = ("valid", MEDIA_KEY)
+DECODED_CLIPS = 16  # decoded clips kept per process (a 256 px, 6 s clip is ~30 MB)
+FRAME_FIELDS = ("exp", "pose", "valid")
+
+
+def to_image(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
+    return np.moveaxis(frames, -1, -3).astype(np.float32) / 127.5 - 1.0
+
+
+class _DecodedClips:
+    """The last `capacity` decoded clips of this process: small datasets (and the clips a
+    resampled stream revisits soon) skip the ffmpeg decode."""
+
+    def __init__(self, capacity: int = DECODED_CLIPS):
+        self.capacity, self.clips = capacity, OrderedDict()
+
+    def get(self, clip: dict, size: int) -> np.ndarray:
+        key = (clip["key"], zlib.crc32(clip[MEDIA_KEY]), size)
+        if key in self.clips:
+            self.clips.move_to_end(key)
+            return self.clips[key]
+        frames = decode_frames(clip[MEDIA_KEY], size)  # (F, size, size, 3)
+        self.clips[key] = frames
+        if len(self.clips) > self.capacity:
+            self.clips.popitem(last=False)
+        return frames
+
+
+_DECODED = _DecodedClips()
+
+
+def _frames(clip: dict, size: int) -> np.ndarray:
+    frames = _DECODED.get(clip, size)  # (F, size, size, 3)
+    if len(frames) != len(clip["valid"]):
+        raise UserError(f"sample {clip['key']}: its mp4 has {len(frames)} frames but valid.npy "
+                        f"{len(clip['valid'])}: re-run `fd2talk-prep shard`")
+    return frames
+
+
+class AutoencoderPairs:
+    def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE):
+        self.n, self.size = pairs_per_clip, image_size
+
+    def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
+        idx = np.flatnonzero(clip["valid"])
+        if len(idx) < 2:
+            return []
+        frames = _frames(clip, self.size)
+        out = []
+        for _ in range(self.n):
+            a, b = rng.sample(list(idx), 2)
+            out.append({"ref": to_image(frames[a]), "frame": to_image(frames[b]),
+                        "key": clip["key"], "index": int(b)})
+        return out
+
+
+def jitter(images: list[np.ndarray], rng: random.Random, amount: float) -> list[np.ndarray]:
+    """One random colour transform (channel order, per-channel gain 1 ± amount, offset
+    ± amount) applied alike to all `images` ((3, H, W) in [-1, 1]): the target's colours must
+    then come from the reference, so the UNet cannot learn each training video's look by
+    heart from its motion (a few videos are told apart by their poses alone)."""
+    gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
+    offset = np.array([rng.uniform(-amount, amount) for _ in range(3)], np.float32)
+    order = rng.sample(range(3), 3)  # a random channel order: colours no motion can predict
+    return [np.clip(im[order] * gain[:, None, None] + offset[:, None, None], -1, 1)
+            for im in images]
+
+
+class FrameItems:
+    def __init__(self, items_per_clip: int = 8, latents: bool = False,
+                 image_size: int = CROP_SIZE, jitter: float = 0.0):
+        self.n, self.latents, self.size = items_per_clip, latents, image_size
+        self.jitter = 0.0 if latents else jitter  # colour jitter needs images (no cache)
+
+    def fields(self) -> tuple[str, ...]:
+        return FRAME_FIELDS + (("latent",) if self.latents else (MEDIA_KEY,))
+
+    def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
+        idx = np.flatnonzero(clip["valid"])
+        if len(idx) < 2:
+            return []
+        ref = int(idx[0])  # the clip's first (valid) frame is the reference (paper 3.4.2)
+        source = clip["latent"] if self.latents else to_image(_frames(clip, self.size))
+        # source: (F, C, H, W) latents or images
+        out = []
+        for _ in range(self.n):
+            i = int(idx[rng.randrange(len(idx))])
+            pair = [source[ref], source[i]]
+            if self.jitter > 0:
+                pair = jitter(pair, rng, self.jitter)
+            out.append({"ref": pair[0], "frame": pair[1], "exp": clip["exp"][i],
+                        "pose": clip["pose"][i], "key": clip["key"], "index": i})
+        return out

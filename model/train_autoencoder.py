@@ -1,0 +1,182 @@
+"""`fd2talk-train autoencoder`: fine-tune the reference-conditioned VQ autoencoder (paper
+section 3.3, eq. 7):
+
+    L = lambda_rec ||F2 - D([E(F1), E(F2)])||^2 + lambda_per LPIPS(F2, D(...)) + lambda_vq L_vq
+
+F1, F2: two random frames of one clip (`frame_data.AutoencoderPairs`). L_vq is the VQ
+codebook/commitment loss of the quantiser the decoder applies (the VQGAN training term the
+paper's pre-trained model was made with). Start from LDM's VQ-f4 (`pretrained=DIR`, a local
+diffusers VQModel directory) or from scratch (`preset`). Validation: PSNR of D([E(F1), E(F2)])
+against F2 on fixed pairs of the val split (step 0 and every `val_every` steps). The trained
+model is saved to RUN/autoencoder (`RefAutoencoder.save`), what `fd2talk-prep latents`,
+`fd2talk-train frames` and generation load.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import trainer
+from .errors import UserError
+from .frame_data import AE_FIELDS, AutoencoderPairs
+from .schema import CROP_SIZE
+
+AUTOENCODER_DIR = "autoencoder"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderTrainConfig(trainer.RunConfig):
+    pretrained: str | None = None  # LDM VQ-f4 diffusers directory (else `preset` from scratch)
+    vgg_weights: str | None = None  # vgg16-397923af.pth for LPIPS (else $FD2TALK_VGG16 / cache)
+    lr: float = 1e-4
+    lambda_rec: float = 1.0
+    lambda_per: float = 1.0  # 0: no LPIPS term, no VGG weights needed
+    lambda_vq: float = 1.0
+    pairs_per_clip: int = 4
+    image_size: int = CROP_SIZE  # frames are resized to this (smaller for CPU smoke runs)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def val_pairs(shards: str, split: str, maker: AutoencoderPairs, size: int, seed: int,
+              limit: int = 32) -> list[dict]:
+    rng = random.Random(seed)
+    items = []
+    for clip in data_mod.iter_clips(shards, split, AE_FIELDS):
+        items += maker(clip, rng)
+        if len(items) >= limit:
+            break
+    items = items[:limit]
+    return [data_mod.collate(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def build_autoencoder(cfg: AutoencoderTrainConfig):
+    from .autoencoder import PRESETS, RefAutoencoder
+
+    if cfg.pretrained:
+        return RefAutoencoder.from_pretrained(cfg.pretrained)
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    return RefAutoencoder.build(PRESETS[cfg.preset])
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
+                      progress: bool = True) -> dict:
+    """Fine-tune the autoencoder; returns the last validation metrics."""
+    from tqdm import tqdm
+
+    from fd2talk.pipeline.shard import git_revision
+
+    d = trainer.setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data_mod.dataset_info(cfg.shards, "train", AE_FIELDS)  # clear errors before anything heavy
+    urls = data_mod.split_shards(cfg.shards, "train")
+    maker = AutoencoderPairs(cfg.pairs_per_clip, cfg.image_size)
+    val = val_pairs(cfg.shards, cfg.val_split, maker, cfg.batch_size, cfg.seed + 1) \
+        if cfg.val_split else []
+    perceptual = None
+    if cfg.lambda_per > 0:
+        from .perceptual import Perceptual
+
+        perceptual = Perceptual(cfg.vgg_weights).to(d.device)
+    config = trainer.config_dict(cfg)
+    out = Path(cfg.out)
+    ckpt_path = trainer.prepare_run_dir(out, resume, d.main, config, git_revision())
+    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
+    if state:
+        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
+    ae = build_autoencoder(cfg).to(d.device)
+    if cfg.image_size % ae.factor:
+        raise UserError(f"--image-size {cfg.image_size} is not divisible by the autoencoder's "
+                        f"downsampling factor {ae.factor}")
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+    step = 0
+    if state:
+        ae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        trainer.set_rng_state(state["rng"])
+        step = state["step"]
+    model = trainer.wrap_ddp(_Reconstruction(ae), d)
+    log = trainer.MetricsLog(out, d.main, step)
+    stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
+                                   epoch_batches=cfg.epoch_batches,
+                                   shuffle_buffer=4 * cfg.batch_size)
+    batches = data_mod.batches_from(urls, stream, AE_FIELDS, cfg.seed, step, d.rank, d.world,
+                                    make_items=maker)
+
+    @torch.no_grad()
+    def validate() -> dict:
+        ae.eval()
+        scores = [psnr(ae(b["ref"].to(d.device), b["frame"].to(d.device)),
+                       b["frame"].to(d.device)) for b in val]
+        ae.train()
+        return {"psnr": float(torch.cat(scores).mean())}
+
+    def checkpoint() -> None:
+        if d.main:
+            trainer.save_checkpoint(out / trainer.CHECKPOINT, {
+                "kind": "autoencoder", "config": config, "git_revision": git_revision(),
+                "step": step, "model": ae.state_dict(), "optimizer": opt.state_dict(),
+                "rng": trainer.rng_state()})
+            ae.save(out / AUTOENCODER_DIR)
+        trainer.barrier(d)
+
+    metrics: dict = {}
+    if val and step == 0:
+        metrics = validate()
+        log.write(0, "val", metrics)
+    saved = step if state else -1
+    bar = tqdm(total=cfg.steps, initial=step, desc="autoencoder",
+               disable=not (progress and d.main))
+    while step < cfg.steps:
+        b = next(batches)
+        ref, frame = b["ref"].to(d.device), b["frame"].to(d.device)
+        with trainer.autocast(d.device):
+            recon, commit = model(ref, frame)
+            rec = ((recon.float() - frame) ** 2).mean()
+            terms = {"rec": rec, "vq": commit.float()}
+            if perceptual is not None:
+                terms["per"] = perceptual(recon.float(), frame).mean()
+        loss = (cfg.lambda_rec * terms["rec"] + cfg.lambda_vq * terms["vq"]
+                + (cfg.lambda_per * terms["per"] if "per" in terms else 0.0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.write(step, "train", {"loss": float(loss.detach()),
+                                      **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if val and (step % cfg.val_every == 0 or step == cfg.steps):
+            metrics = validate()
+            log.write(step, "val", metrics)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            checkpoint()
+            saved = step
+    if saved != step:
+        checkpoint()
+    bar.close()
+    log.close()
+    trainer.teardown_distributed(d)
+    return metrics
+
+
+class _Reconstruction(torch.nn.Module):
+    """forward = RefAutoencoder.reconstruct (image and VQ loss), so DDP wraps the whole step."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, ref: torch.Tensor, img: torch.Tensor):
+        return self.ae.reconstruct(ref, img)

@@ -1,0 +1,62 @@
+"""Stage-2 sampling: batched frames from a reference and motion, and the reference crop of
+any portrait (a portrait without a face is a clear error)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import STAGE2_IMAGE
+
+from fd2talk.model import data
+from fd2talk.model import frames as fr
+from fd2talk.model.errors import UserError
+from fd2talk.model.frame_data import to_image
+
+
+def test_sample_frames_any_count_batched_or_not(frames_run, demo_work):
+    model = fr.load_frames(frames_run / "checkpoint.pt", "cpu")
+    clip = next(data.iter_clips(demo_work / "shards", "test", ("exp", "pose", "valid", "mp4")))
+    size = STAGE2_IMAGE  # what the fixture trained on
+    ref = torch.from_numpy(to_image(data.decode_frames(clip["mp4"], size)[0]))
+    out = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3)
+    assert out.shape == (7, 3, size, size) and out.abs().max() <= 1
+    again = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3)
+    assert torch.equal(out, again)  # a seed fixes the frames
+    latent = model.ae.encode(ref[None])[0]
+    same = fr.sample_frames(model, latent, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3,
+                            ref_latent=True)
+    torch.testing.assert_close(same, out)
+
+
+def test_load_refuses_other_checkpoints_and_autoencoders(frames_run, ae_run, motion_run,
+                                                         tmp_path):
+    with pytest.raises(UserError, match="'motion' checkpoint, not a frames"):
+        fr.load_frames(motion_run / "checkpoint.pt", "cpu")
+    from fd2talk.model.autoencoder import PRESETS, RefAutoencoder
+
+    torch.manual_seed(5)
+    RefAutoencoder.build(PRESETS["tiny"]).save(tmp_path / "other")
+    with pytest.raises(UserError, match="not the one .* was trained with"):
+        fr.load_frames(frames_run / "checkpoint.pt", "cpu", autoencoder=str(tmp_path / "other"))
+
+
+def test_reference_crop_finds_the_face_or_says_there_is_none(shared_media, face_model):
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(shared_media / "faces" / "000002.jpg")), cv2.COLOR_BGR2RGB)
+    crop = fr.reference_crop(image, str(face_model))
+    assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
+    blank = np.full((300, 400, 3), 127, np.uint8)  # no face anywhere
+    with pytest.raises(UserError, match="no face found in the reference image"):
+        fr.reference_crop(blank, str(face_model))
+    with pytest.raises(UserError, match="RGB image"):
+        fr.reference_crop(blank[..., 0], str(face_model))
+
+
+def test_reference_crop_on_the_demo_portrait(demo_work, face_model):
+    clip = next(data.iter_clips(demo_work / "shards", "test", ("valid", "mp4")))
+    frame = data.decode_frames(clip["mp4"])[0]  # already a 256 crop: the face fills it
+    canvas = np.zeros((480, 640, 3), np.uint8)
+    canvas[100:356, 300:556] = frame
+    crop = fr.reference_crop(canvas, str(face_model))
+    assert crop.shape == (256, 256, 3)
+    assert crop.mean() > 0.5 * frame.mean()  # the crop is on the face, not the black canvas
