@@ -81,23 +81,10 @@ class AutoencoderPairs:
         return out
 
 
-def jitter(images: list[np.ndarray], rng: random.Random, amount: float) -> list[np.ndarray]:
-    """One random colour transform (channel order, per-channel gain 1 ± amount, offset
-    ± amount) applied alike to all `images` ((3, H, W) in [-1, 1]): the target's colours must
-    then come from the reference, so the UNet cannot learn each training video's look by
-    heart from its motion (a few videos are told apart by their poses alone)."""
-    gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
-    offset = np.array([rng.uniform(-amount, amount) for _ in range(3)], np.float32)
-    order = rng.sample(range(3), 3)  # a random channel order: colours no motion can predict
-    return [np.clip(im[order] * gain[:, None, None] + offset[:, None, None], -1, 1)
-            for im in images]
-
-
 class FrameItems:
     def __init__(self, items_per_clip: int = 8, latents: bool = False,
-                 image_size: int = CROP_SIZE, jitter: float = 0.0):
+                 image_size: int = CROP_SIZE):
         self.n, self.latents, self.size = items_per_clip, latents, image_size
-        self.jitter = 0.0 if latents else jitter  # colour jitter needs images (no cache)
 
     def fields(self) -> tuple[str, ...]:
         return FRAME_FIELDS + (("latent",) if self.latents else (MEDIA_KEY,))
@@ -112,9 +99,6 @@ class FrameItems:
         out = []
         for _ in range(self.n):
             i = int(idx[rng.randrange(len(idx))])
-            pair = [source[ref], source[i]]
-            if self.jitter > 0:
-                pair = jitter(pair, rng, self.jitter)
-            out.append({"ref": pair[0], "frame": pair[1], "exp": clip["exp"][i],
+            out.append({"ref": source[ref], "frame": source[i], "exp": clip["exp"][i],
                         "pose": clip["pose"][i], "key": clip["key"], "index": i})
         return out

@@ -43,7 +43,6 @@ class FramesTrainConfig(trainer.RunConfig):
     cond: str = "dual"  # "dual" (phi1, phi2) or "concat" (the paper's ablation)
     lr: float = 1e-4
     items_per_clip: int = 8
-    jitter: float = 0.2  # colour jitter shared by reference and target (encoded on the fly only)
     image_size: int = CROP_SIZE  # frames resized to this when encoded on the fly
     latent_cache: bool = True  # use the shards' latent.npy when it matches the autoencoder
     ema_decay: float = 0.999
@@ -148,8 +147,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     if cached and cfg.image_size != CROP_SIZE:
         raise UserError(f"the shards' latent cache holds {CROP_SIZE}px frames' latents but "
                         f"--image-size is {cfg.image_size}: use {CROP_SIZE}, or --no-latent-cache")
-    maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size,
-                       jitter=cfg.jitter)
+    maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)
     val = (val_items(cfg.shards, cfg.val_split, maker, cfg.batch_size, cfg.seed + 1)
            if cfg.val_split else [])
     config = trainer.config_dict(cfg)
