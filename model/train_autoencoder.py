@@ -72,8 +72,6 @@ def build_autoencoder(cfg: AutoencoderTrainConfig):
 def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
                       progress: bool = True) -> dict:
     """Fine-tune the autoencoder; returns the last validation metrics."""
-    from tqdm import tqdm
-
     from fd2talk.pipeline.shard import git_revision
 
     d = trainer.setup_distributed(cfg.device)
@@ -106,7 +104,6 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
         trainer.set_rng_state(state["rng"])
         step = state["step"]
     model = trainer.wrap_ddp(_Reconstruction(ae), d)
-    log = trainer.MetricsLog(out, d.main, step)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches,
                                    shuffle_buffer=4 * cfg.batch_size)
@@ -130,13 +127,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
             ae.save(out / AUTOENCODER_DIR)
         trainer.barrier(d)
 
-    metrics: dict = {}
-    if val and step == 0:
-        metrics = validate()
-        log.write(0, "val", metrics)
-    saved = step if state else -1
-    bar = tqdm(total=cfg.steps, initial=step, desc="autoencoder",
-               disable=not (progress and d.main))
+    loop = trainer.RunLoop(cfg, d, step, state is not None, "autoencoder", progress, validate,
+                           checkpoint)
     while step < cfg.steps:
         b = next(batches)
         ref, frame = b["ref"].to(d.device), b["frame"].to(d.device)
@@ -152,23 +144,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
         loss.backward()
         opt.step()
         step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write(step, "train", {"loss": float(loss.detach()),
-                                      **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            metrics = validate()
-            log.write(step, "val", metrics)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint()
-            saved = step
-    if saved != step:
-        checkpoint()
-    bar.close()
-    log.close()
-    trainer.teardown_distributed(d)
-    return metrics
+        loop.step_done(step, {"loss": float(loss.detach()),
+                              **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
+    return loop.finish(step)
 
 
 class _Reconstruction(torch.nn.Module):

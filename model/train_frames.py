@@ -127,8 +127,6 @@ def val_items(shards: str, split: str, maker: FrameItems, size: int, seed: int,
 
 def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the frame UNet; returns the last validation metrics."""
-    from tqdm import tqdm
-
     from fd2talk.pipeline.shard import git_revision
 
     from .frame_unet import PRESETS, FrameUNet
@@ -193,7 +191,6 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         trainer.set_rng_state(state["rng"])
         step = state["step"]
     model = trainer.wrap_ddp(net, d)
-    log = trainer.MetricsLog(Path(cfg.out), d.main, step)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches, shuffle_buffer=4 * cfg.batch_size)
     batches = data_mod.batches_from(urls, stream, maker.fields(), cfg.seed, step, d.rank,
@@ -225,12 +222,8 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
                 "generator": gen.get_state(), "rng": trainer.rng_state()})
         trainer.barrier(d)
 
-    metrics: dict = {}
-    if val and step == 0:
-        metrics = validate()
-        log.write(0, "val", metrics)
-    saved = step if state else -1
-    bar = tqdm(total=cfg.steps, initial=step, desc="frames", disable=not (progress and d.main))
+    loop = trainer.RunLoop(cfg, d, step, state is not None, "frames", progress, validate,
+                           checkpoint)
     while step < cfg.steps:
         batch = next(batches)
         with trainer.autocast(d.device):
@@ -241,19 +234,5 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         opt.step()
         ema.update(net, step)
         step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write(step, "train", {"loss": float(loss.detach())})
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            metrics = validate()
-            log.write(step, "val", metrics)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint()
-            saved = step
-    if saved != step:
-        checkpoint()
-    bar.close()
-    log.close()
-    trainer.teardown_distributed(d)
-    return metrics
+        loop.step_done(step, {"loss": float(loss.detach())})
+    return loop.finish(step)

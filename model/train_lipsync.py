@@ -93,8 +93,6 @@ def val_batches(shards: str, split: str, fields: tuple[str, ...], window: int, s
 
 def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the lip expert; returns the last validation metrics."""
-    from tqdm import tqdm
-
     from fd2talk.pipeline.shard import git_revision
 
     if cfg.preset not in PRESETS:
@@ -126,7 +124,6 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         trainer.set_rng_state(state["rng"])
         step = state["step"]
     model = trainer.wrap_ddp(expert, d)
-    log = trainer.MetricsLog(Path(cfg.out), d.main, step)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
     batches = data_mod.batches_from(urls, stream, SYNC_FIELDS, cfg.seed, step, d.rank, d.world)
@@ -141,11 +138,14 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
                 "generator": gen.get_state(), "rng": trainer.rng_state()})
         trainer.barrier(d)
 
-    metrics: dict = {}
-    if val and step == 0:  # the untrained baseline (chance level)
+    def validate() -> dict:
+        expert.eval()
         metrics = _accuracy(expert, face, stats, val, d.device, cfg.seed + 1)
-        log.write(0, "val", metrics)
-    bar = tqdm(total=cfg.steps, initial=step, desc="lipsync", disable=not (progress and d.main))
+        expert.train()
+        return metrics
+
+    loop = trainer.RunLoop(cfg, d, step, state is not None, "lipsync", progress, validate,
+                           checkpoint)
     while step < cfg.steps:
         b = next(batches)
         mouth = face(b["exp"], b["id"][:, None])  # (N, F, M, 3)
@@ -156,18 +156,5 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         loss.backward()
         opt.step()
         step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write(step, "train", {"loss": float(loss.detach())})
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            expert.eval()
-            metrics = _accuracy(expert, face, stats, val, d.device, cfg.seed + 1)
-            expert.train()
-            log.write(step, "val", metrics)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint()
-    bar.close()
-    log.close()
-    trainer.teardown_distributed(d)
-    return metrics
+        loop.step_done(step, {"loss": float(loss.detach())})
+    return loop.finish(step)

@@ -95,8 +95,6 @@ def check_dims(info: data_mod.DatasetInfo, dims: dict, where: str) -> None:
 
 def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the Exp and Pose Transformers; returns the last validation losses."""
-    from tqdm import tqdm
-
     from fd2talk.pipeline.shard import git_revision
 
     from .sync_critic import load_sync_critic
@@ -141,7 +139,6 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
         trainer.set_rng_state(state["rng"])
         step = state["step"]
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
-    log = trainer.MetricsLog(Path(cfg.out), d.main, step)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
     batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed, step,
@@ -151,7 +148,8 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     def checkpoint() -> None:
         if d.main:
             trainer.save_checkpoint(Path(cfg.out) / trainer.CHECKPOINT, {
-                "kind": "motion", "world": d.world, "config": config, "git_revision": git_revision(), "step": step,
+                "kind": "motion", "world": d.world, "config": config,
+                "git_revision": git_revision(), "step": step,
                 "dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
                 "audio_config": audio_config,
                 "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
@@ -163,13 +161,9 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
                 "generator": gen.get_state(), "rng": trainer.rng_state()})
         trainer.barrier(d)
 
-    metrics: dict = {}
-    if val and step == 0:  # the untrained baseline, so every curve starts where training did
-        metrics = validate({k: e.model for k, e in emas.items()}, diffusion, stats, val,
-                           d.device, cfg.seed + 1)
-        log.write(0, "val", metrics)
-    saved = step if state else -1
-    bar = tqdm(total=cfg.steps, initial=step, desc="motion", disable=not (progress and d.main))
+    loop = trainer.RunLoop(cfg, d, step, state is not None, "motion", progress,
+                           lambda: validate({k: e.model for k, e in emas.items()}, diffusion,
+                                            stats, val, d.device, cfg.seed + 1), checkpoint)
     while step < cfg.steps:
         b = normalised(next(batches), stats, d.device)
         with trainer.autocast(d.device):
@@ -190,20 +184,5 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
             opts[k].step()
             emas[k].update(m, step)
         step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write(step, "train", {"loss": float(total.detach()), **terms})
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
-        if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            metrics = validate({k: e.model for k, e in emas.items()}, diffusion, stats, val,
-                               d.device, cfg.seed + 1)
-            log.write(step, "val", metrics)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint()
-            saved = step
-    if saved != step:  # e.g. --steps 0: an untrained checkpoint (baselines)
-        checkpoint()
-    bar.close()
-    log.close()
-    trainer.teardown_distributed(d)
-    return metrics
+        loop.step_done(step, {"loss": float(total.detach()), **terms})
+    return loop.finish(step)

@@ -235,3 +235,61 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class RunLoop:
+    """The bookkeeping around an explicit training loop: progress bar, metrics log, validation
+    (at step 0 of a fresh run and every `val_every` steps), checkpoints (every `save_every`
+    steps, at the last step, and at the end even when no step ran: `--steps 0` writes the
+    untrained baseline), and the distributed teardown. The loop itself stays in each trainer:
+
+        loop = RunLoop(cfg, d, step, resumed, "motion", progress, validate, checkpoint)
+        while step < cfg.steps:
+            ...one optimizer step...
+            step += 1
+            loop.step_done(step, {"loss": ..., ...})
+        return loop.finish(step)
+    """
+
+    def __init__(self, cfg: RunConfig, d: Dist, step: int, resumed: bool, desc: str,
+                 progress: bool, validate, checkpoint):
+        from tqdm import tqdm
+
+        self.cfg, self.d = cfg, d
+        self.validate = validate if cfg.val_split else None
+        self.checkpoint = checkpoint
+        self.log = MetricsLog(Path(cfg.out), d.main, step)
+        self.metrics: dict = {}
+        if self.validate is not None and step == 0:  # the untrained baseline
+            self._validate(0)
+        self.saved = step if resumed else -1
+        self.bar = tqdm(total=cfg.steps, initial=step, desc=desc,
+                        disable=not (progress and d.main))
+
+    def _due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.cfg.steps
+
+    def _validate(self, step: int) -> None:
+        self.metrics = self.validate()
+        self.log.write(step, "val", self.metrics)
+
+    def step_done(self, step: int, values: dict) -> None:
+        """After optimizer step `step` (1-based): values are the train scalars to log."""
+        self.bar.update(1)
+        if self._due(step, self.cfg.log_every):
+            self.log.write(step, "train", values)
+            self.bar.set_postfix(loss=f"{values['loss']:.4f}")
+        if self.validate is not None and self._due(step, self.cfg.val_every):
+            self._validate(step)
+        if self._due(step, self.cfg.save_every):
+            self.checkpoint()
+            self.saved = step
+
+    def finish(self, step: int) -> dict:
+        """Last checkpoint if not yet written, close everything; the last validation metrics."""
+        if self.saved != step:
+            self.checkpoint()
+        self.bar.close()
+        self.log.close()
+        teardown_distributed(self.d)
+        return self.metrics
