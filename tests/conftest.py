@@ -224,3 +224,29 @@ def frames_run(demo_work, ae_run, tmp_path_factory) -> Path:
         steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, val_every=200,
         log_every=20, epoch_batches=100, device="cpu"), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_work(shared_media, tmp_path_factory) -> Path:
+    """The three shared real clips through the pipeline: the first 70 % of each for train, the
+    rest for val (three speakers, so both splits hold every identity; ~20 s)."""
+    import json
+    import sys
+
+    root = tmp_path_factory.mktemp("real")
+    rows = []
+    for name in SHARED_CLIPS:
+        src = shared_media / name
+        seconds = float(json.loads(subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
+             str(src)], capture_output=True, text=True, check=True).stdout)["format"]["duration"])
+        cut, stem = round(0.7 * seconds, 2), src.stem
+        rows += [{"key": f"{stem}_a", "path": str(src), "end": cut, "split": "train"},
+                 {"key": f"{stem}_b", "path": str(src), "start": cut, "split": "val"}]
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = root / "work"
+    subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
+                    "run", str(work), "-m", str(manifest), "-q"], check=True, timeout=900,
+                   cwd=REPO)
+    return work
