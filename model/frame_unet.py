@@ -295,7 +295,7 @@ class FrameUNet(nn.Module):
 
         temb = self.time_embed(self.time_proj(t).to(j_t.dtype))  # (N, T_d)
         m, r = self.condition(motion, ref)  # (N, M, D_c), (N or 1, S, D_c)
-        self._ref_hw = (h // cfg.ref_pool, w // cfg.ref_pool)  # the reference token grid
+        grid = (h // cfg.ref_pool, w // cfg.ref_pool) if cfg.query_positions else None  # x's grid
         r = r.expand(n, -1, -1)  # (N, S, D_c)
 
         x = self.conv_in(j_t)  # (N, C_0, h, w)
@@ -304,14 +304,14 @@ class FrameUNet(nn.Module):
         for i in range(levels):
             for k in range(i * layers, (i + 1) * layers):
                 x = self.down_resnets[k](x, temb)  # (N, C_i, h/2^i, w/2^i)
-                x = self._attend(self.down_attns[k], x, m, r)
+                x = self._attend(self.down_attns[k], x, m, r, grid)
                 skips.append(x)
             if i < levels - 1:
                 x = self.downsamplers[i](x)  # (N, C_i, h/2^(i+1), w/2^(i+1))
                 skips.append(x)
 
         x = self.mid_resnet1(x, temb)  # (N, C_L, h/2^(L-1), w/2^(L-1))
-        x = self._attend(self.mid_attn, x, m, r)
+        x = self._attend(self.mid_attn, x, m, r, grid)
         x = self.mid_resnet2(x, temb)
 
         k = 0
@@ -319,17 +319,17 @@ class FrameUNet(nn.Module):
             for _ in range(layers + 1):
                 x = torch.cat([x, skips.pop()], dim=1)  # (N, C + C_skip, ., .)
                 x = self.up_resnets[k](x, temb)  # (N, C_i, h/2^i, w/2^i)
-                x = self._attend(self.up_attns[k], x, m, r)
+                x = self._attend(self.up_attns[k], x, m, r, grid)
                 k += 1
             if i > 0:
                 x = self.upsamplers[j](x)  # (N, C_i, h/2^(i-1), w/2^(i-1))
 
         return self.conv_out(F.silu(self.norm_out(x)))  # (N, d, h, w)
 
-    def _attend(self, block: nn.Module, x: torch.Tensor, m: torch.Tensor, r: torch.Tensor):
-        if isinstance(block, nn.Identity):
-            return x
-        return block(x, m, r, self._ref_hw if self.config.query_positions else None)
+    @staticmethod
+    def _attend(block: nn.Module, x: torch.Tensor, m: torch.Tensor, r: torch.Tensor,
+                grid: tuple[int, int] | None):
+        return x if isinstance(block, nn.Identity) else block(x, m, r, grid)
 
     def predictor(
         self, motion: torch.Tensor, ref: torch.Tensor

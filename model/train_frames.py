@@ -60,7 +60,7 @@ def load_autoencoder(path: str | None, device: str):
 
 
 def predicted_motion(path: str, shards: str, splits: tuple[str, ...], steps: int, device: str,
-                     seed: int) -> dict[str, np.ndarray]:
+                     seed: int, progress: bool = True) -> dict[str, np.ndarray]:
     """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 model from each clip's audio."""
     from tqdm import tqdm
 
@@ -69,7 +69,7 @@ def predicted_motion(path: str, shards: str, splits: tuple[str, ...], steps: int
     model = motion_mod.load_motion(path, device)
     out = {}
     clips = [c for split in splits for c in data_mod.iter_clips(shards, split)]
-    for clip in tqdm(clips, desc="stage-1 motion", leave=False):
+    for clip in tqdm(clips, desc="stage-1 motion", leave=False, disable=not progress):
         m = motion_mod.sample(model, clip["audio"], steps=steps, seed=seed)
         out[clip["key"]] = np.concatenate([m["exp"], m["pose"]], 1).astype(np.float32)
     return out
@@ -170,7 +170,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         else:
             splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
             cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps, d.device,
-                                     cfg.seed)
+                                     cfg.seed, progress and d.main)
             if d.main:
                 tmp = cache_path.with_name(f".{cache_path.name}.tmp.npz")
                 np.savez(tmp, **cache)
