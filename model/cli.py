@@ -201,6 +201,13 @@ def frames(shards: Shards, out: Out,
            latent_cache: Annotated[bool, typer.Option(
                help="Use the shards' latents (`fd2talk-prep latents`) when they were made by "
                "this autoencoder.")] = True,
+           jitter: Annotated[float, typer.Option(
+               min=0.0, max=1.0,
+               help="Colour jitter shared by reference and target: a random channel order, "
+               "gain 1 +- J and offset +- J per channel. 0 (the paper) for large datasets; "
+               "about 0.2 for small ones (the bundled demo), whose few videos the UNet would "
+               "otherwise tell apart by their motion and so ignore the reference. Encodes "
+               "frames on the fly (needs --no-latent-cache when there is a cache).")] = 0.0,
            image_size: ImageSize = 256, ema_decay: Annotated[float, typer.Option(
                help="EMA decay.")] = 0.999,
            val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
@@ -214,7 +221,8 @@ def frames(shards: Shards, out: Out,
         shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
         batch_size=batch_size, lr=lr, autoencoder=str(autoencoder.resolve()),
         motion=str(motion.resolve()) if motion else None, motion_steps=motion_steps,
-        cond=cond.value, latent_cache=latent_cache, image_size=image_size, ema_decay=ema_decay,
+        cond=cond.value, latent_cache=latent_cache, jitter=jitter, image_size=image_size,
+        ema_decay=ema_decay,
         val_split=_split(val_split), val_every=val_every, save_every=save_every,
         log_every=log_every, seed=seed, device=device.value, workers=workers,
         epoch_batches=epoch_batches)

@@ -9,7 +9,7 @@ Two item makers for `data.train_batches(make_items=...)`, both picklable:
   random valid target frame J0, and that frame's ground-truth [beta, p] plus its index (the
   trainer swaps in stage-1 predictions by (key, index) when asked). With the latent cache
   (`latent.npy` in the shards) ref/frame are latents (d, 64, 64); without it, images that the
-  trainer encodes.
+  trainer encodes, optionally colour-jittered alike (`jitter`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,23 @@ def _frames(clip: dict, size: int) -> np.ndarray:
     return frames
 
 
+def jitter(images: list[np.ndarray], rng: random.Random, amount: float) -> list[np.ndarray]:
+    """One random colour transform applied alike to all `images` ((3, H, W) in [-1, 1]): a
+    random channel order, per-channel gain 1 ± amount and offset ± amount (amount 0: none).
+
+    Training augmentation for small datasets: with few videos, each video's colours can be
+    learned by heart from the motion (which tells the videos and people apart), and the
+    UNet then ignores the reference. Jittered alike, the target's colours are only to be had
+    from the reference (measured on the demo: DESIGN departures in ARCHITECTURE.md)."""
+    if amount <= 0:
+        return images
+    gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
+    offset = np.array([rng.uniform(-amount, amount) for _ in range(3)], np.float32)
+    order = rng.sample(range(3), 3)
+    return [np.clip(im[order] * gain[:, None, None] + offset[:, None, None], -1, 1)
+            for im in images]
+
+
 class AutoencoderPairs:
     def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE):
         self.n, self.size = pairs_per_clip, image_size
@@ -83,8 +100,10 @@ class AutoencoderPairs:
 
 class FrameItems:
     def __init__(self, items_per_clip: int = 8, latents: bool = False,
-                 image_size: int = CROP_SIZE):
-        self.n, self.latents, self.size = items_per_clip, latents, image_size
+                 image_size: int = CROP_SIZE, jitter: float = 0.0):
+        if latents and jitter > 0:
+            raise ValueError("colour jitter works on images: it cannot use the latent cache")
+        self.n, self.latents, self.size, self.jitter = items_per_clip, latents, image_size, jitter
 
     def fields(self) -> tuple[str, ...]:
         return FRAME_FIELDS + (("latent",) if self.latents else (MEDIA_KEY,))
@@ -99,6 +118,7 @@ class FrameItems:
         out = []
         for _ in range(self.n):
             i = int(idx[rng.randrange(len(idx))])
-            out.append({"ref": source[ref], "frame": source[i], "exp": clip["exp"][i],
+            x, j0 = jitter([source[ref], source[i]], rng, self.jitter)
+            out.append({"ref": x, "frame": j0, "exp": clip["exp"][i],
                         "pose": clip["pose"][i], "key": clip["key"], "index": i})
         return out

@@ -43,6 +43,9 @@ class FramesTrainConfig(trainer.RunConfig):
     cond: str = "dual"  # "dual" (phi1, phi2) or "concat" (the paper's ablation)
     lr: float = 1e-4
     items_per_clip: int = 8
+    # colour jitter shared by reference and target (frame_data.jitter; images only, no latent
+    # cache). 0 = none (the paper); ~0.2 makes a small dataset's UNet read the reference.
+    jitter: float = 0.0
     image_size: int = CROP_SIZE  # frames resized to this when encoded on the fly
     latent_cache: bool = True  # use the shards' latent.npy when it matches the autoencoder
     ema_decay: float = 0.999
@@ -145,8 +148,14 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     if cached and cfg.image_size != CROP_SIZE:
         raise UserError(f"the shards' latent cache holds {CROP_SIZE}px frames' latents but "
                         f"--image-size is {cfg.image_size}: use {CROP_SIZE}, or --no-latent-cache")
-    maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)
-    val = (val_items(cfg.shards, cfg.val_split, maker, cfg.batch_size, cfg.seed + 1)
+    if cached and cfg.jitter > 0:
+        raise UserError(f"--jitter {cfg.jitter} recolours the frames before they are encoded, so "
+                        "it cannot use the shards' latent cache: add --no-latent-cache, or "
+                        "--jitter 0")
+    maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size,
+                       jitter=cfg.jitter)
+    plain = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)  # val
+    val = (val_items(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1)
            if cfg.val_split else [])
     config = trainer.config_dict(cfg)
     ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())

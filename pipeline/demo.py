@@ -2,8 +2,10 @@
 
 `make_demo(work, DemoConfig())` writes `WORK/demo_src/<name>.mp4` source videos
 and `WORK/demo_src/manifest.csv` (key, path, video_id, speaker_id) for
-`fd2talk-prep clip --manifest`. Each video is scikit-image's astronaut portrait
-(flipped, recoloured, reframed per video) with
+`fd2talk-prep clip --manifest`. Each video shows one of two real portraits
+(`FACES`: scikit-image's astronaut, matplotlib's sample photo of Grace Hopper; the
+manifest's speaker_id), mirrored or not, recoloured by a per-video white balance and
+gamma, and reframed per video, with
 
 - speech from `speech.py`: espeak-ng (different sentences, voices, speeds per
   video) when it is on PATH, else a synthetic voice (glottal pulses through
@@ -20,8 +22,14 @@ the mouth corners blending into the whole jaw width, fading out under the chin),
 the upper lip rises a little, the mouth corners sag, and the gap between the
 lips is painted as a dark mouth cavity with a tongue. Each image column's
 forward displacement is inverted exactly (it is monotone on either side of the
-lip line). Measured with `jaw_open_track` over 60 videos (espeak-ng and synthetic
-speech, 4-6 s): Pearson r(jawOpen, opening) = 0.92-0.98, jawOpen ~0.01-0.55.
+lip line). Measured with `jaw_open_track` over 60 videos of the astronaut (espeak-ng and
+synthetic speech, 4-6 s): Pearson r(jawOpen, opening) = 0.92-0.98, jawOpen ~0.01-0.55;
+on the default demo (seed 0, espeak-ng) r = 0.91-0.96 for the astronaut's five videos and
+0.97-0.98 for Grace Hopper's five.
+
+Two people, assigned independently of the mirroring (`face_of`), so each appears both ways
+round and in the train and held-out splits: with one portrait, a model could tell every
+video's appearance from its head pose and never need its reference frame.
 
 The ground-truth opening of each video, sampled at 25 fps (clip frame k at
 time (k + 0.5) / 25), is saved as `<name>.opening.npy` so later issues can check
@@ -55,31 +63,106 @@ from .speech import SENTENCES, VOICES, espeak_speech, normalise, speech_source, 
 DEMO_DIR = "demo_src"
 MANIFEST = "manifest.csv"
 CONFIG_JSON = "demo.json"
-SPEAKER_ID = "astronaut"
+# What the videos show; bumped when that changes, so an old demo folder is refused rather than
+# mixed (1: the astronaut alone; 2: two people, `FACES`).
+DEMO_VERSION = 2
 ENCODE_TIMEOUT = 300.0  # seconds per video
 
 # Speech envelope -> mouth opening.
 ENVELOPE_WINDOW = 2 / FPS  # seconds: Hann window around each frame's mid-time
 RANGE_DB = 36.0  # levels from (95th percentile - RANGE_DB) to the 95th percentile map to 0..1
 
-# The astronaut (skimage.data.astronaut(), 512x512) as MediaPipe FaceLandmarker sees it
-# (points measured once, in pixels). Midpoints of the inner-lip contour pairs from corner
-# to corner (78/78, 191/95, 80/88, 81/178, 82/87, 13/14, 312/317, 311/402, 310/318,
-# 415/324, 308/308): the line where the lips part.
-MOUTH_LINE = ((203.9, 139.7), (206.7, 141.5), (209.5, 142.9), (213.1, 144.2), (217.7, 145.4),
-              (223.1, 146.2), (228.7, 145.9), (233.3, 144.9), (237.0, 143.8), (240.0, 142.7),
-              (242.9, 141.1))
-MOUTH_CORNERS = ((202.3, 139.2), (244.5, 140.6))  # landmarks 61, 291
-CHIN = (221.4, 177.4)  # 152
-JAW_SIDES = ((182.6, 139.8), (265.0, 143.9))  # 58, 288: the face edge at mouth height
-EYES = ((195.3, 100.6), (255.3, 103.8))  # 33, 263 (outer eye corners)
-NOSE = (223.7, 127.0)  # 4: head rotations turn about it
-CROP_SIDE = 250.0  # astronaut pixels shown in a frame (the face is ~90 px wide)
-# The light scarf folds inside the suit's collar ring look like a face to BlazeFace (scores
-# up to 0.79 in mirrored frames, so `crop` made extra face tubes): they are painted over
-# with the turtleneck's dark colour (ellipse centre, semi-axes; only below NECK_Y).
+
+@dataclass(frozen=True)
+class Face:
+    """One demo identity: a portrait and its geometry as MediaPipe FaceLandmarker sees it
+    (points measured once, in the portrait's pixels; x, y)."""
+
+    name: str  # the manifest's speaker_id
+    # Midpoints of the inner-lip contour pairs from corner to corner (78/78, 191/95, 80/88,
+    # 81/178, 82/87, 13/14, 312/317, 311/402, 310/318, 415/324, 308/308): where the lips part.
+    mouth_line: tuple[tuple[float, float], ...]
+    mouth_corners: tuple[tuple[float, float], ...]  # landmarks 61, 291
+    chin: tuple[float, float]  # 152
+    jaw_sides: tuple[tuple[float, float], ...]  # 58, 288: the face edge at mouth height
+    eyes: tuple[tuple[float, float], ...]  # 33, 263 (outer eye corners)
+    nose: tuple[float, float]  # 4: head rotations turn about it
+    crop_side: float  # portrait pixels shown in a frame (before the per-video factor)
+    crop_y: float  # the frame's centre row (before the per-video offset)
+
+    @property
+    def iod(self) -> float:
+        """Inter-ocular distance (outer corners) in portrait pixels."""
+        return float(np.hypot(*np.subtract(*self.eyes)))
+
+    def image(self) -> np.ndarray:
+        """The portrait: (H, W, 3) uint8 RGB."""
+        return _PORTRAITS[self.name]()
+
+
+# scikit-image's astronaut (Eileen Collins, NASA photo; 512x512): the face is ~90 px wide.
+ASTRONAUT = Face(
+    name="astronaut",
+    mouth_line=((203.9, 139.7), (206.7, 141.5), (209.5, 142.9), (213.1, 144.2), (217.7, 145.4),
+                (223.1, 146.2), (228.7, 145.9), (233.3, 144.9), (237.0, 143.8), (240.0, 142.7),
+                (242.9, 141.1)),
+    mouth_corners=((202.3, 139.2), (244.5, 140.6)), chin=(221.4, 177.4),
+    jaw_sides=((182.6, 139.8), (265.0, 143.9)), eyes=((195.3, 100.6), (255.3, 103.8)),
+    nose=(223.7, 127.0), crop_side=250.0, crop_y=135.0)
+# matplotlib's sample photo of Grace Hopper (US Navy, public domain; 512 wide x 600 high):
+# frontal, glasses, uniform and cap; the face is ~200 px wide. Framed a little tighter than
+# the astronaut so that every per-video framing stays inside the photo.
+HOPPER = Face(
+    name="hopper",
+    mouth_line=((237.0, 279.1), (241.6, 279.0), (245.9, 278.9), (251.6, 278.9), (258.6, 279.2),
+                (266.7, 279.4), (275.3, 278.6), (283.0, 277.7), (289.4, 277.2), (294.2, 277.0),
+                (299.7, 276.8)),
+    mouth_corners=((234.0, 279.4), (302.5, 276.7)), chin=(270.2, 334.6),
+    jaw_sides=((188.1, 273.7), (345.2, 264.8)), eyes=((207.2, 193.5), (322.0, 186.7)),
+    nose=(266.4, 238.5), crop_side=430.0, crop_y=254.0)
+# Two people, neither tied to a flip or a colour look, so that a model can only tell a
+# video's appearance from its reference frame (issue 4: the appearance condition matters).
+FACES = (ASTRONAUT, HOPPER)
+
+# The light scarf folds inside the astronaut's collar ring look like a face to BlazeFace
+# (scores up to 0.79 in mirrored frames, so `crop` made extra face tubes): they are painted
+# over with the turtleneck's dark colour (ellipse centre, semi-axes; only below NECK_Y).
 COLLAR_CENTRE, COLLAR_AXES, NECK_Y = (212.0, 210.0), (82.0, 54.0), 190.0
 TURTLENECK = (22.0, 20.0, 24.0)
+
+
+def _astronaut() -> np.ndarray:
+    import cv2
+    from skimage import data
+
+    img = data.astronaut().astype(np.float32)  # (512, 512, 3)
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
+    ring = (((xx - COLLAR_CENTRE[0]) / COLLAR_AXES[0]) ** 2
+            + ((yy - COLLAR_CENTRE[1]) / COLLAR_AXES[1]) ** 2) < 1
+    m = cv2.GaussianBlur((ring & (yy > NECK_Y)).astype(np.float32), (0, 0), 3)[..., None]
+    return np.round(img * (1 - m) + np.array(TURTLENECK) * m).astype(np.uint8)
+
+
+def _hopper() -> np.ndarray:
+    import cv2
+    from matplotlib import cbook
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)  # ships with matplotlib
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or img.shape != (600, 512, 3):
+        raise PrepError(f"demo: matplotlib's sample image {path} is missing or not the "
+                        "expected 512x600 photo; reinstall matplotlib (pip install matplotlib)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_PORTRAITS = {"astronaut": _astronaut, "hopper": _hopper}
+
+
+def face_of(index: int) -> Face:
+    """Video `index`'s person: astronaut, hopper, hopper, astronaut, astronaut, ... (period 4,
+    while the flip alternates with period 2, so every person appears both ways round)."""
+    return FACES[((index + 1) // 2) % 2]
+
 
 # Jaw-drop warp (lengths relative to the inter-ocular distance `iod` or the mouth-chin span).
 MAX_DROP = 0.42  # jaw drop at opening 1, x iod (jawOpen ~0.55 there)
@@ -109,15 +192,16 @@ class Variant:
     """Everything that differs between demo videos, drawn from (seed, index)."""
 
     name: str
+    face: Face
     fps: int
     sample_rate: int
     channels: int
     flip: bool
-    gains: tuple[float, float, float]  # per-channel colour gains
+    gains: tuple[float, float, float]  # per-channel colour gains (the video's colour look)
     gamma: float
-    crop_centre: tuple[float, float]  # astronaut pixels
+    crop_centre: tuple[float, float]  # portrait pixels, before any flip
     crop_side: float
-    motion: tuple[float, ...]  # rot (deg), tx, ty (px), scale, f1, f2 (Hz), phases x8
+    motion: tuple[float, ...]  # rot (deg), tx, ty (portrait px), scale, f1, f2 (Hz), phases x8
     voice: str
     speed: int  # espeak words per minute
     pitch: int  # espeak pitch 0..99
@@ -132,12 +216,17 @@ def variant(cfg: DemoConfig, index: int) -> Variant:
     elif cfg.mixed_formats and index % 5 == 4:
         fps = 24
     u = rng.uniform
-    motion = (u(1.5, 3.5), u(2, 5), u(1.5, 4), u(0.01, 0.03), u(0.12, 0.3), u(0.35, 0.6),
-              *u(0, 2 * np.pi, 8))
+    face = face_of(index)
+    px = face.iod / ASTRONAUT.iod  # lengths below are in astronaut pixels
+    motion = (u(1.5, 3.5), u(2, 5) * px, u(1.5, 4) * px, u(0.01, 0.03), u(0.12, 0.3),
+              u(0.35, 0.6), *u(0, 2 * np.pi, 8))
     return Variant(
-        name=f"demo{index:03d}", fps=fps, sample_rate=sr, channels=ch, flip=bool(index % 2),
+        name=f"demo{index:03d}", face=face, fps=fps, sample_rate=sr, channels=ch,
+        flip=bool(index % 2),
+        # strong enough that two videos' looks differ clearly (a white-balance range)
         gains=tuple(float(g) for g in u(0.88, 1.12, 3)), gamma=float(u(0.85, 1.15)),
-        crop_centre=(NOSE[0] + u(-8, 8), 135 + u(-6, 6)), crop_side=CROP_SIDE * u(0.92, 1.12),
+        crop_centre=(face.nose[0] + u(-8, 8) * px, face.crop_y + u(-6, 6) * px),
+        crop_side=face.crop_side * u(0.92, 1.12),
         motion=tuple(float(m) for m in motion), voice=VOICES[index % len(VOICES)],
         speed=int(rng.integers(140, 185)), pitch=int(rng.integers(35, 70)),
         first_sentence=int(rng.integers(len(SENTENCES))))
@@ -179,24 +268,25 @@ def _smooth(t: np.ndarray) -> np.ndarray:
 class MouthWarp:
     """Open the mouth of a portrait by `opening` in [0, 1] (see the module docstring).
 
-    `image` (H, W, 3) uint8 and its geometry in pixels (`flip` mirrors the astronaut's).
-    Only a region around the lower face changes; it is rendered per frame.
+    `image` (H, W, 3) uint8 is `face`'s portrait (mirrored when `flip`). Only a region
+    around the lower face changes; it is rendered per frame.
     """
 
-    def __init__(self, image: np.ndarray, flip: bool):
+    def __init__(self, image: np.ndarray, face: Face, flip: bool):
         h, w = image.shape[:2]
         fx = (lambda x: w - x) if flip else (lambda x: x)
-        line = np.array(sorted((fx(x), y) for x, y in MOUTH_LINE))  # (11, 2) left to right
-        corners = sorted((fx(x), y) for x, y in MOUTH_CORNERS)
-        jaw = sorted(fx(x) for x, _ in JAW_SIDES)
+        line = np.array(sorted((fx(x), y) for x, y in face.mouth_line))  # (11, 2) left to right
+        corners = sorted((fx(x), y) for x, y in face.mouth_corners)
+        jaw = sorted(fx(x) for x, _ in face.jaw_sides)
+        chin = face.chin[1]
         self.image = image
-        self.drop = MAX_DROP * float(np.hypot(*np.subtract(*EYES)))  # pixels at opening 1
+        self.drop = MAX_DROP * face.iod  # pixels at opening 1
         mcx, hw = (corners[0][0] + corners[1][0]) / 2, (corners[1][0] - corners[0][0]) / 2
         jcx, jhw = (jaw[0] + jaw[1]) / 2, (jaw[1] - jaw[0]) / 2
-        span = CHIN[1] - line[:, 1].min()  # mouth line to chin
+        span = chin - line[:, 1].min()  # mouth line to chin
         x0, x1 = int(jcx - JAW_EDGE * jhw) - 2, int(np.ceil(jcx + JAW_EDGE * jhw)) + 3
         y0 = int(line[:, 1].min() - max(UPPER_BAND * span, 1.5 * hw)) - 2
-        y1 = int(np.ceil(CHIN[1] + NECK * span + self.drop)) + 3
+        y1 = int(np.ceil(chin + NECK * span + self.drop)) + 3
         self.x0, self.x1, self.y0, self.y1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
         xs = np.arange(self.x0, self.x1, dtype=np.float64)  # (RW,)
         s = np.arange(self.y0, self.y1, dtype=np.float64)[:, None]  # (RH, 1) source rows
@@ -205,7 +295,7 @@ class MouthWarp:
         self.lens = (1 - u * u) ** LENS_POWER  # (RW,) lip-gap profile, 0 at the corners
         wx = 1 - _smooth((np.abs(xs - jcx) / jhw - JAW_FLAT) / (JAW_EDGE - JAW_FLAT))
         t = _smooth((s - self.ym) / (LIP_BAND * span))
-        lower = (self.lens * (1 - t) + wx * t) * (1 - _smooth((s - CHIN[1]) / (NECK * span)))
+        lower = (self.lens * (1 - t) + wx * t) * (1 - _smooth((s - chin) / (NECK * span)))
         upper = -UPPER_LIP_RISE * self.lens * (1 - _smooth((self.ym - s) / (UPPER_BAND * span)))
         sag = sum(np.exp(-0.5 * (((xs - cx) / (0.35 * hw)) ** 2 + ((s - cy) / (0.5 * hw)) ** 2))
                   for cx, cy in corners)
@@ -250,19 +340,8 @@ class MouthWarp:
 
 
 def portrait(v: Variant) -> np.ndarray:
-    """The astronaut (collar scarf darkened), mirrored and recoloured for this video.
-
-    Returns (512, 512, 3) uint8.
-    """
-    import cv2
-    from skimage import data
-
-    img = data.astronaut().astype(np.float32)  # (512, 512, 3)
-    yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
-    ring = (((xx - COLLAR_CENTRE[0]) / COLLAR_AXES[0]) ** 2
-            + ((yy - COLLAR_CENTRE[1]) / COLLAR_AXES[1]) ** 2) < 1
-    m = cv2.GaussianBlur((ring & (yy > NECK_Y)).astype(np.float32), (0, 0), 3)[..., None]
-    img = np.round(img * (1 - m) + np.array(TURTLENECK) * m).astype(np.uint8)
+    """The video's person, mirrored and recoloured for this video: (H, W, 3) uint8."""
+    img = v.face.image()
     if v.flip:
         img = np.ascontiguousarray(img[:, ::-1])
     lut = np.arange(256) / 255.0
@@ -280,7 +359,7 @@ def head_matrix(v: Variant, t: float, size: int, width: int) -> np.ndarray:
         return 0.6 * np.sin(2 * np.pi * f1 * t + ph[2 * k]) + 0.4 * np.sin(
             2 * np.pi * f2 * t + ph[2 * k + 1])
 
-    nose = ((width - NOSE[0]) if v.flip else NOSE[0], NOSE[1])
+    nose = ((width - v.face.nose[0]) if v.flip else v.face.nose[0], v.face.nose[1])
     head = cv2.getRotationMatrix2D(nose, rot * wave_(0), 1 + scale * wave_(3))  # (2, 3)
     head[:, 2] += (tx * wave_(1), ty * wave_(2))
     cx = (width - v.crop_centre[0]) if v.flip else v.crop_centre[0]
@@ -332,7 +411,7 @@ def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
     aac = list(media.AAC_ARGS)
     aac[aac.index("-ac") + 1], aac[aac.index("-ar") + 1] = str(v.channels), str(v.sample_rate)
     image = portrait(v)
-    warp = MouthWarp(image, v.flip)
+    warp = MouthWarp(image, v.face, v.flip)
     dst = out_dir / f"{v.name}.mp4"
     with tempfile.TemporaryDirectory() as tmp, atomic.atomic_path(dst) as tmp_mp4:
         wav = Path(tmp) / "speech.wav"
@@ -387,12 +466,13 @@ def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> P
     out_dir = Path(work) / DEMO_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"settings": {k: val for k, val in dataclasses.asdict(cfg).items() if k != "n_videos"},
-              "speech": speech_source(cfg.use_espeak)}
+              "speech": speech_source(cfg.use_espeak), "version": DEMO_VERSION}
     if (out_dir / CONFIG_JSON).is_file():
         old = json.loads((out_dir / CONFIG_JSON).read_text())
         if old != record:
-            raise PrepError(f"{out_dir} holds a demo made with {old}, not {record}: "
-                            f"use another work directory or delete {out_dir}")
+            raise PrepError(f"{out_dir} holds a demo made with {old}, not {record} (other "
+                            f"settings or an older fd2talk): use another work directory, or "
+                            f"delete {Path(work)} (the demo and everything made from it)")
     atomic.write_json(out_dir / CONFIG_JSON, record)  # first: a resumed run is checked too
     atomic.clean_tmp(out_dir)
     todo = [i for i in range(cfg.n_videos) if not all(
@@ -405,8 +485,8 @@ def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> P
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["key", "path", "video_id", "speaker_id"])
     for i in range(cfg.n_videos):
-        name = variant(cfg, i).name
-        writer.writerow([name, f"{name}.mp4", name, SPEAKER_ID])
+        v = variant(cfg, i)
+        writer.writerow([v.name, f"{v.name}.mp4", v.name, v.face.name])
     atomic.write_bytes(out_dir / MANIFEST, buf.getvalue().encode())
     atomic.clean_tmp(out_dir)
     return out_dir / MANIFEST

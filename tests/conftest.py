@@ -215,14 +215,15 @@ def ae_run(demo_work, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def frames_run(demo_work, ae_run, tmp_path_factory) -> Path:
-    """The tiny frame UNet trained on the demo with ground-truth motion: the run directory."""
+    """The tiny frame UNet trained on the demo with ground-truth motion and colour jitter (a
+    small dataset: `--jitter`): the run directory."""
     from fd2talk.model.train_frames import FramesTrainConfig, train_frames
 
     out = tmp_path_factory.mktemp("frames") / "run"
     train_frames(FramesTrainConfig(
         shards=str(demo_work / "shards"), out=str(out), autoencoder=str(ae_run / "autoencoder"),
-        steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, val_every=200,
-        log_every=20, epoch_batches=100, device="cpu"), progress=False)
+        steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, jitter=0.2,
+        val_every=200, log_every=20, epoch_batches=100, device="cpu"), progress=False)
     return out
 
 

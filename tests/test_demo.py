@@ -83,6 +83,14 @@ def test_rerun_skips_and_resumes_and_refuses_other_settings(tmp_path):
     assert len(read_manifest(more)) == 3 and _files(folder)["demo000.mp4"] == first["demo000.mp4"]
     with pytest.raises(PrepError, match="different|delete"):
         demo.make_demo(tmp_path, demo.DemoConfig(n_videos=2, seconds=2.0, use_espeak=False))
+    # a folder made by an older fd2talk (other pictures, same settings) is refused too
+    import json
+
+    record = json.loads((folder / demo.CONFIG_JSON).read_text())
+    del record["version"]
+    (folder / demo.CONFIG_JSON).write_text(json.dumps(record))
+    with pytest.raises(PrepError, match="older fd2talk.*delete"):
+        demo.make_demo(tmp_path, cfg)
 
 
 def test_mixed_formats(tmp_path):
@@ -110,16 +118,53 @@ def test_opening_is_frame_accurate():
     assert 0.2 < opening[19] < 0.9 and 0.2 < opening[30] < 0.9  # the window spans 2 frames
 
 
-def test_mouth_warp_opens_only_the_lower_face():
-    v = demo.variant(demo.DemoConfig(), 0)
+@pytest.mark.parametrize("index", [0, 2], ids=["astronaut", "hopper"])
+def test_mouth_warp_opens_only_the_lower_face(index):
+    v = demo.variant(demo.DemoConfig(), index)  # not mirrored: the face's own coordinates
+    assert v.face is demo.FACES[index // 2] and not v.flip
     image = demo.portrait(v)
-    warp = demo.MouthWarp(image, v.flip)
+    warp = demo.MouthWarp(image, v.face, v.flip)
     assert np.array_equal(warp.render(0.0), image)
     opened = warp.render(1.0)
     changed = np.argwhere(np.any(opened != image, axis=-1))  # (N, 2) rows, cols
-    assert changed[:, 0].min() > demo.EYES[0][1]  # nothing above the eyes moves
-    x, y = (int(round(c)) for c in demo.MOUTH_LINE[5])
-    assert opened[y + 4:y + 10, x - 3:x + 3].mean() < 0.5 * image[y + 4:y + 10, x - 3:x + 3].mean()
+    assert changed[:, 0].min() > v.face.eyes[0][1]  # nothing above the eyes moves
+    x, y = (int(round(c)) for c in v.face.mouth_line[5])
+    d = max(1, round(v.face.iod / demo.ASTRONAUT.iod))  # pixels per astronaut pixel
+    below = (slice(y + 4 * d, y + 10 * d), slice(x - 3 * d, x + 3 * d))
+    assert opened[below].mean() < 0.5 * image[below].mean()
+
+
+def test_two_people_independent_of_flip_and_split():
+    """Both people appear mirrored and not, and in the train and the held-out splits of the
+    default demo, so a model must read the reference to tell who it is drawing."""
+    from fd2talk.pipeline.split import assign_splits
+
+    cfg = demo.DemoConfig()
+    videos = [demo.variant(cfg, i) for i in range(cfg.n_videos)]
+    assert {(v.face.name, v.flip) for v in videos} == {
+        (f.name, flip) for f in demo.FACES for flip in (False, True)}
+    splits = assign_splits([v.name for v in videos])
+    for part in (("train",), ("val", "test")):
+        assert {v.face.name for v in videos if splits[v.name] in part} == {"astronaut", "hopper"}
+    # every framing stays inside the portrait: no mirrored border in the frames
+    for v in videos:
+        h, w = v.face.image().shape[:2]
+        m = demo.head_matrix(v, 0.0, cfg.size, w)
+        corners = np.array([[0, 0, 1], [cfg.size, 0, 1], [0, cfg.size, 1], [cfg.size] * 2 + [1]])
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+        src = corners @ inv.T  # (4, 2) portrait pixels of the frame's corners
+        assert (src[:, 0] > -0.02 * w).all() and (src[:, 0] < 1.02 * w).all(), v
+        assert (src[:, 1] > -0.02 * h).all() and (src[:, 1] < 1.02 * h).all(), v
+
+
+def test_hopper_mouth_follows_the_speech(tmp_path, face_model):
+    cfg = demo.DemoConfig(n_videos=2, seconds=4.0, seed=3, use_espeak=False)
+    video = demo.make_video(tmp_path, cfg, 1)  # Grace Hopper, mirrored
+    assert demo.variant(cfg, 1).face is demo.HOPPER
+    jaw, gap, opening = demo.jaw_open_track(video, face_model)
+    assert not np.isnan(jaw).any()
+    assert np.corrcoef(jaw, opening)[0, 1] >= MIN_R
+    assert np.percentile(jaw, 95) - np.percentile(jaw, 5) >= MIN_JAW_RANGE
 
 
 def test_synthetic_speech_is_voiced_with_pauses():
@@ -160,7 +205,7 @@ def test_cli_demo_then_clip(tmp_path):
     assert str(manifest) in result.output and "fd2talk-prep clip" in result.output
     rows = read_manifest(manifest)
     assert [r.video_id for r in rows] == ["demo000", "demo001"]
-    assert {r.speaker_id for r in rows} == {demo.SPEAKER_ID}
+    assert [r.speaker_id for r in rows] == ["astronaut", "hopper"]
     result = runner.invoke(app, ["clip", str(tmp_path), "-m", str(manifest), "-q"])
     assert result.exit_code == 0, result.output
     for key in ("demo000_f000", "demo001_f000"):

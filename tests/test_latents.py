@@ -316,7 +316,8 @@ def test_cli_errors(short_work, autoencoders, encoded, tmp_path):
 def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(short_work, autoencoders,
                                                                 tmp_path):
     """`fd2talk-train frames` reads the cached latents made by its own autoencoder; latents of
-    another autoencoder, or frames of another size than the cache, are clear errors."""
+    another autoencoder, frames of another size than the cache, or colour jitter with the
+    cache are clear errors."""
     import torch
 
     from fd2talk.model.train_frames import FramesTrainConfig, train_frames
@@ -341,3 +342,9 @@ def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(short_work, aut
     with pytest.raises(UserError, match="--image-size is 64"):
         train_frames(FramesTrainConfig(out=str(tmp_path / "small"), autoencoder=str(a),
                                        image_size=64, **base), progress=False)
+    # colour jitter recolours frames before encoding: not with cached latents
+    with pytest.raises(UserError, match="--no-latent-cache"):
+        train_frames(FramesTrainConfig(out=str(tmp_path / "jitter"), autoencoder=str(a),
+                                       jitter=0.2, **base), progress=False)
+    train_frames(FramesTrainConfig(out=str(tmp_path / "jitter"), autoencoder=str(a), jitter=0.2,
+                                   latent_cache=False, **base), progress=False)

@@ -1,8 +1,9 @@
 """`fd2talk-train frames` on the demo shards: the UNet uses both conditions (motion and
-reference), resumes bit-for-bit, conditions on stage-1 predictions, and uses or refuses the
-latent cache."""
+reference), resumes bit-for-bit (with colour jitter), conditions on stage-1 predictions, and
+uses or refuses the latent cache."""
 
 import json
+import random
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ from conftest import STAGE2_IMAGE
 from fd2talk.model import data
 from fd2talk.model import frames as fr
 from fd2talk.model.errors import UserError
-from fd2talk.model.frame_data import FRAME_FIELDS, to_image
+from fd2talk.model.frame_data import FRAME_FIELDS, FrameItems, jitter, to_image
 from fd2talk.model.train_autoencoder import psnr
 from fd2talk.model.train_frames import MOTION_CACHE, FramesTrainConfig, train_frames
 
@@ -36,10 +37,10 @@ def _psnr_by_condition(model, clips) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def test_the_motion_condition_matters_when_sampling_from_noise(frames_run, demo_work):
-    """Sampled frames match the true frames better with their own motion than with the same
-    motion shuffled across frames. (The reference condition: see the stage-2 issue's note;
-    after a few CPU minutes the UNet still takes appearance mostly from the noisy latent.)"""
+def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, demo_work):
+    """On the held-out demo clips (two people, each video its own colours), sampled frames match
+    the true frames better with their own motion than with the same motion shuffled across
+    frames, and with their own reference than with another held-out clip's first frame."""
     model = fr.load_frames(frames_run / "checkpoint.pt", "cpu")
     clips = [c for split in ("test", "val")
              for c in data.iter_clips(demo_work / "shards", split, FRAME_FIELDS + ("mp4",))]
@@ -49,9 +50,33 @@ def test_the_motion_condition_matters_when_sampling_from_noise(frames_run, demo_
     print("frame PSNR (dB) on held-out clips: " +
           ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     assert scores["real"] > scores["shuffled_motion"] + 1.0, scores
+    assert scores["real"] > scores["other_reference"] + 1.0, scores
     val = [json.loads(line) for line in (frames_run / "metrics.jsonl").read_text().splitlines()
            if '"val"' in line]
     assert val[-1]["loss"] < 0.5 * val[0]["loss"]
+
+
+def test_jitter_recolours_reference_and_target_alike():
+    rng = np.random.default_rng(0)
+    ref, frame = (rng.uniform(-1, 1, (3, 8, 8)).astype(np.float32) for _ in range(2))
+    assert jitter([ref, frame], random.Random(0), 0.0) == [ref, frame]  # 0: untouched
+    draws = [jitter([ref, frame], random.Random(s), 0.2) for s in range(6)]
+    a, b = draws[0]
+    assert np.array_equal(a, jitter([ref, frame], random.Random(0), 0.2)[0])  # deterministic
+    # one transform for both: per output channel, the same affine map of the same input channel
+    for x, y in draws:
+        for c in range(3):
+            src = next(k for k in range(3)
+                       if abs(np.corrcoef(x[c].ravel(), ref[k].ravel())[0, 1]) > 0.99)
+            inside = np.abs(x[c]) < 1  # not clipped
+            fit = np.polyfit(ref[src][inside], x[c][inside], 1)
+            keep = (np.abs(x[c]) < 1) & (np.abs(y[c]) < 1)  # not clipped
+            pred = np.polyval(fit, frame[src])
+            assert np.allclose(pred[keep], y[c][keep], atol=1e-5)
+            assert 0.8 - 1e-6 <= fit[0] <= 1.2 + 1e-6 and abs(fit[1]) <= 0.2 + 1e-6
+    assert len({tuple(np.round(x.mean((1, 2)), 4)) for x, _ in draws}) == 6  # they differ
+    with pytest.raises(ValueError, match="latent cache"):
+        FrameItems(latents=True, jitter=0.2)
 
 
 def _small(demo_work, ae_run, out, **kw) -> FramesTrainConfig:
@@ -63,9 +88,11 @@ def _small(demo_work, ae_run, out, **kw) -> FramesTrainConfig:
 
 
 def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
-    train_frames(_small(demo_work, ae_run, tmp_path / "straight"), progress=False)
-    train_frames(_small(demo_work, ae_run, tmp_path / "halves", steps=2), progress=False)
-    train_frames(_small(demo_work, ae_run, tmp_path / "halves"), resume=True, progress=False)
+    kw = dict(jitter=0.2)  # the jitter draws come from the item stream: resumed alike
+    train_frames(_small(demo_work, ae_run, tmp_path / "straight", **kw), progress=False)
+    train_frames(_small(demo_work, ae_run, tmp_path / "halves", steps=2, **kw), progress=False)
+    train_frames(_small(demo_work, ae_run, tmp_path / "halves", **kw), resume=True,
+                 progress=False)
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
             for run in ("straight", "halves"))
     assert a["step"] == b["step"] == 4
