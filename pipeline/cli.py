@@ -239,7 +239,8 @@ def demo(
     no_espeak: Annotated[bool, typer.Option(
         "--no-espeak", help="Synthetic voice even when espeak-ng is installed.")] = False,
 ) -> None:
-    """Make the bundled demo: a talking portrait with speech (WORK/demo_src), no download."""
+    """Make the bundled demo: talking portraits of two people with speech (WORK/demo_src), no
+    download."""
     from .demo import DemoConfig, make_demo
 
     manifest = make_demo(work, DemoConfig(n_videos=videos, seconds=seconds, seed=seed,
