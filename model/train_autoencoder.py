@@ -97,12 +97,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
         raise UserError(f"--image-size {cfg.image_size} is not divisible by the autoencoder's "
                         f"downsampling factor {ae.factor}")
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    step = 0
     if state:
         ae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        trainer.set_rng_state(state["rng"])
-        step = state["step"]
+    step = trainer.restore_rngs(state)
     model = trainer.wrap_ddp(_Reconstruction(ae), d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches,

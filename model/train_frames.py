@@ -190,15 +190,12 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     ema = trainer.EMA(net, cfg.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    step = 0
+    gen = trainer.noise_generator(cfg.seed, d.rank)
     if state:
         net.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        trainer.set_rng_state(state["rng"])
-        step = state["step"]
+    step = trainer.restore_rngs(state, gen)
     model = trainer.wrap_ddp(net, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches, shuffle_buffer=4 * cfg.batch_size)

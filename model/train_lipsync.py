@@ -115,14 +115,11 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train", SYNC_FIELDS + ("pose",)))
     expert = LipExpert(PRESETS[cfg.preset], face.n_points, info.audio_dim).to(d.device)
     opt = torch.optim.Adam(expert.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    step = 0
+    gen = trainer.noise_generator(cfg.seed, d.rank)
     if state:
         expert.load_state_dict(state["expert"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        trainer.set_rng_state(state["rng"])
-        step = state["step"]
+    step = trainer.restore_rngs(state, gen)
     model = trainer.wrap_ddp(expert, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)

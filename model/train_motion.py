@@ -128,16 +128,13 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
     emas = {k: trainer.EMA(m, cfg.ema_decay) for k, m in nets.items()}
     opts = {k: torch.optim.Adam(m.parameters(), lr=cfg.lr) for k, m in nets.items()}
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    step = 0
+    gen = trainer.noise_generator(cfg.seed, d.rank)
     if state:
         for k in nets:
             nets[k].load_state_dict(state["models"][k])
             emas[k].model.load_state_dict(state["ema"][k])
             opts[k].load_state_dict(state["optimizers"][k])
-        gen.set_state(state["generator"])
-        trainer.set_rng_state(state["rng"])
-        step = state["step"]
+    step = trainer.restore_rngs(state, gen)
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)

@@ -151,6 +151,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def noise_generator(seed: int, rank: int) -> torch.Generator:
+    """The run's CPU generator for diffusion noise and timesteps: one stream per rank."""
+    return torch.Generator().manual_seed(seed * 1000 + rank)
+
+
+def restore_rngs(state: dict | None, gen: torch.Generator | None = None) -> int:
+    """The step a run starts at: 0 when fresh; when resumed, the checkpoint's step, with the
+    global RNGs and `gen` (saved as "generator") put back as the checkpoint left them."""
+    if not state:
+        return 0
+    if gen is not None:
+        gen.set_state(state["generator"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file beside `path`, fsync, rename: never a half-written checkpoint."""
     path = Path(path)

@@ -223,7 +223,6 @@ def variant(cfg: DemoConfig, index: int) -> Variant:
     return Variant(
         name=f"demo{index:03d}", face=face, fps=fps, sample_rate=sr, channels=ch,
         flip=bool(index % 2),
-        # strong enough that two videos' looks differ clearly (a white-balance range)
         gains=tuple(float(g) for g in u(0.88, 1.12, 3)), gamma=float(u(0.85, 1.15)),
         crop_centre=(face.nose[0] + u(-8, 8) * px, face.crop_y + u(-6, 6) * px),
         crop_side=face.crop_side * u(0.92, 1.12),
