@@ -24,7 +24,8 @@ adds it as is: `loss = λ_rec * mse(recon, img) + λ_per * lpips(recon, img).mea
 `forward(ref_img, img)` returns the reconstruction only.
 
 Saving: `save(dir)` writes `model.safetensors` (all weights, the widened conv_in included) and
-then `autoencoder.json` (the config); `RefAutoencoder.load(dir)` reads them back. `fingerprint()`
+then `autoencoder.json` (the config, the fingerprint and the measured latent `scaling_factor`
+the frame UNet works with); `RefAutoencoder.load(dir)` reads them back. `fingerprint()`
 is a sha256 over the config and every tensor, which latent caches store and training checks.
 """
 
@@ -33,13 +34,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .configs import AUTOENCODER_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from .configs import DOWN_BLOCK, UP_BLOCK, AutoencoderConfig
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -50,72 +52,11 @@ CONFIG_FILE = "autoencoder.json"  # written by `save`, last
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "fd2talk-ref-autoencoder"  # the "format" field of CONFIG_FILE
 FORMAT_VERSION = 1
-DOWN_BLOCK = "DownEncoderBlock2D"  # every encoder level; all but the last halve H and W
-UP_BLOCK = "UpDecoderBlock2D"
 PRETRAINED_HINT = (
     "pass a diffusers-format VQ-f4 autoencoder folder (config.json + weights), e.g. the `vqvae` "
     "folder of CompVis/ldm-celebahq-256 downloaded beforehand on a machine with internet "
     "(huggingface-cli download CompVis/ldm-celebahq-256 --include 'vqvae/*'), or use `--preset` "
     "to train an autoencoder from scratch")
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    """diffusers VQModel settings (defaults: LDM's VQ-f4, 3 levels -> f = 4, d = 3)."""
-
-    block_out_channels: tuple[int, ...] = (128, 256, 512)  # one encoder/decoder level each
-    layers_per_block: int = 2  # resnets per encoder level (the decoder has one more)
-    latent_channels: int = 3  # d
-    num_vq_embeddings: int = 8192  # codebook size
-    vq_embed_dim: int | None = None  # codebook vector width; None = latent_channels
-    norm_num_groups: int = 32  # GroupNorm groups (divides every entry of block_out_channels)
-    act_fn: str = "silu"
-    mid_block_add_attention: bool = True  # self-attention in the encoder's/decoder's mid block
-    sample_size: int = 256  # image size the weights were trained at (informational)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
-        if not self.block_out_channels:
-            raise ValueError("block_out_channels must not be empty")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"block_out_channels {bad} not divisible by norm_num_groups "
-                             f"{self.norm_num_groups}")
-
-    @property
-    def factor(self) -> int:
-        """Spatial downsampling f: every level but the last halves H and W."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    def vq_kwargs(self) -> dict:
-        """Keyword arguments of `diffusers.VQModel` for this config."""
-        levels = len(self.block_out_channels)
-        return dict(
-            in_channels=3, out_channels=3, down_block_types=(DOWN_BLOCK,) * levels,
-            up_block_types=(UP_BLOCK,) * levels, block_out_channels=self.block_out_channels,
-            layers_per_block=self.layers_per_block, act_fn=self.act_fn,
-            latent_channels=self.latent_channels, sample_size=self.sample_size,
-            num_vq_embeddings=self.num_vq_embeddings, norm_num_groups=self.norm_num_groups,
-            vq_embed_dim=self.vq_embed_dim, norm_type="group",
-            mid_block_add_attention=self.mid_block_add_attention)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> AutoencoderConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-
-PRESETS: dict[str, AutoencoderConfig] = {
-    # CPU smoke runs and tests: a train step (2 images at 256x256) in well under a second
-    "tiny": AutoencoderConfig(block_out_channels=(8, 16, 32), layers_per_block=1,
-                              num_vq_embeddings=512, norm_num_groups=4,
-                              mid_block_add_attention=False),
-    # the offline backend's from-scratch autoencoder (DESIGN.md section 6): LDM's layout, narrower
-    "small": AutoencoderConfig(block_out_channels=(32, 64, 128), layers_per_block=1,
-                               num_vq_embeddings=1024, norm_num_groups=16),
-    # LDM VQ-f4 (CompVis/ldm-celebahq-256 `vqvae`): 128/256/512 channels, 2 layers, 8192 codes
-    "paper": AutoencoderConfig(),
-}
 
 
 class RefAutoencoder(nn.Module):
@@ -130,6 +71,10 @@ class RefAutoencoder(nn.Module):
         from diffusers import VQModel
 
         self.config = config
+        # 1 / std of the latents of frames across the training set (Stable Diffusion's
+        # `scaling_factor`): the frame UNet diffuses latents * scaling_factor. Measured by
+        # `fd2talk-train autoencoder` (`latent_scale.measure`) and saved with the weights.
+        self.scaling_factor: float | None = None
         self.vq = vq if vq is not None else VQModel(**config.vq_kwargs())
         old = self.vq.decoder.conv_in  # Conv2d(d, C, 3): the original first decoder conv
         d = config.latent_channels
@@ -201,7 +146,15 @@ class RefAutoencoder(nn.Module):
         except (SafetensorError, RuntimeError) as e:
             raise UserError(f"{weights_file} does not match {config_file}: "
                             f"{str(e).strip()[:300]}") from None
+        model.scaling_factor = meta.get("scaling_factor")
         return model
+
+    def record(self) -> dict:
+        """The autoencoder.json record: format, config, fingerprint and the measured latent
+        scaling factor (None until `measure_scaling_factor` set it)."""
+        return {"format": FORMAT, "version": FORMAT_VERSION, "latent_scale": LATENT_SCALE,
+                "scaling_factor": self.scaling_factor, "fingerprint": self.fingerprint(),
+                "config": dataclasses.asdict(self.config)}
 
     def save(self, path: str | Path) -> None:
         """Write `model.safetensors`, then `autoencoder.json` (last), atomically, into `path`."""
@@ -214,9 +167,7 @@ class RefAutoencoder(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path / WEIGHTS_FILE) as tmp:
             save_file(state, str(tmp))
-        write_json(path / CONFIG_FILE, {"format": FORMAT, "version": FORMAT_VERSION,
-                                        "latent_scale": LATENT_SCALE,
-                                        "config": dataclasses.asdict(self.config)})
+        write_json(path / CONFIG_FILE, self.record())
 
     # ---- properties ---------------------------------------------------------------------
 
@@ -298,3 +249,12 @@ def _check_supported(raw: dict, path: Path) -> None:
     if problems:
         raise UserError(f"the VQModel in {path} has settings this autoencoder does not support: "
                         f"{'; '.join(problems)}; {PRETRAINED_HINT}")
+
+
+def load_autoencoder(path: str | Path | None, device: str) -> RefAutoencoder:
+    """The frozen fine-tuned autoencoder in `path` (RUN/autoencoder or MODEL/autoencoder), for
+    the frame UNet's training and for sampling."""
+    if not path:
+        raise UserError("--autoencoder is required: train one with `fd2talk-train autoencoder "
+                        "--shards SHARDS --out RUN`, then pass RUN/autoencoder")
+    return RefAutoencoder.load(path).to(device).eval().requires_grad_(False)

@@ -2,43 +2,56 @@
 function).
 
     fd2talk-train lipsync  --shards WORK/shards --out runs/lipsync       # the lip expert (first)
-    fd2talk-train motion   --shards WORK/shards --out runs/motion --lip-expert runs/lipsync/checkpoint.pt
+    fd2talk-train motion   --shards WORK/shards --out runs/motion --lip-expert runs/lipsync
+    fd2talk-train export   runs/motion runs/frames --out my-model         # one model folder
 
 Every run directory holds config.json (settings + git revision), checkpoint.pt (everything a
-resume needs) and metrics.jsonl; `--resume` continues a run bit-for-bit; under
-`torchrun --nproc_per_node N` the same command trains with DDP.
+resume needs), metrics.jsonl and, when it finishes, model/ (the model folder generation
+loads); `--resume` continues a run bit-for-bit; under `torchrun --nproc_per_node N` the same
+command trains with DDP.
 """
 
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from . import configs as C
 from .device import DeviceName
 from .errors import UserError
 
 app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+# Every option's default is read from the command's config dataclass (model/configs.py), and
+# every preset choice from the presets dicts: the CLI and the library cannot disagree.
+LIP, MOT = C.defaults(C.LipsyncTrainConfig), C.defaults(C.MotionTrainConfig)
+AE, FR = C.defaults(C.AutoencoderTrainConfig), C.defaults(C.FramesTrainConfig)
 
-class Preset(StrEnum):  # the keys of the PRESETS dicts (tests check they agree)
-    tiny = "tiny"
-    paper = "paper"
 
+def _choices(name: str, presets: dict) -> type[StrEnum]:
+    return StrEnum(name, {k: k for k in presets})
+
+
+LipPreset = _choices("LipPreset", C.LIP_EXPERT_PRESETS)
+MotionPreset = _choices("MotionPreset", C.MOTION_PRESETS)
+AutoencoderPreset = _choices("AutoencoderPreset", C.AUTOENCODER_PRESETS)
+UNetPreset = _choices("UNetPreset", C.UNET_PRESETS)
+Cond = StrEnum("Cond", {k: k for k in C.CONDS})
 
 Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2talk-prep` wrote "
                                       "(holds manifest.jsonl and <split>-NNNNNN.tar).")]
 Out = Annotated[Path, typer.Option("--out", help="Run directory (checkpoint.pt, metrics.jsonl, "
-                                   "config.json).")]
-PresetOpt = Annotated[Preset, typer.Option("--preset", help="Model size: tiny (CPU smoke runs, "
-                                           "tests) or paper (the published settings).")]
+                                   "config.json; model/ when the run finishes).")]
+PRESET_HELP = "Model size: tiny (CPU smoke runs, tests) or paper (the published settings)."
 Steps = Annotated[int, typer.Option("--steps", help="Total optimizer steps (a resumed run "
                                     "continues to this number).")]
-Batch = Annotated[int, typer.Option("--batch-size", help="25-frame windows per step (per GPU).")]
+Windows = Annotated[int, typer.Option("--batch-size", help="25-frame windows per step (per "
+                                      "process).")]
 Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 ValSplit = Annotated[str, typer.Option("--val-split", help="Split for validation; `none` to "
                                        "train without validation.")]
@@ -52,10 +65,28 @@ EpochBatches = Annotated[int, typer.Option("--epoch-batches", help="Batches per 
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
                                       "checkpoint (same settings; bit-for-bit on CPU).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+EmaDecay = Annotated[float, typer.Option(help="EMA decay.")]
+ImageSize = Annotated[int, typer.Option("--image-size", help="Frames are resized to this side "
+                                        "(256, the crop size; smaller for CPU smoke runs).")]
+RUN_OPTIONS = ("val_split", "val_every", "save_every", "log_every", "seed", "device", "workers",
+               "epoch_batches")
 
 
-def _split(value: str) -> str | None:
-    return None if value.lower() == "none" else value
+def _config(cls, options: dict):
+    """The command's config from its options: paths resolved, enums as values, `none` as no
+    validation split; `resume` and `quiet` are not settings."""
+    values = {}
+    for name, value in options.items():
+        if name in ("resume", "quiet"):
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, Enum):
+            value = value.value
+        values[name] = value
+    if values.get("val_split", "").lower() == "none":
+        values["val_split"] = None
+    return cls(**values)
 
 
 def _summary(title: str, out: Path) -> None:
@@ -78,110 +109,104 @@ def _summary(title: str, out: Path) -> None:
             table.add_row(k, *(f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k))
                                for r in (first, last)))
         console.print(table)
-    console.print(f"checkpoint: {out / 'checkpoint.pt'}\nmetrics:    {log}")
+    console.print(f"checkpoint: {out / 'checkpoint.pt'}\nmodel:      {out / 'model'}\n"
+                  f"metrics:    {log}")
 
 
 @app.command()
-def lipsync(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
-            batch_size: Batch = 32, lr: Lr = 3e-4,
+def lipsync(shards: Shards, out: Out,
+            preset: Annotated[LipPreset, typer.Option(help=PRESET_HELP)] = LIP["preset"],
+            steps: Steps = LIP["steps"], batch_size: Windows = LIP["batch_size"],
+            lr: Lr = LIP["lr"],
             bfm: Annotated[str | None, typer.Option(
                 "--bfm", help="BFM_model_front.mat (or its folder) for deep3d shards (default "
-                "$FD2TALK_BFM_DIR); "
-                "mediapipe shards fit their mouth model from the data.")] = None,
-            val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
-            log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
-            workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
-            quiet: Quiet = False) -> None:
+                "$FD2TALK_BFM_DIR); mediapipe shards fit their mouth model from the data.")
+            ] = LIP["bfm"],
+            val_split: ValSplit = LIP["val_split"], val_every: Every = LIP["val_every"],
+            save_every: Every = LIP["save_every"], log_every: Every = LIP["log_every"],
+            seed: Seed = LIP["seed"], device: Device = DeviceName(LIP["device"]),
+            workers: Workers = LIP["workers"], epoch_batches: EpochBatches = LIP["epoch_batches"],
+            resume: Resume = False, quiet: Quiet = False) -> None:
     """Pre-train the lip expert (SyncNet-style: in-sync vs time-shifted pairs); reports
     in-sync / off-sync accuracy on the validation split."""
-    from .train_lipsync import LipsyncTrainConfig, train_lipsync
+    options = dict(locals())
+    from .train_lipsync import train_lipsync
 
-    cfg = LipsyncTrainConfig(
-        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
-        batch_size=batch_size, lr=lr, bfm=bfm, val_split=_split(val_split), val_every=val_every,
-        save_every=save_every, log_every=log_every, seed=seed, device=device.value,
-        workers=workers, epoch_batches=epoch_batches)
-    train_lipsync(cfg, resume=resume, progress=not quiet)
+    train_lipsync(_config(C.LipsyncTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
         _summary("lip expert (in-sync vs shifted audio)", out)
 
 
 @app.command()
-def motion(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
-           batch_size: Batch = 32, lr: Lr = 1e-4,
+def motion(shards: Shards, out: Out,
+           preset: Annotated[MotionPreset, typer.Option(help=PRESET_HELP)] = MOT["preset"],
+           steps: Steps = MOT["steps"], batch_size: Windows = MOT["batch_size"],
+           lr: Lr = MOT["lr"],
            k: Annotated[int, typer.Option("--k", help="Alignment mask: frame i sees audio "
-                                          "frames j with |i - j| <= k; -1 for no mask.")] = 3,
-           lambda_exp: Annotated[float, typer.Option(help="Weight of L_exp.")] = 1.0,
-           lambda_pose: Annotated[float, typer.Option(help="Weight of L_pose.")] = 1.0,
+                                          "frames j with |i - j| <= k; -1 for no mask.")
+                        ] = MOT["k"],
+           lambda_exp: Annotated[float, typer.Option(help="Weight of L_exp.")] = MOT["lambda_exp"],
+           lambda_pose: Annotated[float, typer.Option(help="Weight of L_pose.")
+                                  ] = MOT["lambda_pose"],
            lambda_sync: Annotated[float, typer.Option(help="Weight of L_sync (0: off, no lip "
-                                                      "expert needed).")] = 0.1,
+                                                      "expert needed).")] = MOT["lambda_sync"],
            lip_expert: Annotated[Path | None, typer.Option(
-               "--lip-expert", help="`fd2talk-train lipsync` checkpoint (needed when "
-               "--lambda-sync > 0).")] = None,
-           ema_decay: Annotated[float, typer.Option(help="EMA decay.")] = 0.999,
-           val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
-           log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
-           workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
-           quiet: Quiet = False) -> None:
+               "--lip-expert", help="The lip expert: `fd2talk-train lipsync`'s run directory, "
+               "model folder or checkpoint (needed when --lambda-sync > 0).")] = MOT["lip_expert"],
+           ema_decay: EmaDecay = MOT["ema_decay"],
+           val_split: ValSplit = MOT["val_split"], val_every: Every = MOT["val_every"],
+           save_every: Every = MOT["save_every"], log_every: Every = MOT["log_every"],
+           seed: Seed = MOT["seed"], device: Device = DeviceName(MOT["device"]),
+           workers: Workers = MOT["workers"], epoch_batches: EpochBatches = MOT["epoch_batches"],
+           resume: Resume = False, quiet: Quiet = False) -> None:
     """Train the Exp and Pose Transformers (stage 1): L = l_exp L_exp + l_pose L_pose +
     l_sync L_sync."""
-    from .train_motion import MotionTrainConfig, train_motion
+    options = dict(locals(), k=None if k < 0 else k)
+    from .train_motion import train_motion
 
-    cfg = MotionTrainConfig(
-        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
-        batch_size=batch_size, lr=lr, k=None if k < 0 else k, lambda_exp=lambda_exp,
-        lambda_pose=lambda_pose, lambda_sync=lambda_sync,
-        lip_expert=str(lip_expert.resolve()) if lip_expert else None, ema_decay=ema_decay,
-        val_split=_split(val_split), val_every=val_every, save_every=save_every,
-        log_every=log_every, seed=seed, device=device.value, workers=workers,
-        epoch_batches=epoch_batches)
-    train_motion(cfg, resume=resume, progress=not quiet)
+    train_motion(_config(C.MotionTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
         _summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
 
 
-ImageSize = Annotated[int, typer.Option("--image-size", help="Frames are resized to this side "
-                                        "(256, the crop size; smaller for CPU smoke runs).")]
-
-
 @app.command()
-def autoencoder(shards: Shards, out: Out, preset: PresetOpt = Preset.tiny, steps: Steps = 2000,
-                batch_size: Batch = 8, lr: Lr = 1e-4,
+def autoencoder(shards: Shards, out: Out,
+                preset: Annotated[AutoencoderPreset, typer.Option(help=PRESET_HELP)
+                                  ] = AE["preset"],
+                steps: Steps = AE["steps"],
+                batch_size: Annotated[int, typer.Option(
+                    "--batch-size", help="(reference, target) frame pairs per step (per "
+                    "process).")] = AE["batch_size"],
+                lr: Lr = AE["lr"],
                 pretrained: Annotated[Path | None, typer.Option(
                     "--pretrained", help="Start from LDM's VQ-f4: a local diffusers VQModel "
-                    "directory (e.g. the `vqvae` folder of CompVis/ldm-celebahq-256).")] = None,
+                    "directory (e.g. the `vqvae` folder of CompVis/ldm-celebahq-256).")
+                ] = AE["pretrained"],
                 vgg_weights: Annotated[Path | None, typer.Option(
                     "--vgg-weights", help="vgg16-397923af.pth for LPIPS (default $FD2TALK_VGG16, "
-                    "then torchvision's cache).")] = None,
-                lambda_rec: Annotated[float, typer.Option(help="Weight of the L2 term.")] = 1.0,
+                    "then torchvision's cache).")] = AE["vgg_weights"],
+                lambda_rec: Annotated[float, typer.Option(help="Weight of the L2 term.")
+                                      ] = AE["lambda_rec"],
                 lambda_per: Annotated[float, typer.Option(help="Weight of LPIPS (0: off, no "
-                                                          "VGG weights needed).")] = 1.0,
-                lambda_vq: Annotated[float, typer.Option(help="Weight of the VQ loss.")] = 1.0,
-                image_size: ImageSize = 256, val_split: ValSplit = "val",
-                val_every: Every = 250, save_every: Every = 500, log_every: Every = 10,
-                seed: Seed = 0, device: Device = DeviceName.auto, workers: Workers = 0,
-                epoch_batches: EpochBatches = 500, resume: Resume = False,
+                                                          "VGG weights needed).")
+                                      ] = AE["lambda_per"],
+                lambda_vq: Annotated[float, typer.Option(help="Weight of the VQ loss.")
+                                     ] = AE["lambda_vq"],
+                image_size: ImageSize = AE["image_size"], val_split: ValSplit = AE["val_split"],
+                val_every: Every = AE["val_every"], save_every: Every = AE["save_every"],
+                log_every: Every = AE["log_every"], seed: Seed = AE["seed"],
+                device: Device = DeviceName(AE["device"]), workers: Workers = AE["workers"],
+                epoch_batches: EpochBatches = AE["epoch_batches"], resume: Resume = False,
                 quiet: Quiet = False) -> None:
     """Fine-tune the reference-conditioned VQ autoencoder (stage 2): L2 + LPIPS on two frames
-    of one clip; writes RUN/autoencoder."""
-    from .train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+    of one clip; writes RUN/autoencoder (with its measured latent scaling factor)."""
+    options = dict(locals())
+    from .train_autoencoder import train_autoencoder
 
-    cfg = AutoencoderTrainConfig(
-        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
-        batch_size=batch_size, lr=lr, pretrained=str(pretrained.resolve()) if pretrained else None,
-        vgg_weights=str(vgg_weights.resolve()) if vgg_weights else None, lambda_rec=lambda_rec,
-        lambda_per=lambda_per, lambda_vq=lambda_vq, image_size=image_size,
-        val_split=_split(val_split), val_every=val_every, save_every=save_every,
-        log_every=log_every, seed=seed, device=device.value, workers=workers,
-        epoch_batches=epoch_batches)
-    train_autoencoder(cfg, resume=resume, progress=not quiet)
+    train_autoencoder(_config(C.AutoencoderTrainConfig, options), resume=resume,
+                      progress=not quiet)
     if not quiet:
         _summary("autoencoder (PSNR of D([E(F1), E(F2)]) vs F2, dB)", out)
-
-
-class Cond(StrEnum):
-    dual = "dual"
-    concat = "concat"
 
 
 @app.command()
@@ -189,46 +214,63 @@ def frames(shards: Shards, out: Out,
            autoencoder: Annotated[Path, typer.Option(
                "--autoencoder", help="The autoencoder `fd2talk-train autoencoder` wrote "
                "(RUN/autoencoder).")],
-           preset: PresetOpt = Preset.tiny, steps: Steps = 2000, batch_size: Batch = 32,
-           lr: Lr = 1e-4,
+           preset: Annotated[UNetPreset, typer.Option(help=PRESET_HELP)] = FR["preset"],
+           steps: Steps = FR["steps"],
+           batch_size: Annotated[int, typer.Option(
+               "--batch-size", help="Frames (with their reference) per step (per process).")
+           ] = FR["batch_size"],
+           lr: Lr = FR["lr"],
            motion: Annotated[Path | None, typer.Option(
-               "--motion", help="Stage-1 checkpoint: condition on its predicted motion (the "
-               "paper); default the ground-truth coefficients.")] = None,
-           motion_steps: Annotated[int, typer.Option(help="Sampler steps for --motion.")] = 50,
+               "--motion", help="Stage-1 model (run directory, model folder or checkpoint): "
+               "condition on its predicted motion (the paper); default the ground-truth "
+               "coefficients.")] = FR["motion"],
+           motion_steps: Annotated[int, typer.Option(help="Sampler steps for --motion.")
+                                   ] = FR["motion_steps"],
            cond: Annotated[Cond, typer.Option(help="dual: separate motion and reference "
                                               "cross-attentions (paper); concat: the ablation.")
-                           ] = Cond.dual,
+                           ] = FR["cond"],
            latent_cache: Annotated[bool, typer.Option(
                help="Use the shards' latents (`fd2talk-prep latents`) when they were made by "
-               "this autoencoder.")] = True,
+               "this autoencoder.")] = FR["latent_cache"],
            jitter: Annotated[float, typer.Option(
                min=0.0, max=1.0,
                help="Colour jitter shared by reference and target: a random channel order, "
                "gain 1 +- J and offset +- J per channel. 0 (the paper) for large datasets; "
                "about 0.2 for small ones (the bundled demo), whose few videos the UNet would "
                "otherwise tell apart by their motion and so ignore the reference. Encodes "
-               "frames on the fly (needs --no-latent-cache when there is a cache).")] = 0.0,
-           image_size: ImageSize = 256, ema_decay: Annotated[float, typer.Option(
-               help="EMA decay.")] = 0.999,
-           val_split: ValSplit = "val", val_every: Every = 250, save_every: Every = 500,
-           log_every: Every = 10, seed: Seed = 0, device: Device = DeviceName.auto,
-           workers: Workers = 0, epoch_batches: EpochBatches = 500, resume: Resume = False,
-           quiet: Quiet = False) -> None:
+               "frames on the fly (needs --no-latent-cache when there is a cache).")
+           ] = FR["jitter"],
+           image_size: ImageSize = FR["image_size"], ema_decay: EmaDecay = FR["ema_decay"],
+           val_split: ValSplit = FR["val_split"], val_every: Every = FR["val_every"],
+           save_every: Every = FR["save_every"], log_every: Every = FR["log_every"],
+           seed: Seed = FR["seed"], device: Device = DeviceName(FR["device"]),
+           workers: Workers = FR["workers"], epoch_batches: EpochBatches = FR["epoch_batches"],
+           resume: Resume = False, quiet: Quiet = False) -> None:
     """Train the dual cross-attention frame UNet (stage 2) on (J0, t, beta, p, x) tuples."""
-    from .train_frames import FramesTrainConfig, train_frames
+    options = dict(locals())
+    from .train_frames import train_frames
 
-    cfg = FramesTrainConfig(
-        shards=str(shards.resolve()), out=str(out.resolve()), preset=preset.value, steps=steps,
-        batch_size=batch_size, lr=lr, autoencoder=str(autoencoder.resolve()),
-        motion=str(motion.resolve()) if motion else None, motion_steps=motion_steps,
-        cond=cond.value, latent_cache=latent_cache, jitter=jitter, image_size=image_size,
-        ema_decay=ema_decay,
-        val_split=_split(val_split), val_every=val_every, save_every=save_every,
-        log_every=log_every, seed=seed, device=device.value, workers=workers,
-        epoch_batches=epoch_batches)
-    train_frames(cfg, resume=resume, progress=not quiet)
+    train_frames(_config(C.FramesTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
         _summary("frames (EMA weights, x0 loss on latents)", out)
+
+
+@app.command()
+def export(sources: Annotated[list[Path], typer.Argument(
+               help="Run directories, checkpoints or model folders: e.g. a motion run and a "
+               "frames run.")],
+           out: Annotated[Path, typer.Option("--out", help="The model folder to write.")]
+           ) -> None:
+    """Write one model folder (model_index.json + a folder per part: config.json and
+    safetensors EMA weights) from runs, checkpoints or model folders; parts that were not
+    trained to work together are refused."""
+    import json
+
+    from .pretrained import INDEX, export
+
+    folder = export(list(sources), out)
+    parts = json.loads((folder / INDEX).read_text())["parts"]
+    typer.echo(f"model folder {folder}: {', '.join(parts)}")
 
 
 def train_main() -> None:

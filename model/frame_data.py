@@ -56,7 +56,7 @@ class _DecodedClips:
 _DECODED = _DecodedClips()
 
 
-def _frames(clip: dict, size: int) -> np.ndarray:
+def clip_frames(clip: dict, size: int) -> np.ndarray:
     frames = _DECODED.get(clip, size)  # (F, size, size, 3)
     if len(frames) != len(clip["valid"]):
         raise UserError(f"sample {clip['key']}: its mp4 has {len(frames)} frames but valid.npy "
@@ -89,7 +89,7 @@ class AutoencoderPairs:
         idx = np.flatnonzero(clip["valid"])
         if len(idx) < 2:
             return []
-        frames = _frames(clip, self.size)
+        frames = clip_frames(clip, self.size)
         out = []
         for _ in range(self.n):
             a, b = rng.sample(list(idx), 2)
@@ -113,7 +113,7 @@ class FrameItems:
         if len(idx) < 2:
             return []
         ref = int(idx[0])  # the clip's first (valid) frame is the reference (paper 3.4.2)
-        source = clip["latent"] if self.latents else to_image(_frames(clip, self.size))
+        source = clip["latent"] if self.latents else to_image(clip_frames(clip, self.size))
         # source: (F, C, H, W) latents or images
         out = []
         for _ in range(self.n):

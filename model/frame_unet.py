@@ -45,84 +45,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812  (the usual torch alias)
 from torch import nn
 
+from .configs import CONDS, FrameUNetConfig  # noqa: F401  (re-exported)
+from .configs import UNET_PRESETS as PRESETS  # noqa: F401  (re-exported)
+
 MAX_PERIOD = 10_000.0  # longest period of the 2-D sinusoidal reference positions
-CONDS = ("dual", "concat")
-
-
-@dataclass(frozen=True)
-class FrameUNetConfig:
-    """Architecture of θ_unet. Level i runs at (h, w) / 2^i; the latent size must be divisible
-    by 2^(levels - 1)."""
-
-    latent_channels: int = 3  # d: VQ-f4 latent channels (paper: d = 3)
-    channels: tuple[int, ...] = (128, 256, 256, 512)  # C_i: width of level i
-    layers_per_block: int = 2  # ResnetBlock2D (+ attention) per encoder level; decoder: +1
-    head_dim: int = 32  # attention heads at a level = C_i // head_dim (LDM's num_head_channels)
-    cond_dim: int = 256  # D_c: width of the motion tokens and the reference tokens
-    motion_tokens: int = 8  # M: key/value tokens made from one frame's [β, p]
-    cond: Literal["dual", "concat"] = "dual"  # dual: φ1 then φ2; concat: one attention (ablation)
-    attention_levels: tuple[int, ...] | None = None  # levels with attention; None = all (paper)
-    mid_attention: bool = True  # attention in the middle block too
-    ref_pool: int = 1  # average-pool x by this before flattening (1 = paper; see docstring)
-    query_positions: bool = True  # phi2's queries get the same 2-D positions as x (see below)
-    norm_groups: int = 32  # GroupNorm groups in the ResNet blocks (divides every C_i)
-    time_dim: int | None = None  # timestep embedding width; None = 4 * C_0 (as LDM)
-    dropout: float = 0.0  # in ResNet blocks and attention outputs (training only)
-
-    def __post_init__(self) -> None:
-        # JSON round-trips turn tuples into lists: store tuples so configs compare equal
-        object.__setattr__(self, "channels", tuple(self.channels))
-        if self.attention_levels is not None:
-            object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        if not self.channels:
-            raise ValueError("channels must name at least one level")
-        for c in self.channels:
-            if c % self.norm_groups or c % self.head_dim:
-                raise ValueError(
-                    f"every channel count must be divisible by norm_groups {self.norm_groups} "
-                    f"and head_dim {self.head_dim}, got {self.channels}"
-                )
-        if self.cond not in CONDS:
-            raise ValueError(f"cond must be one of {CONDS}, got {self.cond!r}")
-        if self.motion_tokens < 1 or self.layers_per_block < 1 or self.ref_pool < 1:
-            raise ValueError("motion_tokens, layers_per_block and ref_pool must be >= 1")
-        if self.cond_dim % 4:
-            raise ValueError(f"cond_dim must be divisible by 4 (2-D sinusoid), got {self.cond_dim}")
-        bad = [i for i in self.attention_levels or () if not 0 <= i < len(self.channels)]
-        if bad:
-            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channels) - 1}")
-
-    @property
-    def factor(self) -> int:
-        """Total downsampling of the UNet: latent sizes must be divisible by this."""
-        return 2 ** (len(self.channels) - 1)
-
-    def has_attention(self, level: int) -> bool:
-        return self.attention_levels is None or level in self.attention_levels
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FrameUNetConfig:
-        """Inverse of dataclasses.asdict (e.g. from a checkpoint's config.json)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-PRESETS: dict[str, FrameUNetConfig] = {
-    # ~0.77 M parameters; 2 levels (latent sizes divisible by 2), fast on CPU at 16x16-32x32
-    "tiny": FrameUNetConfig(
-        channels=(32, 64), layers_per_block=1, head_dim=16, cond_dim=32, motion_tokens=4,
-        norm_groups=8,
-    ),
-    # 64x64 latents (VQ-f4 of 256x256 frames), batch 32 on a GPU
-    "paper": FrameUNetConfig(),
-}
 
 
 def sinusoid_2d(h: int, w: int, dim: int, device: torch.device | str | None = None,

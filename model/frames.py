@@ -2,8 +2,8 @@
 inference; eq. 5 sampler, then D([x, J0])).
 
 `sample_frames` is batched over frames: all frames of a chunk (default a 25-frame window)
-are denoised together as one batch — the UNet treats frames independently, so batching only
-changes speed (bench/frames.py measures the gain over a per-frame loop). `reference_crop`
+are denoised together as one batch. The UNet treats frames independently and every frame's
+start noise is drawn before the chunks, so with eta = 0 the chunk size changes only speed (bench/frames.py measures the gain over a per-frame loop). `reference_crop`
 turns any portrait into the 256x256 face crop the models were trained on (the data
 pipeline's detector and FOMM-style box); an image without a face is a clear error.
 """
@@ -21,7 +21,6 @@ from .diffusion import Diffusion, DiffusionConfig
 from .errors import UserError
 from .normalize import Stats
 from .schema import CROP_SIZE
-from .trainer import load_checkpoint
 
 CHUNK = 25  # frames denoised in one batch
 
@@ -39,28 +38,36 @@ class FrameModel:
     latent_scale: float  # the UNet works on latents * latent_scale
 
 
+def from_parts(frames, autoencoder, device: str) -> FrameModel:
+    """The FrameModel of a model folder's `frames` and `autoencoder` parts (`pretrained.Part`,
+    already checked to belong together)."""
+    from .autoencoder import AutoencoderConfig, RefAutoencoder
+    from .frame_unet import FrameUNet, FrameUNetConfig
+
+    c = frames.config
+    ae = RefAutoencoder.build(AutoencoderConfig.from_dict(autoencoder.config["config"]))
+    ae.load_state_dict(autoencoder.weights)
+    unet = FrameUNet(FrameUNetConfig(**c["unet_config"]), c["motion_dim"])
+    unet.load_state_dict(frames.weights)
+    return FrameModel(unet.eval().requires_grad_(False).to(device),
+                      ae.eval().requires_grad_(False).to(device), Stats.from_state_dict(c["stats"]),
+                      Diffusion(DiffusionConfig(**c["diffusion"])), device, int(c["step"]),
+                      float(c["latent_scale"]))
+
+
 def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None = None
                 ) -> FrameModel:
-    """Load a frames checkpoint; its autoencoder from `autoencoder` or the path it recorded
-    (the fingerprint must match the one the UNet was trained with)."""
-    from .frame_unet import FrameUNet, FrameUNetConfig
-    from .train_frames import load_autoencoder
+    """Stage 2 from a model folder, a `fd2talk-train frames` run directory or checkpoint; the
+    autoencoder from `autoencoder` (a folder) when given, else the one the model brings. The
+    autoencoder must be the one the UNet was trained with (its fingerprint)."""
+    from . import pretrained
 
-    device = resolve_device(device)
-    state = load_checkpoint(Path(path), "frames checkpoint")
-    if state.get("kind") != "frames":
-        raise UserError(f"{path} is a {state.get('kind', 'unknown')!r} checkpoint, not a frames "
-                        "checkpoint (`fd2talk-train frames` writes those)")
-    ae = load_autoencoder(autoencoder or state["autoencoder_path"], device)
-    if ae.fingerprint() != state["autoencoder"]:
-        raise UserError(f"the autoencoder {autoencoder or state['autoencoder_path']} is not the "
-                        f"one {path} was trained with: pass that one (autoencoder=...)")
-    unet = FrameUNet(FrameUNetConfig(**state["unet_config"]), state["motion_dim"])
-    unet.load_state_dict(state["ema"])
-    return FrameModel(unet.eval().requires_grad_(False).to(device), ae,
-                      Stats.from_state_dict(state["stats"]),
-                      Diffusion(DiffusionConfig(**state["diffusion"])), device,
-                      int(state["step"]), float(state["latent_scale"]))
+    parts = {p.name: p for p in pretrained.read_parts(path)}
+    if autoencoder:
+        parts["autoencoder"] = pretrained.autoencoder_part(autoencoder)
+    pretrained.check_compatible(parts)
+    return from_parts(pretrained.require(parts, "frames", [path]),
+                      pretrained.require(parts, "autoencoder", [path]), resolve_device(device))
 
 
 @torch.no_grad()
@@ -77,13 +84,15 @@ def sample_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: n
                         model.stats.normalize("pose", torch.from_numpy(np.asarray(pose, np.float32)))],
                        -1).to(model.device)  # (F, D_exp + 6)
     gen = torch.Generator(device=model.device).manual_seed(seed)
+    # every frame's start noise first, so the chunk size changes the speed, not the frames
+    noise = torch.randn((len(motion), *x.shape[1:]), generator=gen, device=model.device)
     frames = []
     for a in range(0, len(motion), chunk):
         cond = motion[a:a + chunk]  # (n, D)
         xs = x.expand(len(cond), -1, -1, -1)  # (n, d, h, w)
         j0 = model.diffusion.sample(lambda j_t, t, c=cond, r=xs: model.unet(j_t, t, c, r),
                                     tuple(xs.shape), steps=steps, eta=eta, generator=gen,
-                                    device=model.device)  # (n, d, h, w)
+                                    device=model.device, x_T=noise[a:a + chunk])  # (n, d, h, w)
         s = model.latent_scale
         frames.append(model.ae.decode(xs / s, j0 / s).clamp(-1, 1))  # D([x, J0]) (n, 3, H, W)
     return torch.cat(frames)

@@ -25,33 +25,17 @@ with the motion pattern, not with the mean shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 from torch import nn
 
-WINDOW = 5  # frames per expert window (0.2 s at 25 fps, Wav2Lip's SyncNet)
+from .configs import LIP_EXPERT_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from .configs import LIP_WINDOW as WINDOW
+from .configs import LipExpertConfig
+
 MIN_SHIFT = 3  # default smallest |audio shift| (frames, 120 ms) of an off-sync pair
 MOTION_GAIN = 10.0  # mouth motion / mouth size is ~0.05-0.2 in speech: bring it near 1
 SIZE_FLOOR = 1e-6  # smallest mouth size divided by (a degenerate all-equal window)
-
-
-@dataclass(frozen=True)
-class LipExpertConfig:
-    window: int = WINDOW  # W, frames per window
-    width: int = 128  # channels of both encoders
-    embed_dim: int = 128  # E
-    layers: int = 2  # residual temporal-conv blocks per encoder
-    kernel: int = 3  # temporal kernel (frames)
-    eps: float = 1e-4  # P_sync lower clip (eq. 10's epsilon; keeps -log finite)
-
-
-# The paper gives no expert sizes: "paper" is a SyncNet-like capacity for 25 fps coefficients.
-PRESETS: dict[str, LipExpertConfig] = {
-    "tiny": LipExpertConfig(width=32, embed_dim=32, layers=1),
-    "paper": LipExpertConfig(width=256, embed_dim=256, layers=3),
-}
 
 
 class _ConvBlock(nn.Module):

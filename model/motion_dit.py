@@ -35,34 +35,16 @@ training step is a short list of large matmuls.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812  (the usual torch alias)
 from torch import nn
 
+from .configs import MOTION_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from .configs import MotionDiTConfig
+
 TIME_FREQ_DIM = 256  # width of the sinusoidal timestep features before the time MLP (as DiT)
 MAX_PERIOD = 10_000.0  # longest period of the sinusoidal time and frame encodings
-
-
-@dataclass(frozen=True)
-class MotionDiTConfig:
-    """Architecture of one motion transformer (θ_exp or θ_pose)."""
-
-    width: int = 256  # W: token width
-    layers: int = 6  # L: number of blocks (the paper: 6)
-    heads: int = 8  # attention heads in both attentions (W % heads == 0)
-    tau_dim: int = 256  # D_τ: width of the condition τ(c) and of the time embedding
-    mlp_ratio: float = 4.0  # feed-forward hidden width = mlp_ratio * W
-    k: int | None = 3  # alignment mask half-width (paper: 3); None = no mask
-    dropout: float = 0.0  # dropout on every residual branch (training only)
-    time_in_tokens: bool = True  # also add the time embedding to the motion tokens (see above)
-
-
-PRESETS: dict[str, MotionDiTConfig] = {
-    "tiny": MotionDiTConfig(width=64, layers=2, heads=4, tau_dim=64),
-    "paper": MotionDiTConfig(),
-}
 
 
 def alignment_mask(frames: int, k: int | None, device: torch.device | str | None = None):

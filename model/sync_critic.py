@@ -20,7 +20,6 @@ from .errors import UserError
 from .face_model import FaceModel
 from .lip_expert import LipExpert, LipExpertConfig, sync_loss, windows
 from .normalize import Stats
-from .trainer import load_checkpoint
 
 LIPSYNC_HINT = ("train one with `fd2talk-train lipsync --shards SHARDS --out RUN`, then pass "
                 "--lip-expert RUN/checkpoint.pt; or pass --lambda-sync 0 to train without L_sync")
@@ -52,19 +51,19 @@ def load_sync_critic(path: str | Path | None, info: DatasetInfo, device: str) ->
     """Load `fd2talk-train lipsync`'s checkpoint and check it matches the motion shards."""
     if not path:
         raise UserError(f"--lambda-sync > 0 needs a pre-trained lip expert: {LIPSYNC_HINT}")
-    if not Path(path).is_file():
-        raise UserError(f"lip expert checkpoint {path} not found: {LIPSYNC_HINT}")
-    state = load_checkpoint(Path(path), "lip expert checkpoint")
-    if state.get("kind") != "lipsync":
-        raise UserError(f"{path} is a {state.get('kind', 'unknown')!r} checkpoint, not a lip "
-                        f"expert: {LIPSYNC_HINT}")
-    seen = state["dataset"]
+    from . import pretrained
+
+    if not Path(path).exists():
+        raise UserError(f"lip expert {path} not found: {LIPSYNC_HINT}")
+    part = pretrained.require(pretrained.load_parts([path]), "lip_expert", [path])
+    seen = part.config["dataset"]
     for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
         if seen[name] != getattr(info, name):
             raise UserError(f"the lip expert {path} was trained on {name}={seen[name]!r} but these "
                             f"shards have {name}={getattr(info, name)!r}: train the expert on the "
                             "same kind of shards")
-    face = FaceModel.from_state(state["face_model"])
-    expert = LipExpert(LipExpertConfig(**state["expert_config"]), face.n_points, info.audio_dim)
-    expert.load_state_dict(state["expert"])
-    return SyncCritic(face, expert, Stats.from_state_dict(state["stats"])).to(device)
+    face = FaceModel.from_state({**part.config["face_model"], **part.sub("face")})
+    expert = LipExpert(LipExpertConfig(**part.config["expert_config"]), face.n_points,
+                       info.audio_dim)
+    expert.load_state_dict(part.sub("expert"))
+    return SyncCritic(face, expert, Stats.from_state_dict(part.config["stats"])).to(device)

@@ -9,36 +9,24 @@ paper's pre-trained model was made with). Start from LDM's VQ-f4 (`pretrained=DI
 diffusers VQModel directory) or from scratch (`preset`). Validation: PSNR of D([E(F1), E(F2)])
 against F2 on fixed pairs of the val split (step 0 and every `val_every` steps). The trained
 model is saved to RUN/autoencoder (`RefAutoencoder.save`), what `fd2talk-prep latents`,
-`fd2talk-train frames` and generation load.
+`fd2talk-train frames` and generation load, with its latent scaling factor measured over
+frames of many training clips at every checkpoint (`latent_scale.measure`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import data as data_mod
 from . import trainer
+from .configs import AutoencoderTrainConfig
 from .errors import UserError
 from .frame_data import AE_FIELDS, AutoencoderPairs
-from .schema import CROP_SIZE
 
 AUTOENCODER_DIR = "autoencoder"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AutoencoderTrainConfig(trainer.RunConfig):
-    pretrained: str | None = None  # LDM VQ-f4 diffusers directory (else `preset` from scratch)
-    vgg_weights: str | None = None  # vgg16-397923af.pth for LPIPS (else $FD2TALK_VGG16 / cache)
-    lr: float = 1e-4
-    lambda_rec: float = 1.0
-    lambda_per: float = 1.0  # 0: no LPIPS term, no VGG weights needed
-    lambda_vq: float = 1.0
-    pairs_per_clip: int = 4
-    image_size: int = CROP_SIZE  # frames are resized to this (smaller for CPU smoke runs)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,18 +52,17 @@ def build_autoencoder(cfg: AutoencoderTrainConfig):
 
     if cfg.pretrained:
         return RefAutoencoder.from_pretrained(cfg.pretrained)
-    if cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     return RefAutoencoder.build(PRESETS[cfg.preset])
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
                       progress: bool = True) -> dict:
     """Fine-tune the autoencoder; returns the last validation metrics."""
-    from fd2talk.pipeline.shard import git_revision
+    from . import latent_scale
+    from .autoencoder import PRESETS
 
-    d = trainer.setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    run = trainer.start_run(cfg, "autoencoder", resume, None if cfg.pretrained else PRESETS)
+    d = run.d
     data_mod.dataset_info(cfg.shards, "train", AE_FIELDS)  # clear errors before anything heavy
     urls = data_mod.split_shards(cfg.shards, "train")
     maker = AutoencoderPairs(cfg.pairs_per_clip, cfg.image_size)
@@ -86,21 +73,14 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
         from .perceptual import Perceptual
 
         perceptual = Perceptual(cfg.vgg_weights).to(d.device)
-    config = trainer.config_dict(cfg)
-    out = Path(cfg.out)
-    ckpt_path = trainer.prepare_run_dir(out, resume, d.main, config, git_revision())
-    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
-    if state:
-        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
     ae = build_autoencoder(cfg).to(d.device)
     if cfg.image_size % ae.factor:
         raise UserError(f"--image-size {cfg.image_size} is not divisible by the autoencoder's "
                         f"downsampling factor {ae.factor}")
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    if state:
-        ae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-    step = trainer.restore_rngs(state)
+    parts = trainer.Parts({"autoencoder": ae},
+                          {"autoencoder": torch.optim.Adam(ae.parameters(), lr=cfg.lr)})
+    step = run.restore(parts)
+    opt = parts.optimizers["autoencoder"]
     model = trainer.wrap_ddp(_Reconstruction(ae), d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches,
@@ -116,17 +96,15 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
         ae.train()
         return {"psnr": float(torch.cat(scores).mean())}
 
-    def checkpoint() -> None:
-        if d.main:
-            trainer.save_checkpoint(out / trainer.CHECKPOINT, {
-                "kind": "autoencoder", "config": config, "git_revision": git_revision(),
-                "step": step, "model": ae.state_dict(), "optimizer": opt.state_dict(),
-                "rng": trainer.rng_state()})
-            ae.save(out / AUTOENCODER_DIR)
-        trainer.barrier(d)
+    def extras() -> dict:  # at every checkpoint: the scale of the weights being saved
+        ae.eval()
+        ae.scaling_factor = latent_scale.measure(ae, cfg.shards, cfg.image_size, d.device)
+        ae.train()
+        return {"autoencoder_config": dataclasses.asdict(ae.config),
+                "scaling_factor": ae.scaling_factor}
 
-    loop = trainer.RunLoop(cfg, d, step, state is not None, "autoencoder", progress, validate,
-                           checkpoint)
+    loop = trainer.RunLoop(run, step, parts, extras, validate, progress,
+                           after_save=lambda _: ae.save(run.out / AUTOENCODER_DIR))
     while step < cfg.steps:
         b = next(batches)
         ref, frame = b["ref"].to(d.device), b["frame"].to(d.device)

@@ -3,8 +3,10 @@
 
 Training tuple (J0, t, beta~, p~, x): J0 the latent of a random frame of a clip, x the latent of
 the clip's first frame (the reference), [beta~, p~] that frame's motion, either ground truth
-(default) or predicted by a stage-1 checkpoint (`motion=...`, the paper's choice: every train
-and val clip's motion is sampled once from its audio at start and cached in the run dir). The
+(default) or predicted by a stage-1 model (`motion=...`, the paper's choice: every train and
+val clip's motion is sampled once from its audio at start, split over the ranks under DDP, and
+cached in the run dir with a record of the model, sampler, steps, seed and shards that made it;
+a cache made otherwise is sampled again). The
 loss is `Diffusion.loss` (x0 prediction) on J0. Latents come from the shards' latent cache
 when it was made by this run's autoencoder (`fd2talk-prep latents`), else the frozen encoder
 runs on the decoded frames every step; a cache made by another autoencoder is an error.
@@ -17,8 +19,9 @@ every `val_every` steps), metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ import torch
 
 from . import data as data_mod
 from . import trainer
+from .configs import FramesTrainConfig
 from .diffusion import Diffusion, DiffusionConfig
 from .errors import UserError
 from .frame_data import FrameItems
@@ -33,49 +37,80 @@ from .normalize import Stats
 from .schema import CROP_SIZE
 
 MOTION_CACHE = "predicted_motion.npz"
+CACHE_META = "fd2talk.meta"  # the cache's record of what made it (no clip key has a dot)
 
 
-@dataclass(frozen=True, kw_only=True)
-class FramesTrainConfig(trainer.RunConfig):
-    autoencoder: str | None = None  # `fd2talk-train autoencoder` output (RUN/autoencoder)
-    motion: str | None = None  # stage-1 checkpoint: condition on its predictions (paper)
-    motion_steps: int = 50  # sampler steps for those predictions
-    cond: str = "dual"  # "dual" (phi1, phi2) or "concat" (the paper's ablation)
-    lr: float = 1e-4
-    items_per_clip: int = 8
-    # colour jitter shared by reference and target (frame_data.jitter; images only, no latent
-    # cache). 0 = none (the paper); ~0.2 makes a small dataset's UNet read the reference.
-    jitter: float = 0.0
-    image_size: int = CROP_SIZE  # frames resized to this when encoded on the fly
-    latent_cache: bool = True  # use the shards' latent.npy when it matches the autoencoder
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    diffusion_steps: int = 1000
+def motion_cache_meta(motion: str, shards: str, steps: int, seed: int) -> dict:
+    """What a predicted-motion cache must have been made with to be reused: the stage-1
+    model's fingerprint (config and weights), the sampler, its steps and seed, the shards."""
+    import hashlib
+
+    from . import pretrained
+
+    part = pretrained.require(pretrained.load_parts([motion]), "motion", [motion])
+    manifest = Path(shards) / data_mod.MANIFEST
+    return {"motion": pretrained.fingerprint(part), "sampler": "joint", "steps": steps,
+            "seed": seed, "shards": hashlib.sha256(manifest.read_bytes()).hexdigest()}
 
 
-def load_autoencoder(path: str | None, device: str):
-    from .autoencoder import RefAutoencoder
-
-    if not path:
-        raise UserError("--autoencoder is required: train one with `fd2talk-train autoencoder "
-                        "--shards SHARDS --out RUN`, then pass RUN/autoencoder")
-    return RefAutoencoder.load(path).to(device).eval().requires_grad_(False)
+def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
+    """The cached predictions when they were made with `meta`; None (with a note why) when not."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        saved = json.loads(str(z[CACHE_META])) if CACHE_META in z.files else {}
+        if saved == meta:
+            return {k: z[k] for k in z.files if k != CACHE_META}
+    changed = ", ".join(k for k in meta if saved.get(k) != meta[k])
+    print(f"{path} was made with another {changed}: sampling the stage-1 motion again",
+          file=sys.stderr)
+    return None
 
 
 def predicted_motion(path: str, shards: str, splits: tuple[str, ...], steps: int, device: str,
-                     seed: int, progress: bool = True) -> dict[str, np.ndarray]:
-    """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 model from each clip's audio."""
+                     seed: int, d: trainer.Dist, progress: bool = True) -> dict[str, np.ndarray]:
+    """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 model from each clip's audio;
+    under DDP each rank samples every world-th clip and all ranks receive the whole dict."""
     from tqdm import tqdm
 
     from . import motion as motion_mod
 
     model = motion_mod.load_motion(path, device)
     out = {}
-    clips = [c for split in splits for c in data_mod.iter_clips(shards, split)]
+    clips = [c for split in splits for c in data_mod.iter_clips(shards, split)][d.rank::d.world]
     for clip in tqdm(clips, desc="stage-1 motion", leave=False, disable=not progress):
         m = motion_mod.sample(model, clip["audio"], steps=steps, seed=seed)
         out[clip["key"]] = np.concatenate([m["exp"], m["pose"]], 1).astype(np.float32)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        shares: list[dict] = [{} for _ in range(d.world)]
+        dist.all_gather_object(shares, out)
+        out = {k: v for share in shares for k, v in share.items()}
     return out
+
+
+def motion_cache(cfg: FramesTrainConfig, d: trainer.Dist, progress: bool
+                 ) -> dict[str, np.ndarray] | None:
+    """The stage-1 predictions training conditions on (None: ground truth). Kept in the run
+    directory with what made them, and sampled again when any of that changed."""
+    if not cfg.motion:
+        return None
+    path = Path(cfg.out) / MOTION_CACHE
+    meta = motion_cache_meta(cfg.motion, cfg.shards, cfg.motion_steps, cfg.seed)
+    cache = read_motion_cache(path, meta)
+    if cache is None:
+        splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
+        with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
+            cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps,
+                                     d.device, cfg.seed, d, progress and d.main)
+        if d.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.npz")
+            np.savez(tmp, **{CACHE_META: np.array(json.dumps(meta))}, **cache)
+            tmp.replace(path)
+        trainer.barrier(d)
+    return cache
 
 
 def motion_condition(batch: dict, stats: Stats, cache: dict | None) -> torch.Tensor:
@@ -101,21 +136,6 @@ def latents(batch: dict, ae, cached: bool, device: str, scale: float
         return ae.encode(frame) * scale, ae.encode(ref) * scale
 
 
-def latent_scale(ae, shards: str, maker: FrameItems, device: str, frames: int = 256) -> float:
-    """1 / std of the train split's latents (its first `frames` frames), so the UNet diffuses
-    unit-variance latents whatever the autoencoder (Stable Diffusion's scale factor, measured)."""
-    rng = random.Random(0)
-    items: list[dict] = []
-    for clip in data_mod.iter_clips(shards, "train", maker.fields()):
-        items += FrameItems(frames, maker.latents, maker.size)(clip, rng)
-        if len(items) >= frames:
-            break
-    batch = data_mod.collate(items[:frames])
-    z = torch.cat([latents({"ref": batch["ref"][i:i + 32], "frame": batch["frame"][i:i + 32]},
-                           ae, maker.latents, device, 1.0)[0] for i in range(0, frames, 32)])
-    return float(1.0 / z.float().std().clamp_min(1e-6))
-
-
 def val_items(shards: str, split: str, maker: FrameItems, size: int, seed: int,
               limit: int = 64) -> list[dict]:
     rng = random.Random(seed)
@@ -130,18 +150,24 @@ def val_items(shards: str, split: str, maker: FrameItems, size: int, seed: int,
 
 def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the frame UNet; returns the last validation metrics."""
-    from fd2talk.pipeline.shard import git_revision
-
+    from .autoencoder import load_autoencoder
     from .frame_unet import PRESETS, FrameUNet
     from .latent_cache import check_latents
 
-    if cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     if cfg.cond not in ("dual", "concat"):
         raise UserError(f"--cond must be dual or concat, not {cfg.cond!r}")
-    d = trainer.setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    run = trainer.start_run(cfg, "frames", resume, PRESETS)
+    d = run.d
     ae = load_autoencoder(cfg.autoencoder, d.device)
+    scale = ae.scaling_factor
+    if scale is None:
+        raise UserError(f"the autoencoder {cfg.autoencoder} has no measured latent scaling factor "
+                        "(an older fd2talk wrote it): run `fd2talk-train autoencoder` again "
+                        "(--resume with the same --steps measures and saves it)")
+    if run.state:
+        run.refuse(None if run.extras["autoencoder"] == ae.fingerprint() else
+                   f"trained with another autoencoder than {cfg.autoencoder}: resume with the "
+                   "same one")
     info = data_mod.dataset_info(cfg.shards, "train", ("exp", "pose", "valid"))
     urls = data_mod.split_shards(cfg.shards, "train")
     cached = cfg.latent_cache and check_latents(cfg.shards, ae.fingerprint(), ae.latent_channels)
@@ -157,50 +183,29 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     plain = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)  # val
     val = (val_items(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1)
            if cfg.val_split else [])
-    config = trainer.config_dict(cfg)
-    ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())
-    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
-    if state:
-        scale = float(state["latent_scale"])
-        if state["autoencoder"] != ae.fingerprint():
-            raise UserError(f"{ckpt_path} was trained with another autoencoder than "
-                            f"{cfg.autoencoder}: resume with the same one")
-        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
-        stats = Stats.from_state_dict(state["stats"])
-    else:
-        stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
-                              streams=("exp", "pose"))
-        scale = latent_scale(ae, cfg.shards, maker, d.device)
-    cache = None
-    if cfg.motion:
-        cache_path = Path(cfg.out) / MOTION_CACHE
-        if cache_path.is_file():
-            cache = dict(np.load(cache_path))
-        else:
-            splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
-            cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps, d.device,
-                                     cfg.seed, progress and d.main)
-            if d.main:
-                tmp = cache_path.with_name(f".{cache_path.name}.tmp.npz")
-                np.savez(tmp, **cache)
-                tmp.replace(cache_path)
+    stats = (Stats.from_state_dict(run.extras["stats"]) if run.state else
+             Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
+                           streams=("exp", "pose")))
+    cache = motion_cache(cfg, d, progress)
     unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
                                       latent_channels=ae.latent_channels)
     net = FrameUNet(unet_config, info.exp_dim + 6).to(d.device)
-    ema = trainer.EMA(net, cfg.ema_decay)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
-    gen = trainer.noise_generator(cfg.seed, d.rank)
-    if state:
-        net.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-    step = trainer.restore_rngs(state, gen)
+    parts = trainer.Parts({"unet": net}, {"unet": torch.optim.Adam(net.parameters(), lr=cfg.lr)},
+                          {"unet": trainer.EMA(net, cfg.ema_decay)},
+                          trainer.noise_generator(cfg.seed, d.rank))
+    step = run.restore(parts)
+    gen, ema, opt = parts.generator, parts.emas["unet"], parts.optimizers["unet"]
     model = trainer.wrap_ddp(net, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches, shuffle_buffer=4 * cfg.batch_size)
     batches = data_mod.batches_from(urls, stream, maker.fields(), cfg.seed, step, d.rank,
                                     d.world, make_items=maker)
+    extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
+              "autoencoder": ae.fingerprint(), "autoencoder_path": str(cfg.autoencoder),
+              "latent_cache": cached, "latent_scale": scale,
+              "unet_config": dataclasses.asdict(unet_config), "motion_dim": info.exp_dim + 6,
+              "diffusion": dataclasses.asdict(diffusion.config)}
 
     def loss_of(unet, batch, g) -> torch.Tensor:
         j0, x = latents(batch, ae, cached, d.device, scale)
@@ -214,22 +219,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         g = torch.Generator().manual_seed(cfg.seed + 2)
         return {"loss": float(np.mean([float(loss_of(ema.model, b, g)) for b in val]))}
 
-    def checkpoint() -> None:
-        if d.main:
-            trainer.save_checkpoint(Path(cfg.out) / trainer.CHECKPOINT, {
-                "kind": "frames", "world": d.world, "config": config,
-                "git_revision": git_revision(), "step": step, "dataset": dataclasses.asdict(info),
-                "stats": stats.state_dict(), "autoencoder": ae.fingerprint(),
-                "autoencoder_path": str(cfg.autoencoder), "latent_cache": cached,
-                "latent_scale": scale,
-                "unet_config": dataclasses.asdict(unet_config), "motion_dim": info.exp_dim + 6,
-                "diffusion": dataclasses.asdict(diffusion.config), "model": net.state_dict(),
-                "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "rng": trainer.rng_state()})
-        trainer.barrier(d)
-
-    loop = trainer.RunLoop(cfg, d, step, state is not None, "frames", progress, validate,
-                           checkpoint)
+    loop = trainer.RunLoop(run, step, parts, extras, validate, progress)
     while step < cfg.steps:
         batch = next(batches)
         with trainer.autocast(d.device):

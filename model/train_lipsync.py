@@ -14,27 +14,18 @@ shards' canonical mouth landmarks (`lm3d.npy`). It is stored in the expert's che
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import data as data_mod
 from . import trainer
+from .configs import LipsyncTrainConfig
 from .errors import UserError
 from .face_model import FaceModel
 from .lip_expert import PRESETS, LipExpert, expert_loss, make_pairs
 from .normalize import Stats
 
 SYNC_FIELDS = ("exp", "audio", "valid", "id")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LipsyncTrainConfig(trainer.RunConfig):
-    """batch_size windows per step, each giving an in-sync and an off-sync pair."""
-
-    lr: float = 3e-4
-    bfm: str | None = None  # deep3d shards: BFM_model_front.mat or its folder ($FD2TALK_BFM_DIR)
 
 
 def build_face_model(shards: str, info: data_mod.DatasetInfo, bfm: str | None) -> FaceModel:
@@ -93,47 +84,30 @@ def val_batches(shards: str, split: str, fields: tuple[str, ...], window: int, s
 
 def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the lip expert; returns the last validation metrics."""
-    from fd2talk.pipeline.shard import git_revision
-
-    if cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    d = trainer.setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    run = trainer.start_run(cfg, "lipsync", resume, PRESETS)
+    d = run.d
     info = data_mod.dataset_info(cfg.shards, "train", SYNC_FIELDS)
     urls = data_mod.split_shards(cfg.shards, "train")
     val = (val_batches(cfg.shards, cfg.val_split, SYNC_FIELDS, data_mod.WINDOW, cfg.batch_size)
            if cfg.val_split else [])
-    config = trainer.config_dict(cfg)
-    ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())
-    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
-    if state:
-        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
-        face = FaceModel.from_state(state["face_model"])
-        stats = Stats.from_state_dict(state["stats"])
+    if run.state:
+        face = FaceModel.from_state(run.extras["face_model"])
+        stats = Stats.from_state_dict(run.extras["stats"])
     else:
         face = build_face_model(cfg.shards, info, cfg.bfm)
         stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train", SYNC_FIELDS + ("pose",)))
     expert = LipExpert(PRESETS[cfg.preset], face.n_points, info.audio_dim).to(d.device)
-    opt = torch.optim.Adam(expert.parameters(), lr=cfg.lr)
-    gen = trainer.noise_generator(cfg.seed, d.rank)
-    if state:
-        expert.load_state_dict(state["expert"])
-        opt.load_state_dict(state["optimizer"])
-    step = trainer.restore_rngs(state, gen)
+    parts = trainer.Parts({"expert": expert},
+                          {"expert": torch.optim.Adam(expert.parameters(), lr=cfg.lr)},
+                          generator=trainer.noise_generator(cfg.seed, d.rank))
+    step = run.restore(parts)
+    gen, opt = parts.generator, parts.optimizers["expert"]
     model = trainer.wrap_ddp(expert, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
     batches = data_mod.batches_from(urls, stream, SYNC_FIELDS, cfg.seed, step, d.rank, d.world)
-
-    def checkpoint() -> None:
-        if d.main:
-            trainer.save_checkpoint(Path(cfg.out) / trainer.CHECKPOINT, {
-                "kind": "lipsync", "config": config, "git_revision": git_revision(),
-                "step": step, "dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
-                "face_model": face.to_state(), "expert_config": dataclasses.asdict(expert.config),
-                "expert": expert.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "rng": trainer.rng_state()})
-        trainer.barrier(d)
+    extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
+              "face_model": face.to_state(), "expert_config": dataclasses.asdict(expert.config)}
 
     def validate() -> dict:
         expert.eval()
@@ -141,8 +115,7 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         expert.train()
         return metrics
 
-    loop = trainer.RunLoop(cfg, d, step, state is not None, "lipsync", progress, validate,
-                           checkpoint)
+    loop = trainer.RunLoop(run, step, parts, extras, validate, progress)
     while step < cfg.steps:
         b = next(batches)
         mouth = face(b["exp"], b["id"][:, None])  # (N, F, M, 3)

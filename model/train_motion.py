@@ -8,8 +8,8 @@ L_exp, L_pose: the x0-prediction loss of `Diffusion.loss` on normalised coeffici
 the valid frames. L_sync: the frozen lip expert (`sync_critic.SyncCritic`) on the Exp
 Transformer's predicted x0 (denormalised), so it shapes expression only.
 
-Reads top-down: distributed set-up -> data and statistics -> run dir / resume -> models, EMA,
-optimizers -> loop (log, validate, checkpoint). Resume is bit-for-bit on CPU: the checkpoint
+Reads top-down: run (distributed set-up, resume checks) -> data and statistics -> models, EMA,
+optimizers -> loop (`trainer.RunLoop`: log, validate, checkpoint, model folder). Resume is bit-for-bit on CPU: the checkpoint
 holds every state the loop reads (models, EMAs, optimizers, step, the noise generator, global
 RNGs), and the data stream of a step is a pure function of (seed, step).
 """
@@ -17,15 +17,13 @@ RNGs), and the data stream of a step is a pure function of (seed, step).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import data as data_mod
 from . import trainer
+from .configs import MotionTrainConfig
 from .diffusion import Diffusion, DiffusionConfig
-from .errors import UserError
 from .motion_dit import PRESETS, MotionDiT
 from .normalize import Stats
 from .schema import POSE_DIM
@@ -33,22 +31,7 @@ from .schema import POSE_DIM
 STREAMS = {"exp": "exp", "pose": "pose"}  # network name -> data field it denoises
 
 
-@dataclass(frozen=True, kw_only=True)
-class MotionTrainConfig(trainer.RunConfig):
-    lr: float = 1e-4
-    k: int | None = 3  # alignment mask half-width (None: no mask)
-    lambda_exp: float = 1.0
-    lambda_pose: float = 1.0
-    lambda_sync: float = 0.1
-    lip_expert: str | None = None  # `fd2talk-train lipsync` checkpoint (needed when lambda_sync > 0)
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    diffusion_steps: int = 1000
-
-
 def build_models(preset: str, k: int | None, exp_dim: int, audio_dim: int) -> dict[str, MotionDiT]:
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     config = dataclasses.replace(PRESETS[preset], k=k)
     return {"exp": MotionDiT(config, exp_dim, audio_dim), "pose": MotionDiT(config, POSE_DIM, audio_dim)}
 
@@ -85,26 +68,30 @@ def validate(nets: dict, diffusion: Diffusion, stats: Stats, val: list[dict], de
     return totals
 
 
-def check_dims(info: data_mod.DatasetInfo, dims: dict, where: str) -> None:
+def dims_problem(info: data_mod.DatasetInfo, dims: dict) -> str | None:
+    """Why a checkpoint of `dims` cannot train on shards described by `info` (None: it can)."""
     if (dims["exp"], dims["audio"]) != (info.exp_dim, info.audio_dim):
-        raise UserError(f"{where} has exp dim {dims['exp']} and audio dim {dims['audio']} but the "
-                        f"shards have {info.exp_dim} ({info.coeffs}) and {info.audio_dim} "
-                        f"({info.audio_features}): use shards made with the same coefficient and "
-                        "audio backends, or start a new run")
+        return (f"trained on exp dim {dims['exp']} and audio dim {dims['audio']} but the shards "
+                f"have {info.exp_dim} ({info.coeffs}) and {info.audio_dim} "
+                f"({info.audio_features}): use shards made with the same coefficient and audio "
+                "backends, or start a new run")
+    return None
 
 
 def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the Exp and Pose Transformers; returns the last validation losses."""
-    from fd2talk.pipeline.shard import git_revision
-
     from .sync_critic import load_sync_critic
 
-    d = trainer.setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    run = trainer.start_run(cfg, "motion", resume, PRESETS)
+    d = run.d
     # data and statistics
     info = data_mod.dataset_info(cfg.shards, "train")
     urls = data_mod.split_shards(cfg.shards, "train")
-    audio_config = data_mod.audio_stage_config(cfg.shards)
+    if run.state:
+        run.refuse(dims_problem(info, run.extras["dims"]))
+        stats = Stats.from_state_dict(run.extras["stats"])
+    else:
+        stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train"))
     val = []
     if cfg.val_split:
         from .train_lipsync import val_batches
@@ -112,55 +99,31 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
         val = val_batches(cfg.shards, cfg.val_split, data_mod.MOTION_FIELDS, data_mod.WINDOW,
                           cfg.batch_size, limit=512)
     critic = load_sync_critic(cfg.lip_expert, info, d.device) if cfg.lambda_sync > 0 else None
-    # run dir / resume
-    config = trainer.config_dict(cfg)
-    ckpt_path = trainer.prepare_run_dir(Path(cfg.out), resume, d.main, config, git_revision())
-    state = trainer.load_checkpoint(ckpt_path) if ckpt_path else None
-    if state:
-        check_dims(info, state["dims"], str(ckpt_path))
-        trainer.check_resumable(state["config"], config, trainer.RESUMABLE, ckpt_path)
-        stats = Stats.from_state_dict(state["stats"])
-    else:
-        stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train"))
     # models, EMA, optimizers
     nets = {k: m.to(d.device) for k, m in build_models(cfg.preset, cfg.k, info.exp_dim,
                                                        info.audio_dim).items()}
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
-    emas = {k: trainer.EMA(m, cfg.ema_decay) for k, m in nets.items()}
-    opts = {k: torch.optim.Adam(m.parameters(), lr=cfg.lr) for k, m in nets.items()}
-    gen = trainer.noise_generator(cfg.seed, d.rank)
-    if state:
-        for k in nets:
-            nets[k].load_state_dict(state["models"][k])
-            emas[k].model.load_state_dict(state["ema"][k])
-            opts[k].load_state_dict(state["optimizers"][k])
-    step = trainer.restore_rngs(state, gen)
+    parts = trainer.Parts(nets, {k: torch.optim.Adam(m.parameters(), lr=cfg.lr)
+                                 for k, m in nets.items()},
+                          {k: trainer.EMA(m, cfg.ema_decay) for k, m in nets.items()},
+                          trainer.noise_generator(cfg.seed, d.rank))
+    step = run.restore(parts)
+    gen, emas, opts = parts.generator, parts.emas, parts.optimizers
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
     batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed, step,
                                     d.rank, d.world)
     weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose}
+    extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
+              "audio_config": data_mod.audio_stage_config(cfg.shards),
+              "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
+              "model_config": dataclasses.asdict(nets["exp"].config),
+              "diffusion": dataclasses.asdict(diffusion.config)}
 
-    def checkpoint() -> None:
-        if d.main:
-            trainer.save_checkpoint(Path(cfg.out) / trainer.CHECKPOINT, {
-                "kind": "motion", "world": d.world, "config": config,
-                "git_revision": git_revision(), "step": step,
-                "dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
-                "audio_config": audio_config,
-                "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
-                "model_config": dataclasses.asdict(nets["exp"].config),
-                "diffusion": dataclasses.asdict(diffusion.config),
-                "models": {k: m.state_dict() for k, m in nets.items()},
-                "ema": {k: e.model.state_dict() for k, e in emas.items()},
-                "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                "generator": gen.get_state(), "rng": trainer.rng_state()})
-        trainer.barrier(d)
-
-    loop = trainer.RunLoop(cfg, d, step, state is not None, "motion", progress,
+    loop = trainer.RunLoop(run, step, parts, extras,
                            lambda: validate({k: e.model for k, e in emas.items()}, diffusion,
-                                            stats, val, d.device, cfg.seed + 1), checkpoint)
+                                            stats, val, d.device, cfg.seed + 1), progress)
     while step < cfg.steps:
         b = normalised(next(batches), stats, d.device)
         with trainer.autocast(d.device):

@@ -4,9 +4,14 @@
   single process when launched plainly.
 - `EMA`: an exponential moving average of a model's weights, with the usual warm-up
   `decay_t = min(decay, (1 + t) / (10 + t))` so short runs are not dominated by the init.
-- Checkpoints: one file holding everything a bit-for-bit resume needs (models, EMAs,
-  optimizers, step, RNG states, normalisation statistics, the resolved config and git revision),
-  written atomically by rank 0; `check_resumable` refuses a checkpoint whose settings differ.
+- The run layer: `start_run` (distributed set-up, then every resume check; writes nothing),
+  `Run` (the trainer's own checks, then `open` the run directory; one checkpoint schema for
+  every trainer: `Run.checkpoint` / `Run.restore` over `Parts`), `RunLoop` (logging,
+  validation, checkpoints and the model folder around each trainer's explicit loop).
+- Checkpoints: one file holding everything a bit-for-bit resume needs, one schema for all:
+  {format, kind, config, git_revision, step, world, models, ema, optimizers, generator, rng,
+  extras (the trainer's own record: statistics, dims, configs...)}, written atomically by
+  rank 0.
 - `MetricsLog`: metrics.jsonl (truncated to the resumed step so a resumed run's log reads as
   one run) and TensorBoard when it is installed.
 - `autocast`: bf16 autocast on CUDA only; CPU runs in float32.
@@ -26,35 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configs import RESUMABLE, RunConfig
 from .device import resolve_device
 from .errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 RUN_CONFIG = "config.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Settings every `fd2talk-train` command shares (each command's config extends it)."""
-
-    shards: str  # the shard folder fd2talk-prep wrote
-    out: str  # the run directory
-    preset: str = "tiny"
-    steps: int = 2000
-    batch_size: int = 32  # 25-frame windows per step (per process)
-    val_split: str | None = "val"  # None: no validation
-    val_every: int = 250
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0  # DataLoader worker processes
-    epoch_batches: int = 500  # batches per data epoch (a re-seed point of the stream)
-
-
-# settings a resumed run may change: how long it runs, where and how it reports
-RESUMABLE = ("steps", "out", "log_every", "val_every", "save_every", "workers", "device")
 
 
 @dataclass(frozen=True)
@@ -156,15 +139,7 @@ def noise_generator(seed: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + rank)
 
 
-def restore_rngs(state: dict | None, gen: torch.Generator | None = None) -> int:
-    """The step a run starts at: 0 when fresh; when resumed, the checkpoint's step, with the
-    global RNGs and `gen` (saved as "generator") put back as the checkpoint left them."""
-    if not state:
-        return 0
-    if gen is not None:
-        gen.set_state(state["generator"])
-    set_rng_state(state["rng"])
-    return state["step"]
+CHECKPOINT_FORMAT = 1  # the "format" of every checkpoint.pt (the schema below)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -178,11 +153,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
+def load_checkpoint(path: Path, kind: str | None = None) -> dict:
+    """A checkpoint.pt of the schema `Run.checkpoint` writes; `kind` ("motion", ...) must match."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise UserError(f"checkpoint {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "kind" not in state:
+        raise UserError(f"{path} is not an fd2talk checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} was written by an older fd2talk (checkpoint format "
+                        f"{state.get('format')}, this one reads {CHECKPOINT_FORMAT}): train it "
+                        "again with this version")
+    if kind is not None and state["kind"] != kind:
+        raise UserError(f"{path} is a {state['kind']!r} checkpoint, not a {kind} checkpoint "
+                        f"(`fd2talk-train {kind}` writes those)")
+    return state
 
 
 def config_dict(config) -> dict:
@@ -198,21 +184,111 @@ def check_resumable(saved: dict, current: dict, ignore: tuple[str, ...], path: P
                         "the same settings, or start a new run in another --out directory")
 
 
-def prepare_run_dir(out: Path, resume: bool, main: bool, config: dict, git: str) -> Path | None:
-    """The checkpoint to resume from (or None). Rank 0 writes config.json (settings + revision)."""
-    out = Path(out)
-    ckpt = out / CHECKPOINT
+# ---- the run layer ---------------------------------------------------------------------------
+
+@dataclass
+class Parts:
+    """What a checkpoint saves and a resume restores, by name: networks, their EMAs and
+    optimizers, and the run's noise generator."""
+
+    models: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    emas: dict[str, EMA] = dataclasses.field(default_factory=dict)
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Run:
+    """A training run after `start_run`: distributed set-up done, the resume checks passed,
+    nothing written yet. The trainer adds its own checks (`refuse`), then `RunLoop` opens the
+    run directory (`open`), so a refused run leaves the directory as it found it."""
+
+    cfg: RunConfig
+    kind: str
+    d: Dist
+    config: dict  # the resolved settings (config.json, checkpoint["config"])
+    state: dict | None  # the checkpoint resumed from; None for a fresh run
+    git: str
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def extras(self) -> dict:
+        """The resumed checkpoint's trainer-specific record ({} for a fresh run)."""
+        return self.state["extras"] if self.state else {}
+
+    def refuse(self, problem: str | None) -> None:
+        """A trainer's own resume check: a message means the checkpoint does not fit."""
+        if problem:
+            raise UserError(f"{self.checkpoint_path}: {problem}")
+
+    def open(self) -> None:
+        """Rank 0 creates the run directory and writes config.json (settings + revision)."""
+        if self.d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / f".{RUN_CONFIG}.tmp"
+            tmp.write_text(json.dumps({"kind": self.kind, "config": self.config,
+                                       "git_revision": self.git}, indent=2) + "\n")
+            os.replace(tmp, self.out / RUN_CONFIG)
+
+    def restore(self, parts: Parts) -> int:
+        """Load a resumed checkpoint into `parts`, put the RNGs back; the step to start at."""
+        if not self.state:
+            return 0
+        for group, saved in (("models", parts.models), ("optimizers", parts.optimizers)):
+            for name, obj in saved.items():
+                obj.load_state_dict(self.state[group][name])
+        for name, ema in parts.emas.items():
+            ema.model.load_state_dict(self.state["ema"][name])
+        if parts.generator is not None:
+            parts.generator.set_state(self.state["generator"])
+        set_rng_state(self.state["rng"])
+        return int(self.state["step"])
+
+    def checkpoint(self, step: int, parts: Parts, extras: dict) -> dict | None:
+        """Rank 0 writes checkpoint.pt (the one schema of every trainer); all ranks wait.
+        Returns the state written (None on other ranks)."""
+        state = None
+        if self.d.main:
+            state = {"format": CHECKPOINT_FORMAT, "kind": self.kind, "config": self.config,
+                     "git_revision": self.git, "step": step, "world": self.d.world,
+                     "models": {k: m.state_dict() for k, m in parts.models.items()},
+                     "ema": {k: e.model.state_dict() for k, e in parts.emas.items()},
+                     "optimizers": {k: o.state_dict() for k, o in parts.optimizers.items()},
+                     "generator": parts.generator.get_state() if parts.generator else None,
+                     "rng": rng_state(), "extras": extras}
+            save_checkpoint(self.checkpoint_path, state)
+        barrier(self.d)
+        return state
+
+
+def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = None) -> Run:
+    """Distributed set-up, then every check that needs no data: preset, the run directory
+    against --resume, the checkpoint's kind, format and settings. Writes nothing."""
+    from fd2talk.pipeline.shard import git_revision
+
+    if presets is not None and cfg.preset not in presets:
+        raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(presets)}")
+    d = setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    config = config_dict(cfg)
+    ckpt = Path(cfg.out) / CHECKPOINT
     if ckpt.exists() and not resume:
-        raise UserError(f"{out} already holds a run ({ckpt.name}): pass --resume to continue it, "
-                        "or choose another --out")
+        raise UserError(f"{cfg.out} already holds a run ({ckpt.name}): pass --resume to continue "
+                        "it, or choose another --out")
     if resume and not ckpt.exists():
-        raise UserError(f"--resume: no {CHECKPOINT} in {out} to resume from")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{RUN_CONFIG}.tmp"
-        tmp.write_text(json.dumps({"config": config, "git_revision": git}, indent=2) + "\n")
-        os.replace(tmp, out / RUN_CONFIG)
-    return ckpt if resume else None
+        raise UserError(f"--resume: no {CHECKPOINT} in {cfg.out} to resume from")
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt, kind)
+        check_resumable(state["config"], config, RESUMABLE, ckpt)
+    return Run(cfg, kind, d, config, state, git_revision())
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -254,33 +330,40 @@ class MetricsLog:
 
 
 class RunLoop:
-    """The bookkeeping around an explicit training loop: progress bar, metrics log, validation
-    (at step 0 of a fresh run and every `val_every` steps), checkpoints (every `save_every`
-    steps, at the last step, and at the end even when no step ran: `--steps 0` writes the
-    untrained baseline), and the distributed teardown. The loop itself stays in each trainer:
+    """The bookkeeping around an explicit training loop: opens the run directory, progress bar,
+    metrics log, validation (at step 0 of a fresh run and every `val_every` steps),
+    checkpoints (every `save_every` steps, at the last step, and at the end even when no step
+    ran: `--steps 0` writes the untrained baseline), the model folder (RUN/model, written from
+    the last checkpoint, `pretrained.export`), and the distributed teardown. The loop itself
+    stays in each trainer:
 
-        loop = RunLoop(cfg, d, step, resumed, "motion", progress, validate, checkpoint)
+        loop = RunLoop(run, step, parts, extras, validate, progress)
         while step < cfg.steps:
             ...one optimizer step...
             step += 1
             loop.step_done(step, {"loss": ..., ...})
         return loop.finish(step)
+
+    `extras` (a dict, or a callable returning one at save time) is the trainer's own record
+    in the checkpoint; `after_save(step)` runs on rank 0 after each checkpoint.
     """
 
-    def __init__(self, cfg: RunConfig, d: Dist, step: int, resumed: bool, desc: str,
-                 progress: bool, validate, checkpoint):
+    def __init__(self, run: Run, step: int, parts: Parts, extras, validate, progress: bool,
+                 after_save=None):
         from tqdm import tqdm
 
-        self.cfg, self.d = cfg, d
-        self.validate = validate if cfg.val_split else None
-        self.checkpoint = checkpoint
-        self.log = MetricsLog(Path(cfg.out), d.main, step)
+        run.open()
+        self.run, self.cfg, self.d = run, run.cfg, run.d
+        self.parts, self.extras, self.after_save = parts, extras, after_save
+        self.validate = validate if self.cfg.val_split else None
+        self.log = MetricsLog(run.out, self.d.main, step)
         self.metrics: dict = {}
+        self.state: dict | None = run.state
         if self.validate is not None and step == 0:  # the untrained baseline
             self._validate(0)
-        self.saved = step if resumed else -1
-        self.bar = tqdm(total=cfg.steps, initial=step, desc=desc,
-                        disable=not (progress and d.main))
+        self.saved = step if run.state is not None else -1
+        self.bar = tqdm(total=self.cfg.steps, initial=step, desc=run.kind,
+                        disable=not (progress and self.d.main))
 
     def _due(self, step: int, every: int) -> bool:
         return step % every == 0 or step == self.cfg.steps
@@ -288,6 +371,14 @@ class RunLoop:
     def _validate(self, step: int) -> None:
         self.metrics = self.validate()
         self.log.write(step, "val", self.metrics)
+
+    def _checkpoint(self, step: int) -> None:
+        extras = self.extras() if callable(self.extras) else self.extras
+        self.state = self.run.checkpoint(step, self.parts, extras)
+        if self.d.main and self.after_save is not None:
+            self.after_save(step)
+        barrier(self.d)
+        self.saved = step
 
     def step_done(self, step: int, values: dict) -> None:
         """After optimizer step `step` (1-based): values are the train scalars to log."""
@@ -298,13 +389,17 @@ class RunLoop:
         if self.validate is not None and self._due(step, self.cfg.val_every):
             self._validate(step)
         if self._due(step, self.cfg.save_every):
-            self.checkpoint()
-            self.saved = step
+            self._checkpoint(step)
 
     def finish(self, step: int) -> dict:
-        """Last checkpoint if not yet written, close everything; the last validation metrics."""
+        """Last checkpoint if not yet written, the model folder, close everything; the last
+        validation metrics."""
         if self.saved != step:
-            self.checkpoint()
+            self._checkpoint(step)
+        if self.d.main:
+            from .pretrained import MODEL_DIR, export
+
+            export([self.state], self.run.out / MODEL_DIR)
         self.bar.close()
         self.log.close()
         teardown_distributed(self.d)

@@ -57,6 +57,18 @@ class AudioBackend(StrEnum):
     wav2vec2 = "wav2vec2"
 
 
+class SplitBy(StrEnum):  # the values of split.SPLIT_UNITS
+    auto = "auto"
+    speaker = "speaker"
+    video = "video"
+
+
+SplitByOpt = Annotated[SplitBy, typer.Option(
+    "--split-by", help="Split unit: speaker (no person in two splits), video (the rows of "
+    "one source file together), or auto (speaker when every manifest row has a speaker_id; "
+    "else video).")]
+
+
 Device = Annotated[DeviceName, typer.Option(
     "--device", help="auto (CUDA when present), cpu or cuda.")]
 
@@ -194,14 +206,17 @@ def shard(
     work: Work,
     maxcount: Annotated[int, typer.Option(help="Samples per tar.")] = 500,
     maxsize: Annotated[int, typer.Option(help="Bytes per tar.")] = 1_000_000_000,
+    split_by: SplitByOpt = SplitBy.auto,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Crops + coefficients + audio features -> WORK/shards/<split>-%06d.tar (70/10/20 by video)."""
+    """Crops + coefficients + audio features -> WORK/shards/<split>-%06d.tar (70/10/20 by
+    speaker or video)."""
     from .runner import print_summary
     from .shard import ShardConfig, describe, run_shard
 
-    summary = run_shard(work, ShardConfig(maxcount, maxsize), progress=not quiet, force=force)
+    cfg = ShardConfig(maxcount, maxsize, split_by=split_by.value)
+    summary = run_shard(work, cfg, progress=not quiet, force=force)
     if not quiet:
         print_summary(summary)
         typer.echo(describe(work), err=True)
@@ -266,6 +281,7 @@ def run(
     wav2vec2: Annotated[str | None, typer.Option(
         help="audio: local wav2vec 2.0 model directory (with --audio wav2vec2).")] = None,
     max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
+    split_by: SplitByOpt = SplitBy.auto,
     face_model: FaceModel = None, device: Device = DeviceName.auto,
     workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
 ) -> None:
@@ -279,6 +295,7 @@ def run(
     from .crop import CropConfig
     from .run import RunConfig, run_all
     from .runner import Part
+    from .shard import ShardConfig
 
     if demo and manifest is not None:
         raise PrepError("run takes --manifest FILE or --demo, not both")
@@ -296,6 +313,7 @@ def run(
         crop=CropConfig(detector=detector.value, face_model=face, device=device.value),
         coeffs=CoeffsConfig(backend=coeffs_backend.value, face_model=face, device=device.value),
         audio=AudioConfig(backend=audio_name, wav2vec2=wav2vec2, device=device.value),
+        shard=ShardConfig(split_by=split_by.value),
     )
     summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
                         progress=not quiet)

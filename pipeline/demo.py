@@ -1,7 +1,7 @@
 """The bundled demo dataset: a talking portrait made offline (issue 2 item 6, DESIGN.md section 6).
 
 `make_demo(work, DemoConfig())` writes `WORK/demo_src/<name>.mp4` source videos
-and `WORK/demo_src/manifest.csv` (key, path, video_id, speaker_id) for
+and `WORK/demo_src/manifest.csv` (key, path, video_id, speaker_id, split) for
 `fd2talk-prep clip --manifest`. Each video shows one of two real portraits
 (`FACES`: scikit-image's astronaut, matplotlib's sample photo of Grace Hopper; the
 manifest's speaker_id), mirrored or not, recoloured by a per-video white balance and
@@ -29,7 +29,12 @@ on the default demo (seed 0, espeak-ng) r = 0.91-0.96 for the astronaut's five v
 
 Two people, assigned independently of the mirroring (`face_of`), so each appears both ways
 round and in the train and held-out splits: with one portrait, a model could tell every
-video's appearance from its head pose and never need its reference frame.
+video's appearance from its head pose and never need its reference frame. Two people
+cannot fill three splits by speaker, so the manifest pins each video's split (`split`
+column: the by-video split of `split.assign_splits` over the video names, as the shards
+had before splits by speaker existed; default demo: train demo000-003, 005-007, val
+demo008, test demo004, demo009). The shard stage's `--split-by auto` then splits the demo
+by video and records why (the pins put each person in several splits).
 
 The ground-truth opening of each video, sampled at 25 fps (clip frame k at
 time (k + 0.5) / 25), is saved as `<name>.opening.npy` so later issues can check
@@ -59,13 +64,14 @@ from fd2talk.model.schema import FPS, SAMPLE_RATE
 from . import atomic, media
 from .skip import PrepError
 from .speech import SENTENCES, VOICES, espeak_speech, normalise, speech_source, synthetic_speech
+from .split import assign_splits
 
 DEMO_DIR = "demo_src"
 MANIFEST = "manifest.csv"
 CONFIG_JSON = "demo.json"
 # What the videos show; bumped when that changes, so an old demo folder is refused rather than
-# mixed (1: the astronaut alone; 2: two people, `FACES`).
-DEMO_VERSION = 2
+# mixed (1: the astronaut alone; 2: two people, `FACES`; 3: the manifest pins each split).
+DEMO_VERSION = 3
 ENCODE_TIMEOUT = 300.0  # seconds per video
 
 # Speech envelope -> mouth opening.
@@ -453,6 +459,15 @@ def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
 
 # ---- the dataset ------------------------------------------------------------------------------
 
+def manifest_rows(cfg: DemoConfig) -> list[dict[str, str]]:
+    """The demo manifest's rows: key, path, video_id, speaker_id and the pinned split."""
+    names = [variant(cfg, i).name for i in range(cfg.n_videos)]
+    splits = assign_splits(names)  # by video: see the module docstring
+    return [{"key": name, "path": f"{name}.mp4", "video_id": name,
+             "speaker_id": face_of(i).name, "split": splits[name]}
+            for i, name in enumerate(names)]
+
+
 def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> Path:
     """Write the demo videos and their manifest under WORK/demo_src; return the manifest path.
 
@@ -481,11 +496,10 @@ def make_demo(work: Path, cfg: DemoConfig = DemoConfig(), workers: int = 2) -> P
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(lambda i: make_video(out_dir, cfg, i), todo))
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["key", "path", "video_id", "speaker_id"])
-    for i in range(cfg.n_videos):
-        v = variant(cfg, i)
-        writer.writerow([v.name, f"{v.name}.mp4", v.name, v.face.name])
+    rows = manifest_rows(cfg)
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     atomic.write_bytes(out_dir / MANIFEST, buf.getvalue().encode())
     atomic.clean_tmp(out_dir)
     return out_dir / MANIFEST

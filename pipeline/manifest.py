@@ -1,10 +1,14 @@
 """Dataset manifests: CSV or JSONL rows naming source videos (DESIGN.md section 2, `manifests/`).
 
 Columns: `key` (letters, digits, `_`, `-`), `path` (absolute, or relative to the
-manifest file), optional `start`/`end` (seconds), optional `video_id` (defaults
-to the key), optional `speaker_id`, optional `split` (train/val/test; overrides
-the automatic split for every clip of that video). A malformed row is a
-`PrepError` naming the file, the line and what is wrong.
+manifest file), optional `start`/`end` (seconds), optional `video_id`, optional
+`speaker_id`, optional `split` (train/val/test; pins the split of the row's group, see
+`split.py`). A malformed row is a `PrepError` naming the file, the line and what is wrong.
+
+`video_id` defaults to the source file: its resolved path relative to the manifest's
+folder (`sub/b.mkv`), or the absolute path for a file outside that folder. So rows that
+cut spans from one file are one video and land in one split, and the id (hence the split)
+does not change when the dataset moves with its manifest.
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ def _seconds(value: object, name: str, where: str) -> float | None:
     return out
 
 
+def default_video_id(path: Path, base: Path) -> str:
+    """A source file's video id: `path` (resolved) relative to the manifest's folder `base`,
+    in POSIX form; the absolute path when the file lies outside `base`."""
+    base = Path(base).resolve()
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+
+
 def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Row:
     """Validate one raw manifest row; `where` ("file:line") names it in errors."""
     unknown = set(raw) - set(COLUMNS)
@@ -76,7 +87,7 @@ def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Ro
     split = str(raw.get("split") or "").strip()
     if split and split not in SPLITS:
         raise PrepError(f"{where}: row {key!r}: split {split!r} is not one of {SPLITS}")
-    video_id = str(raw.get("video_id") or "").strip() or key
+    video_id = str(raw.get("video_id") or "").strip() or default_video_id(path, base)
     return Row(key, str(path), start, end, video_id,
                str(raw.get("speaker_id") or "").strip(), split)
 

@@ -1,10 +1,11 @@
 """Stage `shard`: crops + coefficients + audio features -> WebDataset tars (DESIGN.md section 2).
 
 One sample per clip with the schema of `fd2talk.model.schema` (validated before
-it is written). Clips are split 70/10/20 by video id (`split.py`) and written in
-key order to `shards/<split>-%06d.tar`, each with a `.stats.json` (counts, skips
-by reason, config, git revision). `shards/manifest.jsonl` says where every clip
-went, or why it was left out; it is written last, so its presence means the
+it is written). Clips are split 70/10/20 by speaker or by video (`split.py`,
+`ShardConfig.split_by`) and written in key order to `shards/<split>-%06d.tar`, each
+with a `.stats.json` (counts, skips by reason, the split unit used, config, git
+revision). `shards/manifest.jsonl` says where every clip went, or why it was left
+out; its first line (the header) holds the counts, the unit and groups per split; it is written last, so its presence means the
 shards beside it are complete. A re-run with unchanged inputs does nothing; with
 changed inputs it rebuilds every shard in `shards/.tmp/` and swaps them in.
 """
@@ -30,7 +31,7 @@ from . import atomic, runner
 from .crop import crop_metadata
 from .manifest import SPLITS
 from .skip import PrepError, Skip, SkipReason
-from .split import DEFAULT_RATIOS, assign_splits
+from .split import DEFAULT_RATIOS, plan_splits
 
 OUT_DIR = "shards"
 MANIFEST = "manifest.jsonl"
@@ -42,6 +43,7 @@ class ShardConfig:
     maxcount: int = 500  # samples per tar
     maxsize: int = 1_000_000_000  # bytes per tar (a sample is never split)
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
+    split_by: str = "auto"  # speaker | video | auto (speaker when every row has a speaker_id)
 
 
 def git_revision() -> str:
@@ -149,17 +151,22 @@ def _fingerprint(work: Path, crops: list[dict], config: ShardConfig) -> str:
     return h.hexdigest()
 
 
-def _video_splits(work: Path, crops: list[dict], config: ShardConfig) -> dict[str, str]:
-    """Split over every video the clip stage saw (done or skipped), so downstream skips
-    never move a video to another split."""
-    videos: dict[str, str] = {}
+def _split_rows(work: Path, crops: list[dict]) -> list[dict]:
+    """The manifest rows of every video the clip stage saw (done or skipped), so downstream
+    skips never move a video or a speaker to another split; a crop whose video has no clip
+    record stands in for its row."""
+    rows, seen = [], set()
     for path in sorted(runner.status_dir(work, "clip").glob("*.json")):
         rec = json.loads(path.read_text())
         if "inputs" in rec and "video_id" in rec["inputs"]:
-            videos[rec["inputs"]["video_id"]] = rec["inputs"].get("split", "")
+            rows.append({"key": rec["key"], **rec["inputs"]})
+            seen.add(rec["inputs"]["video_id"])
     for meta in crops:
-        videos.setdefault(meta.get("video_id") or meta["key"], meta.get("split") or "")
-    return assign_splits(set(videos), {v: s for v, s in videos.items() if s}, config.ratios)
+        if (meta.get("video_id") or meta["key"]) not in seen:
+            rows.append({"key": meta["key"], "video_id": meta.get("video_id") or meta["key"],
+                         "speaker_id": meta.get("speaker_id") or "",
+                         "split": meta.get("split") or ""})
+    return rows
 
 
 class _Writer:
@@ -219,7 +226,11 @@ def describe(work: Path) -> str:
         return f"no shards in {path.parent}"
     header = json.loads(path.read_text().splitlines()[0])
     counts = ", ".join(f"{split} {header['counts'].get(split, 0)}" for split in SPLITS)
-    return (f"shards in {path.parent}: {counts} clips in {len(header['shards'])} tars; "
+    groups = header.get("groups_per_split", {})
+    unit = (f"; split by {header['split_by']} ("
+            + "/".join(str(groups.get(s, 0)) for s in SPLITS) + f" {header['split_by']}s)"
+            if "split_by" in header else "")
+    return (f"shards in {path.parent}: {counts} clips in {len(header['shards'])} tars{unit}; "
             f"{MANIFEST} says where every clip went")
 
 
@@ -243,7 +254,8 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
         if json.loads(state_path.read_text()).get("fingerprint") == fingerprint:
             summary.already = len(crops)
             return summary
-    splits = _video_splits(work, crops, config)
+    plan = plan_splits(_split_rows(work, crops), config.split_by, config.ratios)
+    splits = plan.videos
     out.mkdir(parents=True, exist_ok=True)
     atomic.clean_tmp(out)
     tmp = out / atomic.TMP_DIR
@@ -267,7 +279,9 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
                      "video_id": meta.get("video_id"), "frames": meta["frames"]})
         summary.done += 1
     shards = [s for w in writers.values() for s in w.close()]
-    common = {"config": asdict(config), "git_revision": git_revision(),
+    unit = {"split_by": plan.split_by, "split_by_reason": plan.reason,
+            "groups_per_split": plan.group_counts()}
+    common = {"config": asdict(config), **unit, "git_revision": git_revision(),
               "pipeline_version": __version__, "schema_version": schema.SCHEMA_VERSION,
               "upstream_config": {st: _stage_config(work, st) for st in ("clip",) + UPSTREAM}}
     for s in shards:
@@ -286,7 +300,7 @@ def run_shard(work: Path, config: ShardConfig = ShardConfig(), progress: bool = 
     header = {"shards": [s["shard"] for s in shards],
               "counts": {sp: sum(1 for r in rows if r["split"] == sp and r["shard"])
                          for sp in ("train", "val", "test")},
-              "skipped": dict(summary.skipped)}
+              "skipped": dict(summary.skipped), **unit}
     lines = [header] + rows
     atomic.write_bytes(manifest_path,
                        "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines).encode())

@@ -56,21 +56,47 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
 
 
 def test_train_help_and_later_commands():
-    from fd2talk.model.autoencoder import PRESETS as AE_PRESETS
-    from fd2talk.model.cli import Preset
     from fd2talk.model.cli import app as train_app
-    from fd2talk.model.frame_unet import PRESETS as UNET_PRESETS
-    from fd2talk.model.lip_expert import PRESETS as EXPERT_PRESETS
-    from fd2talk.model.motion_dit import PRESETS as DIT_PRESETS
 
     result = CliRunner().invoke(train_app, ["--help"])
     assert result.exit_code == 0
-    for name in ("lipsync", "motion", "autoencoder", "frames"):
+    for name in ("lipsync", "motion", "autoencoder", "frames", "export"):
         assert name in result.output
         sub = CliRunner().invoke(train_app, [name, "--help"])
         assert sub.exit_code == 0, (name, sub.output)
-    assert {p.value for p in Preset} == set(DIT_PRESETS) == set(EXPERT_PRESETS) \
-        == set(UNET_PRESETS) <= set(AE_PRESETS)
     proc = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import generate_main; "
                            "generate_main()"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+
+
+def test_train_options_default_to_the_config_dataclasses():
+    """Every option of every `fd2talk-train` command that names a config field has that
+    field's default, and the preset choices are the keys of the network's presets dict."""
+    import typer.main
+
+    from fd2talk.model import autoencoder, cli, configs, frame_unet, lip_expert, motion_dit
+    from fd2talk.model.cli import app as train_app
+
+    commands = {"lipsync": (configs.LipsyncTrainConfig, lip_expert.PRESETS, cli.LipPreset),
+                "motion": (configs.MotionTrainConfig, motion_dit.PRESETS, cli.MotionPreset),
+                "autoencoder": (configs.AutoencoderTrainConfig, autoencoder.PRESETS,
+                                cli.AutoencoderPreset),
+                "frames": (configs.FramesTrainConfig, frame_unet.PRESETS, cli.UNetPreset)}
+    group = typer.main.get_command(train_app)
+    for name, (cls, presets, choices) in commands.items():
+        fields = configs.defaults(cls)
+        params = {p.name: p for p in group.commands[name].params}
+        checked = 0
+        for pname, param in params.items():
+            if pname not in fields or pname in ("shards", "out"):
+                continue
+            default = param.default.value if hasattr(param.default, "value") else param.default
+            expected = fields[pname]
+            if pname == "k" and expected is None:
+                expected = -1
+            assert default == expected, (name, pname, default, expected)
+            checked += 1
+        assert checked >= 12, (name, checked)
+        assert {c.value for c in choices} == set(presets), name
+        assert params["preset"].default in presets
+    assert configs.AutoencoderTrainConfig(shards="s", out="o").batch_size == 8

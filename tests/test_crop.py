@@ -161,7 +161,7 @@ def test_moving_face_crop(generated, face_model):
     # The face enters between two sparse detections: the gap was filled in, the start is exact.
     assert (meta["start_frame"], meta["end_frame"]) == (FACE_ENTERS, 75)
     assert meta["detected_frames"] < 75 and meta["clip"] == "moving_f000"
-    assert meta["video_id"] == "moving" and meta["start"] == pytest.approx(FACE_ENTERS / FPS)
+    assert meta["video_id"] == "moving.mp4" and meta["start"] == pytest.approx(FACE_ENTERS / FPS)
     frames = _check_landmarks_inside(work, meta, face_model)
     # The crop shows the tube's frames (video in sync): each crop frame matches its clip
     # frame cropped and resized, better than the frames 3 before or after.

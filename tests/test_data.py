@@ -60,16 +60,57 @@ def test_stream_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(shards):
         assert torch.equal(next(tail)["exp"], want["exp"])
 
 
-def test_ranks_and_workers_get_different_deterministic_streams(shards):
-    urls, cfg = _stream(shards)
+def _one_clip_per_tar(src, dst):
+    """A copy of a shard folder whose train split has one clip per tar (7 tars)."""
+    import webdataset as wds
+
+    dst.mkdir()
+    names = []
+    for path in data.split_shards(src, "train"):
+        for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False):
+            name = f"train-{len(names):06d}.tar"
+            with wds.TarWriter(str(dst / name)) as out:
+                out.write({k: v for k, v in sample.items() if k != "__url__"})
+            names.append(name)
+    lines = (src / data.MANIFEST).read_text().splitlines()
+    header = json.loads(lines[0])
+    header["shards"] = names + [n for n in header["shards"] if not n.startswith("train-")]
+    for name in header["shards"][len(names):]:
+        (dst / name).write_bytes((src / name).read_bytes())
+    (dst / data.MANIFEST).write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    return dst
+
+
+def _keys(batches) -> set[str]:
+    return {k for b in batches for k in b["key"]}
+
+
+def test_ranks_and_workers_read_different_shards_deterministically(shards, tmp_path):
+    """With at least as many shards as (ranks x workers), each reads only its own slice of
+    the shards: the clips two ranks (or two DataLoader workers) read are disjoint; and each
+    stream is the same every time."""
+    many = _one_clip_per_tar(shards, tmp_path / "many")
+    urls, cfg = _stream(many)
+    assert len(urls) == 7
     r0 = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=0, world=2))
     r1 = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=1, world=2))
-    assert not all(torch.equal(x["exp"], y["exp"]) for x, y in zip(r0, r1, strict=True))
-    urls, cfg2 = _stream(shards, workers=2)
+    assert _keys(r0) and _keys(r1) and not _keys(r0) & _keys(r1)
+    again = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=1,
+                                    world=2))
+    assert all(torch.equal(x["exp"], y["exp"]) for x, y in zip(r1, again, strict=True))
+    urls, cfg2 = _stream(many, workers=2, epoch_batches=8)
     w1 = list(data.train_batches(urls, cfg2, data.MOTION_FIELDS, seed=0, epoch=0))
     w2 = list(data.train_batches(urls, cfg2, data.MOTION_FIELDS, seed=0, epoch=0))
     assert len(w1) == cfg2.epoch_batches
     assert all(torch.equal(x["exp"], y["exp"]) for x, y in zip(w1, w2, strict=True))
+    # the DataLoader takes batches from its workers in turn: worker 0's and worker 1's clips
+    even, odd = _keys(w1[0::2]), _keys(w1[1::2])
+    assert even and odd and not even & odd
+    # with fewer shards than readers, every reader draws from all of them with its own seed
+    urls, cfg = _stream(shards)
+    few = [list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=r,
+                                   world=2)) for r in (0, 1)]
+    assert not all(torch.equal(x["exp"], y["exp"]) for x, y in zip(*few, strict=True))
 
 
 def test_windows_respect_the_valid_mask():

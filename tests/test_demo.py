@@ -134,16 +134,47 @@ def test_mouth_warp_opens_only_the_lower_face(index):
     assert opened[below].mean() < 0.5 * image[below].mean()
 
 
+# The default demo's split by video before splits by speaker existed (split.assign_splits over
+# the video names): the learning tests on `demo_work` depend on it, so the manifest pins it.
+DEMO_SPLITS = {"train": ["demo000", "demo001", "demo002", "demo003", "demo005", "demo006",
+                         "demo007"], "val": ["demo008"], "test": ["demo004", "demo009"]}
+
+
+def test_the_manifest_pins_the_demo_split():
+    """Two people cannot fill three splits by speaker: the manifest pins each video's split,
+    the old by-video one, and the shard stage's auto unit falls back to video for it."""
+    from fd2talk.pipeline.split import plan_splits
+
+    rows = demo.manifest_rows(demo.DemoConfig())
+    assert [(r["key"], r["speaker_id"]) for r in rows] == [
+        (f"demo{i:03d}", demo.face_of(i).name) for i in range(10)]
+    plan = plan_splits(rows)
+    assert plan.split_by == "video" and "pins speakers to several splits" in plan.reason
+    assert {sp: sorted(v for v, s in plan.videos.items() if s == sp)
+            for sp in DEMO_SPLITS} == DEMO_SPLITS
+    assert {r["key"]: r["split"] for r in rows} == plan.videos
+
+
+def test_demo_shards_keep_the_split(demo_work):
+    """`fd2talk-prep run --demo` puts the demo's clips where the manifest pins them."""
+    import json
+
+    shards = demo_work / "shards"
+    assert json.loads((shards / "splits.json").read_text()) == {
+        v: sp for sp, vids in DEMO_SPLITS.items() for v in vids}
+    header = json.loads((shards / "manifest.jsonl").read_text().splitlines()[0])
+    assert header["split_by"] == "video"
+    assert header["groups_per_split"] == {sp: len(v) for sp, v in DEMO_SPLITS.items()}
+
+
 def test_two_people_independent_of_flip_and_split():
     """Both people appear mirrored and not, and in the train and the held-out splits of the
     default demo, so a model must read the reference to tell who it is drawing."""
-    from fd2talk.pipeline.split import assign_splits
-
     cfg = demo.DemoConfig()
     videos = [demo.variant(cfg, i) for i in range(cfg.n_videos)]
     assert {(v.face.name, v.flip) for v in videos} == {
         (f.name, flip) for f in demo.FACES for flip in (False, True)}
-    splits = assign_splits([v.name for v in videos])
+    splits = {r["key"]: r["split"] for r in demo.manifest_rows(cfg)}
     for part in (("train",), ("val", "test")):
         assert {v.face.name for v in videos if splits[v.name] in part} == {"astronaut", "hopper"}
     # every framing stays inside the portrait: no mirrored border in the frames
@@ -206,6 +237,8 @@ def test_cli_demo_then_clip(tmp_path):
     rows = read_manifest(manifest)
     assert [r.video_id for r in rows] == ["demo000", "demo001"]
     assert [r.speaker_id for r in rows] == ["astronaut", "hopper"]
+    assert [r.split for r in rows] == [r["split"] for r in demo.manifest_rows(
+        demo.DemoConfig(n_videos=2))]
     result = runner.invoke(app, ["clip", str(tmp_path), "-m", str(manifest), "-q"])
     assert result.exit_code == 0, result.output
     for key in ("demo000_f000", "demo001_f000"):

@@ -13,7 +13,7 @@ from fd2talk.model.frame_data import to_image
 
 
 def test_sample_frames_any_count_batched_or_not(frames_run, demo_work):
-    model = fr.load_frames(frames_run / "checkpoint.pt", "cpu")
+    model = fr.load_frames(frames_run, "cpu")  # the run directory: its model folder
     clip = next(data.iter_clips(demo_work / "shards", "test", ("exp", "pose", "valid", "mp4")))
     size = STAGE2_IMAGE  # what the fixture trained on
     ref = torch.from_numpy(to_image(data.decode_frames(clip["mp4"], size)[0]))
@@ -21,6 +21,12 @@ def test_sample_frames_any_count_batched_or_not(frames_run, demo_work):
     assert out.shape == (7, 3, size, size) and out.abs().max() <= 1
     again = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3)
     assert torch.equal(out, again)  # a seed fixes the frames
+    for chunk in (1, 7):  # a per-frame loop, one batch: the same frames (eta = 0)
+        other = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4,
+                                 chunk=chunk)
+        torch.testing.assert_close(other, out, rtol=1e-4, atol=1e-4)
+    seeded = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, seed=1)
+    assert (seeded - out).abs().mean() > 1e-3  # and the seed matters
     latent = model.ae.encode(ref[None])[0]
     same = fr.sample_frames(model, latent, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3,
                             ref_latent=True)
@@ -29,13 +35,13 @@ def test_sample_frames_any_count_batched_or_not(frames_run, demo_work):
 
 def test_load_refuses_other_checkpoints_and_autoencoders(frames_run, ae_run, motion_run,
                                                          tmp_path):
-    with pytest.raises(UserError, match="'motion' checkpoint, not a frames"):
+    with pytest.raises(UserError, match="holds no frames model .it has: motion"):
         fr.load_frames(motion_run / "checkpoint.pt", "cpu")
     from fd2talk.model.autoencoder import PRESETS, RefAutoencoder
 
     torch.manual_seed(5)
     RefAutoencoder.build(PRESETS["tiny"]).save(tmp_path / "other")
-    with pytest.raises(UserError, match="not the one .* was trained with"):
+    with pytest.raises(UserError, match="was trained with autoencoder .* use the autoencoder"):
         fr.load_frames(frames_run / "checkpoint.pt", "cpu", autoencoder=str(tmp_path / "other"))
 
 

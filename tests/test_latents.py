@@ -98,7 +98,9 @@ def _save_autoencoder(path: Path, seed: int) -> Path:
     from fd2talk.model.autoencoder import PRESETS, RefAutoencoder
 
     torch.manual_seed(seed)
-    RefAutoencoder.build(PRESETS["tiny"]).save(path)
+    ae = RefAutoencoder.build(PRESETS["tiny"])
+    ae.scaling_factor = 1.0  # training measures it; these stand-ins need only some value
+    ae.save(path)
     return path
 
 
@@ -331,11 +333,11 @@ def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(short_work, aut
     train_frames(FramesTrainConfig(out=str(tmp_path / "cached"), autoencoder=str(a), **base),
                  progress=False)
     state = torch.load(tmp_path / "cached" / "checkpoint.pt", weights_only=False)
-    assert state["latent_cache"] is True and state["step"] == 2
+    assert state["extras"]["latent_cache"] is True and state["step"] == 2
     train_frames(FramesTrainConfig(out=str(tmp_path / "plain"), autoencoder=str(a),
                                    latent_cache=False, **base), progress=False)
     assert torch.load(tmp_path / "plain" / "checkpoint.pt",
-                      weights_only=False)["latent_cache"] is False
+                      weights_only=False)["extras"]["latent_cache"] is False
     with pytest.raises(UserError, match="another autoencoder|--force"):
         train_frames(FramesTrainConfig(out=str(tmp_path / "b"), autoencoder=str(b), **base),
                      progress=False)

@@ -23,7 +23,7 @@ def test_csv_and_jsonl_rows(tmp_path):
         f"b-2,{tmp_path / 'sub' / 'b.mkv'},1.5,4,vid_b,spk\n")
     rows = read_manifest(tmp_path / "m.csv")
     assert [r.key for r in rows] == ["a", "b-2"]
-    assert rows[0].path == str(tmp_path / "a.mp4") and rows[0].video_id == "a"
+    assert rows[0].path == str(tmp_path / "a.mp4") and rows[0].video_id == "a.mp4"
     assert (rows[1].start, rows[1].end, rows[1].video_id, rows[1].speaker_id) == (
         1.5, 4.0, "vid_b", "spk")
     (tmp_path / "m.jsonl").write_text(
@@ -68,3 +68,30 @@ def test_bad_jsonl_and_duplicates(tmp_path):
     (tmp_path / "m.txt").write_text("")
     with pytest.raises(PrepError, match=".csv or .jsonl"):
         read_manifest(tmp_path / "m.txt")
+
+
+def test_video_id_defaults_to_the_source_file(tmp_path):
+    """Spans of one file are one video (one split), however the path is spelled; the id is
+    the path relative to the manifest, so it survives moving the dataset with its manifest."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    _touch(data / "sub" / "talk.mp4")
+    _touch(data / "other.mp4")
+    _touch(tmp_path / "outside.mp4")
+    (data / "m.csv").write_text(
+        "key,path,start,end,video_id\n"
+        "talk_a,sub/talk.mp4,0,30,\n"
+        f"talk_b,{data / 'sub' / 'talk.mp4'},30,60,\n"
+        "talk_c,sub/../sub/talk.mp4,60,,\n"
+        "other,other.mp4,,,\n"
+        "given,other.mp4,,,my_video\n"
+        "out,../outside.mp4,,,\n")
+    rows = {r.key: r.video_id for r in read_manifest(data / "m.csv")}
+    assert rows == {"talk_a": "sub/talk.mp4", "talk_b": "sub/talk.mp4",
+                    "talk_c": "sub/talk.mp4", "other": "other.mp4", "given": "my_video",
+                    "out": str((tmp_path / "outside.mp4").resolve())}
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    relative = ("talk_a", "talk_c", "other", "given")  # paths given relative to the manifest
+    assert {r.key: r.video_id for r in read_manifest(moved / "m.csv", check_paths=False)
+            if r.key in relative} == {k: rows[k] for k in relative}

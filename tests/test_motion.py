@@ -20,30 +20,53 @@ def test_window_starts_cover_any_length():
         motion.window_starts(50, 25, 25)
 
 
-def _steps(x: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.diff(x, axis=0), axis=1)  # (F - 1,) frame-to-frame change
+def _voices(demo_work) -> dict[str, np.ndarray]:
+    """Long audio features in both demo voices: the espeak-ng speech of the held-out clips
+    (12 s, 17 windows) and 12 s of the synthetic voice."""
+    from fd2talk.pipeline.audio_features import LogMel
+    from fd2talk.pipeline.speech import normalise, synthetic_speech
+
+    espeak = np.concatenate([c["audio"] for c in data.iter_clips(demo_work / "shards", "test")])
+    wav = normalise(synthetic_speech(12 * 16000, 16000, np.random.default_rng(0)))
+    return {"espeak": espeak.astype(np.float32),
+            "synthetic": LogMel().features(wav.astype(np.float32), 300).astype(np.float32)}
+
+
+def test_boundary_steps_find_the_window_edges():
+    x = np.zeros((60, 2))
+    x[17:, 0] = 1.0  # a jump into frame 17, where the second window starts
+    starts = motion.window_starts(60, 25, 8)  # [0, 17, 34, 35]: edges 17, 25, 34, 35, 42, 59
+    at, inside = motion.boundary_steps(x, starts)
+    assert len(at) == 6 and len(at) + len(inside) == 59
+    assert at.sum() == 1.0 and inside.sum() == 0.0
 
 
 def test_no_jump_at_window_boundaries(motion_run, demo_work):
-    model = motion.load_motion(motion_run / "checkpoint.pt", "cpu")
-    audio = np.concatenate([c["audio"] for c in data.iter_clips(demo_work / "shards", "test")])
-    frames = len(audio)  # 300: 17 windows
-    stitched = model.stats.normalize("exp", motion.sample(model, audio, seed=3)["exp"])
-    naive = model.stats.normalize("exp", motion.sample(model, audio, seed=3, overlap=0)["exp"])
-    starts = motion.window_starts(frames, data.WINDOW, motion.OVERLAP)
-    seams = [a + data.WINDOW for a in starts[:-1]]  # first new frame of each next window
-    steps = _steps(stitched)
-    seam_steps = steps[np.array(seams) - 1]
-    naive_seams = _steps(naive)[np.arange(data.WINDOW, frames, data.WINDOW) - 1]
-    print(f"frame-to-frame change (normalised exp): median {np.median(steps):.3f}, at seams "
-          f"{seam_steps.mean():.3f} stitched vs {naive_seams.mean():.3f} independent windows")
-    assert seam_steps.mean() < 1.5 * np.median(steps)
-    assert seam_steps.mean() < naive_seams.mean()
-    assert stitched.shape == (frames, 52)
+    """Joint sampling leaves no seam: over three sampling seeds and both demo voices, the
+    frame-to-frame change into frames where a window starts or ends is, on average, no larger
+    than inside windows, and below the in-window 90th percentile in every run.
+    bench/motion_seams.py, over 3 training seeds x 5 sampling seeds x 2 voices: boundary /
+    in-window mean 1.01 (0.79-1.34 per run, sd 0.14), / p90 at most 0.62; independent windows
+    give about 3 at their seams."""
+    model = motion.load_motion(motion_run, "cpu")
+    ratios = []
+    for voice, feats in _voices(demo_work).items():
+        starts = motion.window_starts(len(feats), data.WINDOW, motion.OVERLAP)
+        assert len(starts) >= 17
+        for seed in (0, 1, 2):
+            exp = motion.sample(model, feats, seed=seed)["exp"]
+            assert exp.shape == (len(feats), 52)
+            at, inside = motion.boundary_steps(model.stats.normalize("exp", exp), starts)
+            ratios.append(at.mean() / inside.mean())
+            print(f"{voice} seed {seed}: boundary {at.mean():.3f}, inside mean "
+                  f"{inside.mean():.3f}, p90 {np.percentile(inside, 90):.3f}")
+            assert at.mean() < np.percentile(inside, 90)
+    print(f"boundary / in-window mean: {np.round(ratios, 2)}")
+    assert np.mean(ratios) < 1.3
 
 
 def test_sampling_from_an_audio_file_any_length(motion_run, demo_work):
-    model = motion.load_motion(motion_run / "checkpoint.pt", "cpu")
+    model = motion.load_motion(motion_run / "checkpoint.pt", "cpu")  # a checkpoint loads too
     wav = sorted((demo_work / "crops").glob("*.wav"))[0]
     out = motion.sample(model, wav, steps=10)
     clip_frames = len(np.load(demo_work / "audio" / f"{wav.stem}.npy"))
@@ -58,6 +81,23 @@ def test_sampling_from_an_audio_file_any_length(motion_run, demo_work):
         motion.load_motion(motion_run.parent / "missing.pt")
 
 
-def test_load_refuses_a_lip_expert_checkpoint(lip_expert):
-    with pytest.raises(UserError, match="'lipsync' checkpoint, not a motion"):
-        motion.load_motion(lip_expert[0], "cpu")
+def test_load_refuses_a_lip_expert(lip_expert):
+    for source in (lip_expert[0], lip_expert[0].parent):  # its checkpoint, its run directory
+        with pytest.raises(UserError, match="holds no motion model .it has: lip_expert"):
+            motion.load_motion(source, "cpu")
+
+
+def test_joint_sampling_one_window_and_window_batches(motion_run, monkeypatch):
+    """With one window, joint sampling is plain sampling (it equals the sequential way); with
+    many, splitting the windows into network calls of another size changes nothing."""
+    model = motion.load_motion(motion_run, "cpu")
+    feats = np.random.default_rng(0).standard_normal((25, 80)).astype(np.float32)
+    a = motion.sample(model, feats, steps=5, stitch="joint")
+    b = motion.sample(model, feats, steps=5, stitch="inpaint")
+    np.testing.assert_allclose(a["exp"], b["exp"], rtol=1e-5, atol=1e-5)
+    long = np.random.default_rng(1).standard_normal((120, 80)).astype(np.float32)
+    base = motion.sample(model, long, steps=5)
+    monkeypatch.setattr(motion, "WINDOW_BATCH", 2)
+    split = motion.sample(model, long, steps=5)
+    for name in ("exp", "pose"):
+        np.testing.assert_allclose(base[name], split[name], rtol=1e-4, atol=1e-5)

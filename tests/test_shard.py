@@ -10,13 +10,15 @@ from conftest import ffmpeg_video
 
 from fd2talk.model import schema
 from fd2talk.pipeline import atomic
-from fd2talk.pipeline.shard import ShardConfig, run_shard
+from fd2talk.pipeline.manifest import read_manifest
+from fd2talk.pipeline.shard import ShardConfig, describe, run_shard
 from fd2talk.pipeline.skip import PrepError
+from fd2talk.pipeline.split import assign_splits
 
 F = 30  # frames per test clip
 
 
-def _make_clip(work, key, video_id, frames=F, audio_frames=None, seed=0):
+def _make_clip(work, key, video_id, frames=F, audio_frames=None, seed=0, speaker=""):
     """Write the files the crop, coeffs and audio stages leave for one clip."""
     rng = np.random.default_rng(seed)
     (work / "crops").mkdir(parents=True, exist_ok=True)
@@ -34,7 +36,7 @@ def _make_clip(work, key, video_id, frames=F, audio_frames=None, seed=0):
                      rng.normal(size=(audio_frames or frames, 80)).astype(np.float16))
     atomic.write_json(work / "crops" / f"{key}.json", {
         "key": key, "clip": key.rsplit("_t", 1)[0], "frames": frames, "fps": 25,
-        "video_id": video_id, "speaker_id": "", "split": "", "box": [0, 0, 100, 100],
+        "video_id": video_id, "speaker_id": speaker, "split": "", "box": [0, 0, 100, 100],
         "detector": "mediapipe", "source": f"/data/{video_id}.mp4", "start": 0.0})
 
 
@@ -107,6 +109,7 @@ def test_skips_and_stats(work):
     assert stats["valid_frames"] == 4 * (F - 1)
     assert stats["skipped_total"] == {"inconsistent_inputs": 1, "incomplete_inputs": 1}
     assert stats["config"]["maxcount"] == 4 and stats["git_revision"]
+    assert stats["split_by"] == "video" and sum(stats["groups_per_split"].values()) == 10
     failures = (work / "status" / "shard" / "failures.jsonl").read_text().splitlines()
     assert len(failures) == 2
 
@@ -145,3 +148,89 @@ def test_upstream_changes_rebuild_and_bad_arrays_are_skips(tmp_path):
     atomic.write_json(work / "status" / "audio" / "config.json", {"backend": "wav2vec2"})
     assert run_shard(work, ShardConfig(), progress=False).done == 1
     assert _read_all(work)["a_f000_t0"]["json"]["audio_features"] == "wav2vec2"
+
+
+def _shard_manifest(work):
+    lines = [json.loads(x) for x in (work / "shards" / "manifest.jsonl").read_text().splitlines()]
+    return lines[0], {r["key"]: r for r in lines[1:]}
+
+
+def test_two_spans_of_one_file_land_in_one_split(tmp_path):
+    """Rows cutting spans from one file (no video_id given) are one video, whatever their
+    keys would hash to (talk_a and talk_b alone would go to different splits)."""
+    keys = ["talk_a", "talk_b", "x0", "x1", "x2"]
+    assert len({assign_splits(keys)[k] for k in ("talk_a", "talk_b")}) == 2
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("talk", "x0", "x1", "x2"):
+        (src / f"{name}.mp4").write_bytes(b"x")
+    (src / "m.csv").write_text("key,path,start,end\ntalk_a,talk.mp4,0,30\n"
+                               "talk_b,talk.mp4,30,60\nx0,x0.mp4,,\nx1,x1.mp4,,\nx2,x2.mp4,,\n")
+    work = tmp_path / "w"
+    for i, row in enumerate(read_manifest(src / "m.csv")):  # what the clip stage records
+        atomic.write_json(work / "status" / "clip" / f"{row.key}.json",
+                          {"key": row.key, "stage": "clip", "inputs": row.to_dict(),
+                           "status": "done"})
+        _make_clip(work, f"{row.key}_f000_t0", row.video_id, seed=i)
+    run_shard(work, ShardConfig(), progress=False)
+    header, rows = _shard_manifest(work)
+    assert rows["talk_a_f000_t0"]["video_id"] == rows["talk_b_f000_t0"]["video_id"] == "talk.mp4"
+    assert rows["talk_a_f000_t0"]["split"] == rows["talk_b_f000_t0"]["split"]
+    assert header["split_by"] == "video" and sum(header["groups_per_split"].values()) == 4
+
+
+def test_split_by_speaker_then_video_reshards_and_says_which(tmp_path):
+    """With a speaker id on every clip, auto splits by speaker (no person in two splits);
+    asking for video splits reshards; the header and each stats file name the unit."""
+    work = tmp_path / "w"
+    for s in range(6):
+        for v in range(2):
+            _make_clip(work, f"s{s}v{v}_f000_t0", f"s{s}/v{v}.mp4", seed=10 * s + v,
+                       speaker=f"spk{s}")
+    run_shard(work, ShardConfig(), progress=False)
+    header, rows = _shard_manifest(work)
+    assert header["split_by"] == "speaker"
+    assert "every row has a speaker_id" in header["split_by_reason"]
+    assert sum(header["groups_per_split"].values()) == 6
+    for s in range(6):
+        assert rows[f"s{s}v0_f000_t0"]["split"] == rows[f"s{s}v1_f000_t0"]["split"]
+    for path in (work / "shards").glob("*.stats.json"):
+        stats = json.loads(path.read_text())
+        assert stats["split_by"] == "speaker" and stats["config"]["split_by"] == "auto"
+        assert stats["groups_per_split"] == header["groups_per_split"]
+    assert "split by speaker" in describe(work)
+    assert run_shard(work, ShardConfig(split_by="speaker"), progress=False).done == 12
+    summary = run_shard(work, ShardConfig(split_by="video"), progress=False)
+    assert summary.done == 12 and summary.already == 0  # another unit: resharded
+    header, rows = _shard_manifest(work)
+    assert header["split_by"] == "video" and sum(header["groups_per_split"].values()) == 12
+    assert json.loads((work / "shards" / "splits.json").read_text()) == assign_splits(
+        {f"s{s}/v{v}.mp4" for s in range(6) for v in range(2)})
+
+
+def test_cli_split_by_reaches_the_shard_config(tmp_path, monkeypatch):
+    """`fd2talk-prep shard` and `run` take --split-by auto|speaker|video into ShardConfig;
+    other values are a usage error."""
+    from typer.testing import CliRunner
+
+    from fd2talk.pipeline import run, shard
+    from fd2talk.pipeline.cli import SplitBy, app
+    from fd2talk.pipeline.runner import Summary
+    from fd2talk.pipeline.split import SPLIT_UNITS
+
+    assert tuple(SplitBy) == SPLIT_UNITS
+    seen = []
+    monkeypatch.setattr(shard, "run_shard", lambda work, cfg, **kw: (
+        seen.append(cfg.split_by), Summary("shard"))[1])
+    monkeypatch.setattr(run, "run_all", lambda work, cfg, **kw: (
+        seen.append(cfg.shard.split_by), [])[1])
+    runner = CliRunner()
+    shard_args = ["shard", str(tmp_path), "-q"]
+    run_args = ["run", str(tmp_path), "-m", str(tmp_path / "m.csv"), "-q"]
+    for args in (shard_args, [*shard_args, "--split-by", "video"],
+                 [*run_args, "--split-by", "speaker"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert seen == ["auto", "video", "speaker"]
+    result = runner.invoke(app, ["shard", str(tmp_path), "--split-by", "person"])
+    assert result.exit_code == 2 and "person" in result.output

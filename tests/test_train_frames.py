@@ -16,7 +16,7 @@ from fd2talk.model import frames as fr
 from fd2talk.model.errors import UserError
 from fd2talk.model.frame_data import FRAME_FIELDS, FrameItems, jitter, to_image
 from fd2talk.model.train_autoencoder import psnr
-from fd2talk.model.train_frames import MOTION_CACHE, FramesTrainConfig, train_frames
+from fd2talk.model.train_frames import CACHE_META, MOTION_CACHE, FramesTrainConfig, train_frames
 
 TARGETS = np.arange(5, 150, 18)  # 9 frames spread over each 6 s clip
 
@@ -87,7 +87,19 @@ def _small(demo_work, ae_run, out, **kw) -> FramesTrainConfig:
     return FramesTrainConfig(**{**base, **kw})
 
 
+def _flat(value, prefix: str = "") -> dict:
+    """Every leaf of a checkpoint's models, EMAs and optimizers, by a flat name."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items()
+                for k, v in _flat(item, f"{prefix}.{key}").items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}.{i}").items()}
+    return {prefix: value}
+
+
 def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
+    """Halves + resume = one straight run: every weight, EMA weight and optimizer moment, the
+    generator, and the metrics log (validation and train rows)."""
     kw = dict(jitter=0.2)  # the jitter draws come from the item stream: resumed alike
     train_frames(_small(demo_work, ae_run, tmp_path / "straight", **kw), progress=False)
     train_frames(_small(demo_work, ae_run, tmp_path / "halves", steps=2, **kw), progress=False)
@@ -96,25 +108,88 @@ def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
             for run in ("straight", "halves"))
     assert a["step"] == b["step"] == 4
-    for group in ("model", "ema"):
-        for k in a[group]:
-            assert torch.equal(a[group][k], b[group][k]), (group, k)
+    fa, fb = ({g: s[g] for g in ("models", "ema", "optimizers")} for s in (a, b))
+    fa, fb = _flat(fa), _flat(fb)
+    assert set(fa) == set(fb) and any(k.startswith(".optimizers.unet.state") for k in fa)
+    for k in fa:
+        va, vb = fa[k], fb[k]
+        assert torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb, k
+    assert torch.equal(a["generator"], b["generator"])
+    logs = [(tmp_path / run / "metrics.jsonl").read_text() for run in ("straight", "halves")]
+    assert logs[0] == logs[1] and '"val"' in logs[0] and '"train"' in logs[0]
+
+
+def _val_loss_at_step_0(out) -> float:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return next(r["loss"] for r in rows if r["split"] == "val" and r["step"] == 0)
+
+
+def _fresh_again(out) -> None:
+    """What a run killed before its first checkpoint leaves: the cache, no checkpoint."""
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "model")
 
 
 def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_path):
+    """The UNet is conditioned on exactly the cached stage-1 predictions: replaced by the
+    ground truth, the run's step-0 validation loss equals a ground-truth run's, and with the
+    predictions it differs."""
+    gt = tmp_path / "gt"
+    train_frames(_small(demo_work, ae_run, gt, steps=0), progress=False)
     out = tmp_path / "pred"
-    train_frames(_small(demo_work, ae_run, out, steps=2, motion=str(motion_run / "checkpoint.pt"),
-                        motion_steps=5), progress=False)
-    cache = np.load(out / MOTION_CACHE)
+    pred = dict(motion=str(motion_run), motion_steps=5)
+    train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
+    assert _val_loss_at_step_0(out) != _val_loss_at_step_0(gt)
+    with np.load(out / MOTION_CACHE) as z:
+        cache = {k: z[k] for k in z.files}
     clips = {c["key"]: c for split in ("train", "val")
-             for c in data.iter_clips(demo_work / "shards", split, ("exp", "valid"))}
-    assert set(cache.files) == set(clips)
+             for c in data.iter_clips(demo_work / "shards", split, ("exp", "pose", "valid"))}
+    assert set(cache) - {CACHE_META} == set(clips)
     for key, clip in clips.items():
         assert cache[key].shape == (len(clip["exp"]), clip["exp"].shape[1] + 6)
-    # a resumed run reads the cache instead of sampling again
-    (out / MOTION_CACHE).write_bytes((out / MOTION_CACHE).read_bytes())
-    train_frames(_small(demo_work, ae_run, out, steps=3, motion=str(motion_run / "checkpoint.pt"),
-                        motion_steps=5), resume=True, progress=False)
+        assert not np.allclose(cache[key][:, :52], clip["exp"])
+        cache[key] = np.concatenate([clip["exp"], clip["pose"]], 1).astype(np.float32)
+    np.savez(out / MOTION_CACHE, **cache)  # same record of what made it: reused as is
+    _fresh_again(out)
+    train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
+    assert _val_loss_at_step_0(out) == _val_loss_at_step_0(gt)
+
+
+def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_run,
+                                                                  motion_run, tmp_path, capsys):
+    """A restart with other stage-1 settings (steps, seed, another model) never trains on the
+    old predictions: the cache records what made it and is sampled again on a mismatch."""
+    out = tmp_path / "run"
+    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(motion_run),
+                        motion_steps=3), progress=False)
+
+    def meta() -> dict:
+        with np.load(out / MOTION_CACHE) as z:
+            return json.loads(str(z[CACHE_META]))
+
+    first = meta()
+    assert first["steps"] == 3 and first["sampler"] == "joint" and len(first["motion"]) == 64
+    _fresh_again(out)
+    capsys.readouterr()
+    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(motion_run),
+                        motion_steps=4), progress=False)
+    assert meta()["steps"] == 4 and meta()["motion"] == first["motion"]
+    assert "made with another steps" in capsys.readouterr().err
+    # another stage-1 model: a one-step continuation of the same run has other weights
+    other = tmp_path / "other_motion"
+    shutil.copytree(motion_run, other)
+    from fd2talk.model.configs import MotionTrainConfig
+    from fd2talk.model.train_motion import train_motion
+
+    saved = json.loads((other / "config.json").read_text())["config"]
+    train_motion(MotionTrainConfig(**{**saved, "out": str(other),
+                                      "steps": saved["steps"] + 1}), resume=True,
+                 progress=False)
+    _fresh_again(out)
+    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(other), motion_steps=4),
+                 progress=False)
+    assert meta()["motion"] != first["motion"]
 
 
 def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):

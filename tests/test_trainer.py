@@ -28,9 +28,11 @@ def test_ema_follows_the_model_with_warmup():
 
 def test_checkpoint_is_atomic_and_round_trips(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    trainer.save_checkpoint(path, {"step": 3, "w": torch.arange(4.0), "rng": trainer.rng_state()})
+    state = {"format": trainer.CHECKPOINT_FORMAT, "kind": "motion", "step": 3,
+             "w": torch.arange(4.0), "rng": trainer.rng_state()}
+    trainer.save_checkpoint(path, state)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
-    state = trainer.load_checkpoint(path)
+    state = trainer.load_checkpoint(path, "motion")
     assert state["step"] == 3 and torch.equal(state["w"], torch.arange(4.0))
     trainer.set_rng_state(state["rng"])  # the RNG restarts where it was saved
     x = torch.rand(3)
@@ -38,19 +40,63 @@ def test_checkpoint_is_atomic_and_round_trips(tmp_path):
     assert torch.equal(x, torch.rand(3))
     with pytest.raises(UserError, match="not found"):
         trainer.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="'motion' checkpoint, not a frames checkpoint"):
+        trainer.load_checkpoint(path, "frames")
+    trainer.save_checkpoint(path, {**state, "format": None})
+    with pytest.raises(UserError, match="older fd2talk"):
+        trainer.load_checkpoint(path)
 
 
-def test_run_dir_rules(tmp_path):
+def _cfg(out, **kw) -> trainer.RunConfig:
+    return trainer.RunConfig(shards="s", out=str(out), device="cpu", **kw)
+
+
+def _model_parts(seed: int) -> trainer.Parts:
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    return trainer.Parts({"net": net}, {"net": opt}, {"net": trainer.EMA(net, 0.9)},
+                         torch.Generator().manual_seed(seed))
+
+
+def test_start_run_checks_before_it_writes(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     out = tmp_path / "run"
-    assert trainer.prepare_run_dir(out, False, True, {"lr": 1}, "abc") is None
-    meta = json.loads((out / "config.json").read_text())
-    assert meta == {"config": {"lr": 1}, "git_revision": "abc"}
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        trainer.start_run(_cfg(out, preset="huge"), "motion", False, {"tiny": 1})
     with pytest.raises(UserError, match="no checkpoint.pt"):
-        trainer.prepare_run_dir(out, True, True, {}, "abc")
-    trainer.save_checkpoint(out / "checkpoint.pt", {})
+        trainer.start_run(_cfg(out), "motion", True)
+    run = trainer.start_run(_cfg(out, steps=5), "motion", False)
+    assert not out.exists()  # every check passed, nothing written yet
+    run.open()
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["kind"] == "motion" and meta["config"]["steps"] == 5
+    parts = _model_parts(0)
+    saved = run.checkpoint(2, parts, {"stats": [1, 2]})
+    assert set(saved) == {"format", "kind", "config", "git_revision", "step", "world", "models",
+                          "ema", "optimizers", "generator", "rng", "extras"}
     with pytest.raises(UserError, match="pass --resume"):
-        trainer.prepare_run_dir(out, False, True, {}, "abc")
-    assert trainer.prepare_run_dir(out, True, True, {}, "abc") == out / "checkpoint.pt"
+        trainer.start_run(_cfg(out), "motion", False)
+    config_before = (out / "config.json").read_bytes()
+    for cfg, kind, message in ((_cfg(out, seed=1), "motion", r"seed: 0 -> 1"),
+                               (_cfg(out), "frames", "not a frames checkpoint")):
+        with pytest.raises(UserError, match=message):
+            trainer.start_run(cfg, kind, True)
+    assert (out / "config.json").read_bytes() == config_before  # a refused resume wrote nothing
+    resumed = trainer.start_run(_cfg(out, steps=9), "motion", True)  # steps may change
+    assert resumed.extras == {"stats": [1, 2]}
+    with pytest.raises(UserError, match="checkpoint.pt: dims differ"):
+        resumed.refuse("dims differ")
+    fresh = _model_parts(1)
+    assert resumed.restore(fresh) == 2
+    for a, b in ((parts.models["net"], fresh.models["net"]),
+                 (parts.emas["net"].model, fresh.emas["net"].model)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     b.state_dict().values(), strict=True))
+    assert str(parts.optimizers["net"].state_dict()) == str(fresh.optimizers["net"].state_dict())
+    assert torch.equal(parts.generator.get_state(), fresh.generator.get_state())
     trainer.check_resumable({"lr": 1, "steps": 5}, {"lr": 1, "steps": 9}, ("steps",), out)
     with pytest.raises(UserError, match=r"lr: 1 -> 2"):
         trainer.check_resumable({"lr": 1}, {"lr": 2}, ("steps",), out)
@@ -71,8 +117,11 @@ def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path):
 
 
 def test_single_process_defaults_to_cpu_here(monkeypatch):
+    """`auto` (the default) picks the CPU on a machine without CUDA: a plain launch is one
+    process on the CPU, and nothing is wrapped in DDP."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    d = trainer.setup_distributed("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    d = trainer.setup_distributed(trainer.RunConfig(shards="s", out="o").device)
     assert (d.rank, d.world, d.device, d.main) == (0, 1, "cpu", True)
     model = torch.nn.Linear(1, 1)
     assert trainer.wrap_ddp(model, d) is model

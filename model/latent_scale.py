@@ -1,0 +1,38 @@
+"""The latent scaling factor of the reference autoencoder (Stable Diffusion's `scaling_factor`,
+LDM section 4.3.2): the frame UNet diffuses `latent * scaling_factor`, so that its latents have
+unit variance whatever the autoencoder.
+
+It is measured once, by `fd2talk-train autoencoder`, over frames of *many* clips of the train
+split (`frames_per_clip` frames, evenly spaced, from each of up to `max_clips` clips), and
+saved with the autoencoder (`autoencoder.json`), so the latent cache, the frame UNet's training
+and decoding at generation time all use one number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .frame_data import AE_FIELDS, clip_frames, to_image
+
+FRAMES_PER_CLIP = 4
+MAX_CLIPS = 128
+BATCH = 32
+
+
+@torch.no_grad()
+def measure(ae, shards: str, image_size: int, device: str,
+            frames_per_clip: int = FRAMES_PER_CLIP, max_clips: int = MAX_CLIPS) -> float:
+    """1 / std of the encoder's latents of frames of the train split's first `max_clips` clips
+    (`frames_per_clip` evenly spaced frames each)."""
+    images = []
+    for n, clip in enumerate(data_mod.iter_clips(shards, "train", AE_FIELDS)):
+        if n == max_clips:
+            break
+        frames = clip_frames(clip, image_size)  # (F, S, S, 3) uint8
+        pick = np.linspace(0, len(frames) - 1, frames_per_clip).round().astype(int)
+        images.append(to_image(frames[pick]))  # (k, 3, S, S) in [-1, 1]
+    x = torch.from_numpy(np.concatenate(images))  # (N, 3, S, S)
+    z = torch.cat([ae.encode(b.to(device)).float().cpu() for b in x.split(BATCH)])  # (N, d, h, w)
+    return float(1.0 / z.std().clamp_min(1e-6))
