@@ -8,6 +8,7 @@
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
 #   5. fd2talk-train lipsync, then motion, on those shards (work/runs/; about a minute)
 #   6. fd2talk-train autoencoder, then frames, on 64-px frames (about two minutes)
+#   7. fd2talk-train export: both stages as one model folder, work/model
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +16,7 @@ demo=1
 for arg in "$@"; do
   case "$arg" in
     --no-demo) demo=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (use --no-demo or --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,7 +81,7 @@ if [ "$demo" = 1 ]; then
   for run in lipsync motion; do
     if [ -f "work/runs/$run/checkpoint.pt" ]; then resume=--resume; else resume=; fi
     extra=()
-    [ "$run" = motion ] && extra=(--lip-expert work/runs/lipsync/checkpoint.pt --lr 1e-3)
+    [ "$run" = motion ] && extra=(--lip-expert work/runs/lipsync --lr 1e-3)
     .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
       --steps 600 --batch-size 16 --val-every 200 $resume "${extra[@]}"
   done
@@ -98,5 +99,7 @@ if [ "$demo" = 1 ]; then
     .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
       --image-size 64 --lr 1e-3 $resume "${extra[@]}"
   done
+  echo "== demo: one model folder with both stages (work/model)"
+  .venv/bin/fd2talk-train export work/runs/motion work/runs/frames --out work/model
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"

@@ -22,7 +22,7 @@ from .lip_expert import LipExpert, LipExpertConfig, sync_loss, windows
 from .normalize import Stats
 
 LIPSYNC_HINT = ("train one with `fd2talk-train lipsync --shards SHARDS --out RUN`, then pass "
-                "--lip-expert RUN/checkpoint.pt; or pass --lambda-sync 0 to train without L_sync")
+                "--lip-expert RUN (its run directory); or pass --lambda-sync 0 to train without L_sync")
 
 
 class SyncCritic(nn.Module):

@@ -154,19 +154,30 @@ def npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# The demo runs' settings: the fixtures below and bench/learning_spread.py (which measures the
+# learning tests' figures over several seeds) train with these.
+LIPSYNC_SETTINGS = dict(steps=600, batch_size=16, val_every=300, log_every=50, device="cpu")
+MOTION_STEPS = 600  # the demo motion run: a few minutes of CPU at most
+MOTION_SETTINGS = dict(steps=MOTION_STEPS, batch_size=16, lr=1e-3, lambda_sync=0.1,
+                       val_every=200, log_every=50, epoch_batches=100, device="cpu")
+STAGE2_IMAGE = 64  # stage-2 smoke runs: 64 px frames -> 16x16 latents (f = 4), fast on CPU
+AE_STEPS = 300
+FRAMES_STEPS = 600
+AE_SETTINGS = dict(steps=AE_STEPS, batch_size=8, lr=1e-3, lambda_per=0, image_size=STAGE2_IMAGE,
+                   val_every=100, log_every=20, epoch_batches=100, device="cpu")
+FRAMES_SETTINGS = dict(steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE,
+                       jitter=0.2, val_every=200, log_every=20, epoch_batches=100, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def lip_expert(demo_work, tmp_path_factory):
     """A tiny lip expert trained on the demo's train split: (checkpoint path, val metrics)."""
     from fd2talk.model.train_lipsync import LipsyncTrainConfig, train_lipsync
 
     out = tmp_path_factory.mktemp("lipsync") / "run"
-    cfg = LipsyncTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=600,
-                             batch_size=16, val_every=300, log_every=50, device="cpu")
+    cfg = LipsyncTrainConfig(shards=str(demo_work / "shards"), out=str(out), **LIPSYNC_SETTINGS)
     metrics = train_lipsync(cfg, progress=False)
     return out / "checkpoint.pt", metrics
-
-
-MOTION_STEPS = 600  # the demo motion run: a few minutes of CPU at most
 
 
 @pytest.fixture(scope="session")
@@ -175,18 +186,25 @@ def motion_run(demo_work, lip_expert, tmp_path_factory) -> Path:
     from fd2talk.model.train_motion import MotionTrainConfig, train_motion
 
     out = tmp_path_factory.mktemp("motion") / "run"
-    cfg = MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=MOTION_STEPS,
-                            batch_size=16, lr=1e-3, lambda_sync=0.1,
-                            lip_expert=str(lip_expert[0]), val_every=200, log_every=50,
-                            epoch_batches=100, device="cpu")
+    cfg = MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out),
+                            lip_expert=str(lip_expert[0]), **MOTION_SETTINGS)
     train_motion(cfg, progress=False)
     return out
 
 
+# Fixtures that build the demo dataset, prepare the shared clips or train models: a test
+# that uses one (directly or through another fixture) is `slow`.
+HEAVY_FIXTURES = {"demo_work", "real_work", "lip_expert", "motion_run", "ae_run", "frames_run"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu`-marked tests need CUDA: skipped, with that reason, on machines without it."""
+    """Tests that use a heavy fixture are marked `slow` (`pytest -m "not slow"` skips them);
+    `gpu`-marked tests need CUDA: skipped, with that reason, on machines without it."""
     import torch
 
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
@@ -195,21 +213,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-STAGE2_IMAGE = 64  # stage-2 smoke runs: 64 px frames -> 16x16 latents (f = 4), fast on CPU
-AE_STEPS = 300
-FRAMES_STEPS = 600
-
-
 @pytest.fixture(scope="session")
 def ae_run(demo_work, tmp_path_factory) -> Path:
     """The tiny reference autoencoder fine-tuned on the demo (no LPIPS): the run directory."""
     from fd2talk.model.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
 
     out = tmp_path_factory.mktemp("autoencoder") / "run"
-    train_autoencoder(AutoencoderTrainConfig(
-        shards=str(demo_work / "shards"), out=str(out), steps=AE_STEPS, batch_size=8, lr=1e-3,
-        lambda_per=0, image_size=STAGE2_IMAGE, val_every=100, log_every=20, epoch_batches=100,
-        device="cpu"), progress=False)
+    train_autoencoder(AutoencoderTrainConfig(shards=str(demo_work / "shards"), out=str(out),
+                                             **AE_SETTINGS), progress=False)
     return out
 
 
@@ -220,10 +231,9 @@ def frames_run(demo_work, ae_run, tmp_path_factory) -> Path:
     from fd2talk.model.train_frames import FramesTrainConfig, train_frames
 
     out = tmp_path_factory.mktemp("frames") / "run"
-    train_frames(FramesTrainConfig(
-        shards=str(demo_work / "shards"), out=str(out), autoencoder=str(ae_run / "autoencoder"),
-        steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, jitter=0.2,
-        val_every=200, log_every=20, epoch_batches=100, device="cpu"), progress=False)
+    train_frames(FramesTrainConfig(shards=str(demo_work / "shards"), out=str(out),
+                                   autoencoder=str(ae_run / "autoencoder"), **FRAMES_SETTINGS),
+                 progress=False)
     return out
 
 
@@ -242,8 +252,11 @@ def real_work(shared_media, tmp_path_factory) -> Path:
             ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
              str(src)], capture_output=True, text=True, check=True).stdout)["format"]["duration"])
         cut, stem = round(0.7 * seconds, 2), src.stem
-        rows += [{"key": f"{stem}_a", "path": str(src), "end": cut, "split": "train"},
-                 {"key": f"{stem}_b", "path": str(src), "start": cut, "split": "val"}]
+        # two spans of one file, as two videos on purpose: each speaker in both splits
+        rows += [{"key": f"{stem}_a", "path": str(src), "end": cut, "split": "train",
+                  "video_id": f"{stem}_a"},
+                 {"key": f"{stem}_b", "path": str(src), "start": cut, "split": "val",
+                  "video_id": f"{stem}_b"}]
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     work = root / "work"

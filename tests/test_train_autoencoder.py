@@ -3,8 +3,10 @@ autoencoder the later stages load, and LPIPS without its VGG weights is a clear 
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from conftest import STAGE2_IMAGE
 
 from fd2talk.model.autoencoder import RefAutoencoder
 from fd2talk.model.errors import UserError
@@ -36,3 +38,28 @@ def test_lpips_without_vgg_weights_says_how_to_get_them(demo_work, tmp_path, mon
                                  steps=1, device="cpu", image_size=64)
     with pytest.raises(UserError, match="vgg16-397923af.pth.*--lambda-per 0"):
         train_autoencoder(cfg, progress=False)
+
+
+def test_latent_scaling_factor_is_measured_over_many_clips_and_saved(ae_run, demo_work):
+    """The autoencoder folder carries 1 / std of the latents of frames of every training clip
+    (not of one clip): recomputed by hand over all 7 clips it agrees, and one clip alone
+    gives another number."""
+    from fd2talk.model import data, latent_scale
+    from fd2talk.model.autoencoder import RefAutoencoder
+    from fd2talk.model.frame_data import to_image
+
+    ae = RefAutoencoder.load(ae_run / "autoencoder")
+    shards = str(demo_work / "shards")
+    assert ae.scaling_factor == pytest.approx(latent_scale.measure(ae, shards, STAGE2_IMAGE,
+                                                                   "cpu"), rel=1e-6)
+    zs = []
+    clips = list(data.iter_clips(shards, "train", ("valid", "mp4")))
+    assert len(clips) == 7
+    for clip in clips:
+        frames = data.decode_frames(clip["mp4"], STAGE2_IMAGE)
+        pick = np.linspace(0, len(frames) - 1, latent_scale.FRAMES_PER_CLIP).round().astype(int)
+        with torch.no_grad():
+            zs.append(ae.encode(torch.from_numpy(to_image(frames[pick]))))
+    assert ae.scaling_factor == pytest.approx(float(1 / torch.cat(zs).std()), rel=1e-4)
+    one = latent_scale.measure(ae, shards, STAGE2_IMAGE, "cpu", max_clips=1)
+    assert abs(one - ae.scaling_factor) > 1e-3 * ae.scaling_factor

@@ -119,9 +119,9 @@ def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
     assert logs[0] == logs[1] and '"val"' in logs[0] and '"train"' in logs[0]
 
 
-def _val_loss_at_step_0(out) -> float:
+def _last_val_loss(out) -> float:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return next(r["loss"] for r in rows if r["split"] == "val" and r["step"] == 0)
+    return [r["loss"] for r in rows if r["split"] == "val"][-1]
 
 
 def _fresh_again(out) -> None:
@@ -133,14 +133,14 @@ def _fresh_again(out) -> None:
 
 def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_path):
     """The UNet is conditioned on exactly the cached stage-1 predictions: replaced by the
-    ground truth, the run's step-0 validation loss equals a ground-truth run's, and with the
-    predictions it differs."""
+    ground truth, a run's weights and validation loss equal a ground-truth run's, and with the
+    predictions they differ (2 steps; the untrained UNet ignores its conditions: zero-init)."""
     gt = tmp_path / "gt"
-    train_frames(_small(demo_work, ae_run, gt, steps=0), progress=False)
+    train_frames(_small(demo_work, ae_run, gt, steps=2), progress=False)
     out = tmp_path / "pred"
     pred = dict(motion=str(motion_run), motion_steps=5)
-    train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
-    assert _val_loss_at_step_0(out) != _val_loss_at_step_0(gt)
+    train_frames(_small(demo_work, ae_run, out, steps=2, **pred), progress=False)
+    assert _last_val_loss(out) != _last_val_loss(gt)
     with np.load(out / MOTION_CACHE) as z:
         cache = {k: z[k] for k in z.files}
     clips = {c["key"]: c for split in ("train", "val")
@@ -152,8 +152,11 @@ def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_p
         cache[key] = np.concatenate([clip["exp"], clip["pose"]], 1).astype(np.float32)
     np.savez(out / MOTION_CACHE, **cache)  # same record of what made it: reused as is
     _fresh_again(out)
-    train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
-    assert _val_loss_at_step_0(out) == _val_loss_at_step_0(gt)
+    train_frames(_small(demo_work, ae_run, out, steps=2, **pred), progress=False)
+    assert _last_val_loss(out) == _last_val_loss(gt)
+    a, b = (torch.load(run / "checkpoint.pt", weights_only=False)["models"]["unet"]
+            for run in (out, gt))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_run,
@@ -200,19 +203,27 @@ def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
                             autoencoder=str(tmp_path / "nowhere")), progress=False)
     with pytest.raises(UserError, match="--cond must be dual or concat"):
         train_frames(_small(demo_work, ae_run, tmp_path / "c", cond="sum"), progress=False)
+    # the autoencoder retrained in place under a run: refused on resume
+    own = tmp_path / "own_ae"
+    shutil.copytree(ae_run / "autoencoder", own)
     run = tmp_path / "d"
-    train_frames(_small(demo_work, ae_run, run, steps=1), progress=False)
-    other = tmp_path / "other_ae"
-    shutil.copytree(ae_run / "autoencoder", other)
+    train_frames(_small(demo_work, ae_run, run, steps=1, autoencoder=str(own)), progress=False)
     from fd2talk.model.autoencoder import RefAutoencoder
 
-    ae = RefAutoencoder.load(other)
+    ae = RefAutoencoder.load(own)
     with torch.no_grad():
         next(ae.parameters()).add_(0.01)
-    ae.save(other)
-    with pytest.raises(UserError, match="another autoencoder"):
-        train_frames(_small(demo_work, ae_run, run, steps=2, autoencoder=str(other)),
+    ae.save(own)
+    with pytest.raises(UserError, match="trained with another autoencoder"):
+        train_frames(_small(demo_work, ae_run, run, steps=2, autoencoder=str(own)),
                      resume=True, progress=False)
+    no_scale = tmp_path / "no_scale"
+    ae.scaling_factor = None
+    ae.save(no_scale)
+    with pytest.raises(UserError, match="no measured latent scaling factor"):
+        train_frames(_small(demo_work, ae_run, tmp_path / "e", autoencoder=str(no_scale)),
+                     progress=False)
+    assert not (tmp_path / "e").exists()  # refused before anything was written
 
 
 def test_on_the_shared_real_clips_motion_and_reference_both_matter(real_work, tmp_path):

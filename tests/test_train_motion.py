@@ -166,8 +166,12 @@ def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
     with pytest.raises(UserError, match="split 'nope' has no clips"):
         train_motion(MotionTrainConfig(out=str(tmp_path / "b"), lambda_sync=0, val_split="nope",
                                        **base), progress=False)
+    # the shards re-made in place with another coefficient backend under a run: refused on
+    # resume (another shard folder is a changed setting, refused before this)
+    own = rewrite_shards(shards, tmp_path / "own", lambda sample: None)
     run = tmp_path / "c"
-    train_motion(MotionTrainConfig(out=str(run), lambda_sync=0, **base), progress=False)
+    train_motion(MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run), lambda_sync=0),
+                 progress=False)
 
     def fewer_dims(sample):
         meta = json.loads(sample["json"])
@@ -176,10 +180,14 @@ def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
         exp = np.load(__import__("io").BytesIO(sample["exp.npy"]))
         sample["exp.npy"] = npy(np.ascontiguousarray(exp[:, :40]))
 
-    other = rewrite_shards(shards, tmp_path / "d40", fewer_dims)
-    with pytest.raises(UserError, match="exp dim 52 .* shards have 40"):
-        train_motion(MotionTrainConfig(**{**base, "shards": str(other)}, out=str(run),
+    rewrite_shards(shards, own, fewer_dims)
+    with pytest.raises(UserError, match="shards' motion? dims|exp dim 52 .* shards have 40"):
+        train_motion(MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run),
                                        lambda_sync=0), resume=True, progress=False)
+    with pytest.raises(UserError, match=r"other settings \(shards: "):
+        train_motion(MotionTrainConfig(**{**base, "shards": str(tmp_path / "elsewhere")},
+                                       out=str(run), lambda_sync=0), resume=True,
+                     progress=False)
     model = motion.load_motion(run / "checkpoint.pt", "cpu")
     with pytest.raises(UserError, match=r"take.* \(F, 80\) logmel"):
         motion.sample(model, np.zeros((30, 768), np.float32), steps=2)
