@@ -4,12 +4,12 @@ a measured spread (with margin) rather than from one run on one machine.
 For each seed, the demo runs are trained exactly as the test fixtures train them
 (tests/conftest.py's *_SETTINGS) and measured with the tests' own helpers:
 
-- lip expert: balanced in-sync / off-sync accuracy on the val split (test: > 0.65);
+- lip expert: balanced in-sync / off-sync accuracy on the val split (test: > 0.62);
 - motion: r(sampled jawOpen, speech envelope) on the test clips, 2 sampling seeds each
   (test: mean > 0.5, min > 0.3);
-- autoencoder: val PSNR gain from step 0 (test: > 5 dB... see test_train_autoencoder);
-- frames: PSNR of frames sampled from noise, real minus shuffled motion and real minus
-  another clip's reference (test: both > 1 dB).
+- autoencoder: val PSNR gain from step 0 (test: > 5 dB);
+- frames: PSNR of frames sampled from noise, real minus shuffled motion (test: > 1 dB) and
+  real minus the other person's reference (test: > 0.5 dB on average, > 0 on every clip).
 
 Window seams are measured by bench/motion_seams.py. Usage:
     .venv/bin/python bench/learning_spread.py [--work DEMO_WORK] [--seeds 0 1 2]
@@ -74,9 +74,10 @@ def measure(work: Path, root: Path, seed: int) -> dict:
     for clip in clips:
         clip["img"] = torch.from_numpy(to_image(data.decode_frames(clip["mp4"],
                                                                    c.STAGE2_IMAGE)))
-    psnr = _psnr_by_condition(model, clips)
-    out["frames_vs_shuffled_db"] = psnr["real"] - psnr["shuffled_motion"]
-    out["frames_vs_other_ref_db"] = psnr["real"] - psnr["other_reference"]
+    psnr = _psnr_by_condition(model, clips)  # per clip
+    out["frames_vs_shuffled_db"] = float((psnr["real"] - psnr["shuffled_motion"]).mean())
+    out["frames_vs_other_person_db"] = float((psnr["real"] - psnr["other_reference"]).mean())
+    out["frames_vs_other_person_min_db"] = float((psnr["real"] - psnr["other_reference"]).min())
     return out
 
 

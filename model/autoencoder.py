@@ -15,7 +15,8 @@ paper's L = λ_rec ||F2 - D([E(F1), E(F2)])||^2 + λ_per LPIPS, see `fd2talk.mod
 then teaches the decoder to use the reference.
 
 Latents follow LDM's convention: the diffusion model works on the pre-quantisation latent (the
-quant_conv output), and decoding quantises it (VQ-f4 latents are not rescaled: LATENT_SCALE=1).
+quant_conv output), and decoding quantises it. `encode` returns them unscaled (LATENT_SCALE = 1);
+the frame UNet diffuses them times the measured `scaling_factor` (`model/latent_scale.py`).
 
 VQ commitment loss: `reconstruct(ref_img, img) -> (recon, commit)` (or `decode_with_commit`)
 returns the codebook/commitment term of `VectorQuantizer` (already weighted with its β=0.25,
@@ -151,7 +152,7 @@ class RefAutoencoder(nn.Module):
 
     def record(self) -> dict:
         """The autoencoder.json record: format, config, fingerprint and the measured latent
-        scaling factor (None until `measure_scaling_factor` set it)."""
+        scaling factor (None until `latent_scale.measure` set it)."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "latent_scale": LATENT_SCALE,
                 "scaling_factor": self.scaling_factor, "fingerprint": self.fingerprint(),
                 "config": dataclasses.asdict(self.config)}

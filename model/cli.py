@@ -47,7 +47,8 @@ Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2tal
                                       "(holds manifest.jsonl and <split>-NNNNNN.tar).")]
 Out = Annotated[Path, typer.Option("--out", help="Run directory (checkpoint.pt, metrics.jsonl, "
                                    "config.json; model/ when the run finishes).")]
-PRESET_HELP = "Model size: tiny (CPU smoke runs, tests) or paper (the published settings)."
+PRESET_HELP = ("Model size: tiny (CPU smoke runs, tests), paper (the published settings); the "
+               "autoencoder also has small (from scratch, offline).")
 Steps = Annotated[int, typer.Option("--steps", help="Total optimizer steps (a resumed run "
                                     "continues to this number).")]
 Windows = Annotated[int, typer.Option("--batch-size", help="25-frame windows per step (per "

@@ -62,7 +62,7 @@ def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None 
     autoencoder must be the one the UNet was trained with (its fingerprint)."""
     from . import pretrained
 
-    parts = {p.name: p for p in pretrained.read_parts(path)}
+    parts = {p.name: p for p in pretrained.read_parts(path, with_autoencoder=not autoencoder)}
     if autoencoder:
         parts["autoencoder"] = pretrained.autoencoder_part(autoencoder)
     pretrained.check_compatible(parts)

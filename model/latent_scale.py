@@ -18,7 +18,6 @@ from .frame_data import AE_FIELDS, clip_frames, to_image
 
 FRAMES_PER_CLIP = 4
 MAX_CLIPS = 128
-BATCH = 32
 
 
 @torch.no_grad()
@@ -26,13 +25,12 @@ def measure(ae, shards: str, image_size: int, device: str,
             frames_per_clip: int = FRAMES_PER_CLIP, max_clips: int = MAX_CLIPS) -> float:
     """1 / std of the encoder's latents of frames of the train split's first `max_clips` clips
     (`frames_per_clip` evenly spaced frames each)."""
-    images = []
+    zs = []
     for n, clip in enumerate(data_mod.iter_clips(shards, "train", AE_FIELDS)):
         if n == max_clips:
             break
         frames = clip_frames(clip, image_size)  # (F, S, S, 3) uint8
         pick = np.linspace(0, len(frames) - 1, frames_per_clip).round().astype(int)
-        images.append(to_image(frames[pick]))  # (k, 3, S, S) in [-1, 1]
-    x = torch.from_numpy(np.concatenate(images))  # (N, 3, S, S)
-    z = torch.cat([ae.encode(b.to(device)).float().cpu() for b in x.split(BATCH)])  # (N, d, h, w)
-    return float(1.0 / z.std().clamp_min(1e-6))
+        x = torch.from_numpy(to_image(frames[pick]))  # (k, 3, S, S) in [-1, 1]
+        zs.append(ae.encode(x.to(device)).float().cpu())  # (k, d, h, w)
+    return float(1.0 / torch.cat(zs).std().clamp_min(1e-6))

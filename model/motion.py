@@ -120,6 +120,8 @@ def sample(model: MotionModel, audio: np.ndarray | str | Path, steps: int = 50, 
     if feats.ndim != 2 or feats.shape[1] != model.info.audio_dim:
         raise UserError(f"audio features of shape {feats.shape} do not fit this model, which "
                         f"takes (F, {model.info.audio_dim}) {model.info.audio_features} features")
+    if stitch not in set(Stitch):
+        raise UserError(f"stitch must be one of {', '.join(Stitch)}, not {stitch!r}")
     stitch = Stitch(stitch)
     frames = len(feats)
     padded = max(frames, WINDOW)

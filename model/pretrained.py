@@ -106,8 +106,10 @@ def autoencoder_part(path: str | Path) -> Part:
     return _ae_part(RefAutoencoder.load(path), str(path))
 
 
-def parts_from_checkpoint(state: dict, source: str) -> list[Part]:
-    """The model parts of one checkpoint (`trainer.Run.checkpoint`'s schema)."""
+def parts_from_checkpoint(state: dict, source: str, with_autoencoder: bool = True
+                          ) -> list[Part]:
+    """The model parts of one checkpoint (`trainer.Run.checkpoint`'s schema); a frames
+    checkpoint brings the autoencoder it was trained with unless `with_autoencoder` is off."""
     kind, extras = state["kind"], state["extras"]
     if kind == "motion":
         return [Part("motion", _record(state, "motion"), _prefixed(state["ema"]), source)]
@@ -127,12 +129,14 @@ def parts_from_checkpoint(state: dict, source: str) -> list[Part]:
         ae.scaling_factor = extras["scaling_factor"]
         return [_ae_part(ae, source)]
     if kind == "frames":
+        frames = Part("frames", _record(state, "frames"), state["ema"]["unet"], source)
         ae_path = extras["autoencoder_path"]
+        if not with_autoencoder:
+            return [frames]
         if not (Path(ae_path) / AE_CONFIG).is_file():
             raise UserError(f"{source} was trained with the autoencoder {ae_path}, which is gone: "
-                            "put it back to export this model")
-        return [Part("frames", _record(state, "frames"), state["ema"]["unet"], source),
-                autoencoder_part(ae_path)]
+                            "put it back, or pass the autoencoder folder (autoencoder=...)")
+        return [frames, autoencoder_part(ae_path)]
     raise UserError(f"{source}: a {kind!r} checkpoint holds no model part")
 
 
@@ -156,21 +160,37 @@ def read_folder(root: Path) -> list[Part]:
             weights = load_file(folder / WEIGHTS)
         except SafetensorError as e:
             raise UserError(f"{folder / WEIGHTS} is damaged ({e}): copy it again") from None
-        parts.append(Part(name, json.loads(config.read_text()), weights, str(folder)))
+        part = Part(name, json.loads(config.read_text()), weights, str(folder))
+        if name == "autoencoder":
+            _check_autoencoder(part)
+        parts.append(part)
     return parts
 
 
-def read_parts(path: str | Path) -> list[Part]:
-    """Parts from a model folder, a run directory (its model folder, else its checkpoint) or a
-    checkpoint.pt."""
+def _check_autoencoder(part: Part) -> None:
+    """The fingerprint an autoencoder folder states must be its weights' own (frames models
+    are matched to autoencoders by it)."""
+    from .autoencoder import AutoencoderConfig, RefAutoencoder
+
+    ae = RefAutoencoder.build(AutoencoderConfig.from_dict(part.config["config"]))
+    ae.load_state_dict(part.weights)
+    if ae.fingerprint() != part.config.get("fingerprint"):
+        raise UserError(f"{part.source}: its weights are not the autoencoder its "
+                        f"{AE_CONFIG} describes (a damaged or mixed folder): copy it again")
+
+
+def read_parts(path: str | Path, with_autoencoder: bool = True) -> list[Part]:
+    """Parts from a model folder, a run directory (its model folder, else, while a resumed
+    run has not finished, its checkpoint) or a checkpoint.pt."""
     p = Path(path).expanduser()
     if p.is_file():
-        return parts_from_checkpoint(load_checkpoint(p), str(p))
+        return parts_from_checkpoint(load_checkpoint(p), str(p), with_autoencoder)
     for root in (p, p / MODEL_DIR):
         if (root / INDEX).is_file():
             return read_folder(root)
     if (p / CHECKPOINT).is_file():
-        return parts_from_checkpoint(load_checkpoint(p / CHECKPOINT), str(p / CHECKPOINT))
+        return parts_from_checkpoint(load_checkpoint(p / CHECKPOINT), str(p / CHECKPOINT),
+                                     with_autoencoder)
     what = "not found" if not p.exists() else "holds no model"
     raise UserError(f"{p} {what}: expected a model folder (with {INDEX}), a run directory "
                     f"of `fd2talk-train` (with {MODEL_DIR}/ or {CHECKPOINT}) or a {CHECKPOINT}")
@@ -232,7 +252,10 @@ def write_folder(parts: dict[str, Part], out: Path) -> Path:
     def write_json(path: Path, value: dict) -> None:  # plain: the whole folder is renamed at once
         path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
-    out = Path(out)
+    out = Path(out).resolve()
+    if out.exists() and not (out / INDEX).is_file() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a model folder: choose a new --out (an "
+                        "existing model folder is replaced, nothing else is)")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name, part in parts.items():
@@ -247,12 +270,18 @@ def write_folder(parts: dict[str, Part], out: Path) -> Path:
         "parts": {name: ["fd2talk", CLASSES[name]] for name in parts},
         "dataset": described.get("dataset"), "audio_config": described.get("audio_config")})
     if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
     return out
 
 
 def export(sources: list, out: str | Path) -> Path:
     """One model folder at `out` from checkpoint states (dicts) and/or paths."""
-    return write_folder(_merge(parts_from_checkpoint(s, "checkpoint") if isinstance(s, dict)
-                               else read_parts(s) for s in sources), Path(out))
+    return write_folder(_merge(parts_from_checkpoint(s, f"the {s['kind']} run {s['config']['out']}")
+                               if isinstance(s, dict) else read_parts(s) for s in sources),
+                        Path(out))

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import random
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,27 +41,40 @@ MOTION_CACHE = "predicted_motion.npz"
 CACHE_META = "fd2talk.meta"  # the cache's record of what made it (no clip key has a dot)
 
 
-def motion_cache_meta(motion: str, shards: str, steps: int, seed: int) -> dict:
+def motion_cache_meta(motion: str, shards: str, splits: tuple[str, ...], steps: int, seed: int,
+                      info: data_mod.DatasetInfo) -> dict:
     """What a predicted-motion cache must have been made with to be reused: the stage-1
-    model's fingerprint (config and weights), the sampler, its steps and seed, the shards."""
+    model's fingerprint (config and weights), the sampler, its steps and seed, the shards and
+    splits. A stage-1 model made for other shards (coefficients, audio features) is refused."""
     import hashlib
 
     from . import pretrained
+    from .motion import Stitch
 
     part = pretrained.require(pretrained.load_parts([motion]), "motion", [motion])
+    seen = part.config["dataset"]
+    for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
+        if seen[name] != getattr(info, name):
+            raise UserError(f"the stage-1 model {motion} was trained on {name}={seen[name]!r} "
+                            f"but these shards have {name}={getattr(info, name)!r}: condition "
+                            "on a stage-1 model trained on the same kind of shards")
     manifest = Path(shards) / data_mod.MANIFEST
-    return {"motion": pretrained.fingerprint(part), "sampler": "joint", "steps": steps,
-            "seed": seed, "shards": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    return {"motion": pretrained.fingerprint(part), "sampler": Stitch.joint.value,
+            "steps": steps, "seed": seed, "splits": list(splits),
+            "shards": hashlib.sha256(manifest.read_bytes()).hexdigest()}
 
 
 def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
     """The cached predictions when they were made with `meta`; None (with a note why) when not."""
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        saved = json.loads(str(z[CACHE_META])) if CACHE_META in z.files else {}
-        if saved == meta:
-            return {k: z[k] for k in z.files if k != CACHE_META}
+    try:
+        with np.load(path) as z:
+            saved = json.loads(str(z[CACHE_META])) if CACHE_META in z.files else {}
+            if saved == meta:
+                return {k: z[k] for k in z.files if k != CACHE_META}
+    except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError):
+        saved = {"unreadable": True}
     changed = ", ".join(k for k in meta if saved.get(k) != meta[k])
     print(f"{path} was made with another {changed}: sampling the stage-1 motion again",
           file=sys.stderr)
@@ -90,17 +104,16 @@ def predicted_motion(path: str, shards: str, splits: tuple[str, ...], steps: int
     return out
 
 
-def motion_cache(cfg: FramesTrainConfig, d: trainer.Dist, progress: bool
+def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, meta: dict | None, progress: bool
                  ) -> dict[str, np.ndarray] | None:
     """The stage-1 predictions training conditions on (None: ground truth). Kept in the run
-    directory with what made them, and sampled again when any of that changed."""
-    if not cfg.motion:
+    directory with what made them (`meta`), and sampled again when any of that changed."""
+    if meta is None:
         return None
-    path = Path(cfg.out) / MOTION_CACHE
-    meta = motion_cache_meta(cfg.motion, cfg.shards, cfg.motion_steps, cfg.seed)
+    d, path = run.d, Path(cfg.out) / MOTION_CACHE
     cache = read_motion_cache(path, meta)
     if cache is None:
-        splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
+        splits = tuple(meta["splits"])
         with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
             cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps,
                                      d.device, cfg.seed, d, progress and d.main)
@@ -162,8 +175,8 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     scale = ae.scaling_factor
     if scale is None:
         raise UserError(f"the autoencoder {cfg.autoencoder} has no measured latent scaling factor "
-                        "(an older fd2talk wrote it): run `fd2talk-train autoencoder` again "
-                        "(--resume with the same --steps measures and saves it)")
+                        "(an older fd2talk wrote it): train it again with `fd2talk-train "
+                        "autoencoder` (this version measures and saves it)")
     if run.state:
         run.refuse(None if run.extras["autoencoder"] == ae.fingerprint() else
                    f"trained with another autoencoder than {cfg.autoencoder}: resume with the "
@@ -186,7 +199,19 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     stats = (Stats.from_state_dict(run.extras["stats"]) if run.state else
              Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
                            streams=("exp", "pose")))
-    cache = motion_cache(cfg, d, progress)
+    meta = None
+    if cfg.motion:
+        splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
+        meta = motion_cache_meta(cfg.motion, cfg.shards, splits, cfg.motion_steps, cfg.seed,
+                                 info)
+    if run.state:
+        run.refuse(None if run.extras["dataset"] == dataclasses.asdict(info) else
+                   f"trained on {run.extras['dataset']} but the shards hold "
+                   f"{dataclasses.asdict(info)}: use the shards it was trained on")
+        run.refuse(None if run.extras.get("motion_cache") == meta else
+                   f"conditioned on the stage-1 model {cfg.motion} as it was when the run "
+                   "started, and that model has changed since: start a new run")
+    cache = motion_cache(cfg, run, meta, progress)
     unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
                                       latent_channels=ae.latent_channels)
     net = FrameUNet(unet_config, info.exp_dim + 6).to(d.device)
@@ -203,7 +228,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
                                     d.world, make_items=maker)
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "autoencoder": ae.fingerprint(), "autoencoder_path": str(cfg.autoencoder),
-              "latent_cache": cached, "latent_scale": scale,
+              "latent_cache": cached, "latent_scale": scale, "motion_cache": meta,
               "unet_config": dataclasses.asdict(unet_config), "motion_dim": info.exp_dim + 6,
               "diffusion": dataclasses.asdict(diffusion.config)}
 

@@ -9,9 +9,10 @@
   every trainer: `Run.checkpoint` / `Run.restore` over `Parts`), `RunLoop` (logging,
   validation, checkpoints and the model folder around each trainer's explicit loop).
 - Checkpoints: one file holding everything a bit-for-bit resume needs, one schema for all:
-  {format, kind, config, git_revision, step, world, models, ema, optimizers, generator, rng,
-  extras (the trainer's own record: statistics, dims, configs...)}, written atomically by
-  rank 0.
+  {format, kind, config, git_revision, step, world, models, ema, optimizers, ranks (every
+  rank's noise generator and global RNG states), extras (the trainer's own record:
+  statistics, dims, configs...)}, written atomically by rank 0; a resume needs the same
+  number of processes.
 - `MetricsLog`: metrics.jsonl (truncated to the resumed step so a resumed run's log reads as
   one run) and TensorBoard when it is installed.
 - `autocast`: bf16 autocast on CUDA only; CPU runs in float32.
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,17 @@ def teardown_distributed(d: Dist) -> None:
 
         dist.barrier()
         dist.destroy_process_group()
+
+
+def gather(d: Dist, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (a picklable object)."""
+    if d.world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(d: Dist) -> None:
@@ -229,9 +242,17 @@ class Run:
             raise UserError(f"{self.checkpoint_path}: {problem}")
 
     def open(self) -> None:
-        """Rank 0 creates the run directory and writes config.json (settings + revision)."""
+        """Rank 0 creates the run directory and writes config.json (settings + revision). A
+        resumed run drops its old model folder: until it finishes, RUN/checkpoint.pt is the
+        newest model (what `pretrained.read_parts(RUN)` then reads)."""
         if self.d.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.state is not None:
+                import shutil
+
+                from .pretrained import MODEL_DIR
+
+                shutil.rmtree(self.out / MODEL_DIR, ignore_errors=True)
             tmp = self.out / f".{RUN_CONFIG}.tmp"
             tmp.write_text(json.dumps({"kind": self.kind, "config": self.config,
                                        "git_revision": self.git}, indent=2) + "\n")
@@ -246,23 +267,25 @@ class Run:
                 obj.load_state_dict(self.state[group][name])
         for name, ema in parts.emas.items():
             ema.model.load_state_dict(self.state["ema"][name])
+        mine = self.state["ranks"][self.d.rank]  # this rank's own random streams
         if parts.generator is not None:
-            parts.generator.set_state(self.state["generator"])
-        set_rng_state(self.state["rng"])
+            parts.generator.set_state(mine["generator"])
+        set_rng_state(mine["rng"])
         return int(self.state["step"])
 
     def checkpoint(self, step: int, parts: Parts, extras: dict) -> dict | None:
         """Rank 0 writes checkpoint.pt (the one schema of every trainer); all ranks wait.
         Returns the state written (None on other ranks)."""
         state = None
+        ranks = gather(self.d, {"generator": parts.generator.get_state() if parts.generator
+                                else None, "rng": rng_state()})  # every rank's streams
         if self.d.main:
             state = {"format": CHECKPOINT_FORMAT, "kind": self.kind, "config": self.config,
                      "git_revision": self.git, "step": step, "world": self.d.world,
                      "models": {k: m.state_dict() for k, m in parts.models.items()},
                      "ema": {k: e.model.state_dict() for k, e in parts.emas.items()},
                      "optimizers": {k: o.state_dict() for k, o in parts.optimizers.items()},
-                     "generator": parts.generator.get_state() if parts.generator else None,
-                     "rng": rng_state(), "extras": extras}
+                     "ranks": ranks, "extras": extras}
             save_checkpoint(self.checkpoint_path, state)
         barrier(self.d)
         return state
@@ -288,6 +311,10 @@ def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = No
     if resume:
         state = load_checkpoint(ckpt, kind)
         check_resumable(state["config"], config, RESUMABLE, ckpt)
+        if state["world"] != d.world:
+            raise UserError(f"{ckpt} was trained by {state['world']} processes, this run has "
+                            f"{d.world}: resume with the same number (each process's data "
+                            "and noise streams are its own)")
     return Run(cfg, kind, d, config, state, git_revision())
 
 
@@ -373,7 +400,9 @@ class RunLoop:
         self.log.write(step, "val", self.metrics)
 
     def _checkpoint(self, step: int) -> None:
-        extras = self.extras() if callable(self.extras) else self.extras
+        extras = self.extras
+        if callable(extras):  # measured at save time: on rank 0 alone, which writes it
+            extras = extras() if self.d.main else {}
         self.state = self.run.checkpoint(step, self.parts, extras)
         if self.d.main and self.after_save is not None:
             self.after_save(step)
@@ -399,7 +428,11 @@ class RunLoop:
         if self.d.main:
             from .pretrained import MODEL_DIR, export
 
-            export([self.state], self.run.out / MODEL_DIR)
+            try:
+                export([self.state], self.run.out / MODEL_DIR)
+            except UserError as e:  # the run itself is done and saved: say so, go on
+                print(f"warning: {self.run.out / CHECKPOINT} is saved but its model folder "
+                      f"was not written: {e}", file=sys.stderr)
         self.bar.close()
         self.log.close()
         teardown_distributed(self.d)

@@ -43,8 +43,8 @@ def test_boundary_steps_find_the_window_edges():
 
 def test_no_jump_at_window_boundaries(motion_run, demo_work):
     """Joint sampling leaves no seam: over three sampling seeds and both demo voices, the
-    frame-to-frame change into frames where a window starts or ends is, on average, no larger
-    than inside windows, and below the in-window 90th percentile in every run.
+    frame-to-frame change into frames where a window starts or ends is below the in-window
+    90th percentile in every run, and on average within 1.3x the in-window mean.
     bench/motion_seams.py, over 3 training seeds x 5 sampling seeds x 2 voices: boundary /
     in-window mean 1.01 (0.79-1.34 per run, sd 0.14), / p90 at most 0.62; independent windows
     give about 3 at their seams."""

@@ -84,11 +84,24 @@ def test_parts_that_do_not_fit_together_are_refused(both, motion_run, frames_run
     with pytest.raises(UserError, match="stage-1 model"):
         pretrained.export([motion_run, deep3d], tmp_path / "never")
     assert not (tmp_path / "never").exists()
-    other_ae = tmp_path / "other_ae"
-    shutil.copytree(frames_run / "model", other_ae)
-    _edit(other_ae, "autoencoder", lambda c: c.update(fingerprint="0" * 64))
-    with pytest.raises(UserError, match="trained with autoencoder .* is autoencoder 000000"):
-        pretrained.load_parts([other_ae])
+    # a stage 2 beside another autoencoder (a real one, with its own fingerprint)
+    from fd2talk.model.autoencoder import RefAutoencoder
+
+    ae = RefAutoencoder.load(frames_run / "model" / "autoencoder")
+    with torch.no_grad():
+        next(ae.parameters()).add_(0.01)
+    ae.save(tmp_path / "ae2")
+    mixed = {p.name: p for p in pretrained.read_parts(frames_run)}
+    mixed["autoencoder"] = pretrained.autoencoder_part(tmp_path / "ae2")
+    pretrained.write_folder(mixed, tmp_path / "mixed")  # writing checks nothing; loading does
+    with pytest.raises(UserError, match="trained with autoencoder .* but .* is autoencoder"):
+        pretrained.load_parts([tmp_path / "mixed"])
+    # a folder whose autoencoder.json states another fingerprint than its weights have
+    lying = tmp_path / "lying"
+    shutil.copytree(frames_run / "model", lying)
+    _edit(lying, "autoencoder", lambda c: c.update(fingerprint="0" * 64))
+    with pytest.raises(UserError, match="not the autoencoder its autoencoder.json describes"):
+        pretrained.load_parts([lying])
     with pytest.raises(UserError, match="hold a motion model: give one"):
         pretrained.load_parts([motion_run, both])
 
@@ -108,6 +121,31 @@ def test_damaged_or_missing_folders_say_what_to_do(both, tmp_path):
         pretrained.load_parts([broken])
     with pytest.raises(UserError, match="holds no motion model .it has: autoencoder, frames"):
         mo.load_motion(_frames_only(both, tmp_path), "cpu")
+
+
+def test_export_replaces_only_model_folders(both, motion_run, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists and is not a model folder"):
+        pretrained.export([motion_run], precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    again = tmp_path / "again"
+    shutil.copytree(both, again)
+    pretrained.export([motion_run], again)  # a model folder is replaced as a whole
+    assert set(json.loads((again / "model_index.json").read_text())["parts"]) == {"motion"}
+    assert not (again / "frames").exists() and not list(tmp_path.glob(".again*"))
+
+
+def test_a_frames_checkpoint_whose_autoencoder_moved(frames_run, ae_run, tmp_path):
+    state = torch.load(frames_run / "checkpoint.pt", weights_only=False)
+    state["extras"]["autoencoder_path"] = str(tmp_path / "moved_away")
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(UserError, match="which is gone: put it back, or pass the autoencoder"):
+        fr.load_frames(tmp_path / "checkpoint.pt", "cpu")
+    model = fr.load_frames(tmp_path / "checkpoint.pt", "cpu",
+                           autoencoder=str(ae_run / "autoencoder"))
+    assert model.step == state["step"]
 
 
 def _frames_only(both, tmp_path):

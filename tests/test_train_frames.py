@@ -21,12 +21,15 @@ from fd2talk.model.train_frames import CACHE_META, MOTION_CACHE, FramesTrainConf
 TARGETS = np.arange(5, 150, 18)  # 9 frames spread over each 6 s clip
 
 
-def _psnr_by_condition(model, clips) -> dict[str, float]:
-    """Mean PSNR (dB) of sampled frames against the true frames, per condition."""
+def _psnr_by_condition(model, clips) -> dict[str, np.ndarray]:
+    """PSNR (dB) of sampled frames against the true frames per clip, per condition: the
+    clip's own motion and first frame; its motion shuffled across frames; and the first frame
+    of the next held-out clip of the *other* person as the reference."""
     scores = {"real": [], "shuffled_motion": [], "other_reference": []}
     perm = np.random.default_rng(0).permutation(len(TARGETS))
     for i, clip in enumerate(clips):
-        other = clips[(i + 1) % len(clips)]
+        person = clip["meta"]["speaker_id"]
+        other = next(c for c in clips[i + 1:] + clips[:i] if c["meta"]["speaker_id"] != person)
         gt = clip["img"][TARGETS]
         exp, pose = clip["exp"][TARGETS], clip["pose"][TARGETS]
         for name, ref, e, p in (("real", clip["img"][0], exp, pose),
@@ -34,23 +37,29 @@ def _psnr_by_condition(model, clips) -> dict[str, float]:
                                 ("other_reference", other["img"][0], exp, pose)):
             out = fr.sample_frames(model, ref, e, p, steps=20, seed=0)
             scores[name].append(float(psnr(out, gt).mean()))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    return {k: np.array(v) for k, v in scores.items()}
 
 
 def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, demo_work):
     """On the held-out demo clips (two people, each video its own colours), sampled frames match
     the true frames better with their own motion than with the same motion shuffled across
-    frames, and with their own reference than with another held-out clip's first frame."""
-    model = fr.load_frames(frames_run / "checkpoint.pt", "cpu")
+    frames, and with their own first frame than with the other person's as the reference.
+    bench/learning_spread.py over 3 training seeds: shuffled motion costs 2.2-2.6 dB; the
+    other person's reference costs 1.1-6.0 dB on average and at least 0.59 dB on any clip
+    (one seed's UNet leans on the reference far less than the others')."""
+    model = fr.load_frames(frames_run, "cpu")
     clips = [c for split in ("test", "val")
              for c in data.iter_clips(demo_work / "shards", split, FRAME_FIELDS + ("mp4",))]
+    assert {c["meta"]["speaker_id"] for c in clips} == {"astronaut", "hopper"}
     for c in clips:
         c["img"] = torch.from_numpy(to_image(data.decode_frames(c["mp4"], STAGE2_IMAGE)))
     scores = _psnr_by_condition(model, clips)
     print("frame PSNR (dB) on held-out clips: " +
-          ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    assert scores["real"] > scores["shuffled_motion"] + 1.0, scores
-    assert scores["real"] > scores["other_reference"] + 1.0, scores
+          ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items()))
+    mean = {k: v.mean() for k, v in scores.items()}
+    assert mean["real"] > mean["shuffled_motion"] + 1.0, scores
+    assert mean["real"] > mean["other_reference"] + 0.5, scores
+    assert (scores["real"] > scores["other_reference"]).all(), scores
     val = [json.loads(line) for line in (frames_run / "metrics.jsonl").read_text().splitlines()
            if '"val"' in line]
     assert val[-1]["loss"] < 0.5 * val[0]["loss"]
@@ -114,7 +123,7 @@ def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
     for k in fa:
         va, vb = fa[k], fb[k]
         assert torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb, k
-    assert torch.equal(a["generator"], b["generator"])
+    assert all(torch.equal(x["generator"], y["generator"]) for x, y in zip(a["ranks"], b["ranks"], strict=True))
     logs = [(tmp_path / run / "metrics.jsonl").read_text() for run in ("straight", "halves")]
     assert logs[0] == logs[1] and '"val"' in logs[0] and '"train"' in logs[0]
 

@@ -19,7 +19,8 @@ def test_expert_tells_in_sync_from_shifted_audio_on_held_out_clips(lip_expert):
           f"off-sync {metrics['acc_off_sync']:.3f} over {metrics['pairs']} pairs")
     balanced = (metrics["acc_in_sync"] + metrics["acc_off_sync"]) / 2
     assert metrics["pairs"] >= 100
-    assert balanced > 0.65, metrics  # chance is 0.5
+    # chance is 0.5; bench/learning_spread.py: 0.698-0.740 over 3 training seeds
+    assert balanced > 0.62, metrics
 
 
 def test_checkpoint_becomes_a_frozen_critic_with_gradients_into_beta(lip_expert, demo_work):

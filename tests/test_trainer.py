@@ -76,7 +76,7 @@ def test_start_run_checks_before_it_writes(tmp_path, monkeypatch):
     parts = _model_parts(0)
     saved = run.checkpoint(2, parts, {"stats": [1, 2]})
     assert set(saved) == {"format", "kind", "config", "git_revision", "step", "world", "models",
-                          "ema", "optimizers", "generator", "rng", "extras"}
+                          "ema", "optimizers", "ranks", "extras"}
     with pytest.raises(UserError, match="pass --resume"):
         trainer.start_run(_cfg(out), "motion", False)
     config_before = (out / "config.json").read_bytes()
