@@ -211,6 +211,7 @@ def test_real_clip(shared_media, tmp_path, name):
     assert r > 0.8, r
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_long_input_is_bounded(tiny_dir):
     """The measurement the bench runs on 10 minutes with a base-size model, here 2 minutes tiny."""
     cfg = AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu")

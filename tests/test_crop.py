@@ -542,6 +542,7 @@ def test_s3fd_decoding_geometry():
         (44 + 3.2, 28 - 3.2, 32, 64), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_shared_media(shared_media, face_model, tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("key,path\n" + "".join(

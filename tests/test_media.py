@@ -40,6 +40,7 @@ def test_damaged_file_does_not_hang(tmp_path):
     assert "frames" in out or out["skip"].reason in (SkipReason.DECODE_ERROR, SkipReason.TIMEOUT)
 
 
+@pytest.mark.slow
 def test_timeout_kills_a_slow_decode(tmp_path):
     src = ffmpeg_video(tmp_path / "long.mp4", seconds=60.0, size="640x480", audio=False)
     with pytest.raises(Skip) as err:

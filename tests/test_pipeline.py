@@ -43,6 +43,7 @@ def clean_run(demo_manifest, tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_run_makes_valid_shards(clean_run):
     work = clean_run
     header = json.loads((work / "shards" / "manifest.jsonl").read_text().splitlines()[0])
@@ -59,6 +60,7 @@ def test_run_makes_valid_shards(clean_run):
         assert np.ptp(s["exp.npy"][:, 25]) > 0.05  # jawOpen moves: the demo mouth talks
 
 
+@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_is_identical(demo_manifest, clean_run, tmp_path):
     work = tmp_path / "killed"
     cmd = [sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()", "run",
@@ -73,6 +75,7 @@ def test_kill_9_anywhere_then_resume_is_identical(demo_manifest, clean_run, tmp_
     assert _hashes(work) == _hashes(clean_run)
 
 
+@pytest.mark.slow
 def test_part_runs_then_shard_equal_the_whole_run(demo_manifest, clean_run, tmp_path):
     work = tmp_path / "parts"
     runner = CliRunner()

@@ -123,6 +123,7 @@ def test_workers_give_the_same_outputs(tmp_path):
     assert _tree_hashes(tmp_path / "a" / "clips") == _tree_hashes(tmp_path / "b" / "clips")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     manifest = _manifest(tmp_path, 5)
     clean = tmp_path / "clean"
