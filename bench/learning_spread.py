@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -86,11 +85,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="a demo work dir (default: made in a temp dir)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
+    from motion_seams import demo_work  # bench/ is on the path when this script runs
+
     tmp = Path(tempfile.mkdtemp(prefix="fd2talk-spread-"))
-    work = args.work or tmp / "demo"
-    if not (work / "shards" / "manifest.jsonl").is_file():
-        subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
-                        "run", str(work), "--demo", "-q"], check=True, cwd=REPO)
+    work = demo_work(args.work or tmp / "demo")
     rows = []
     for seed in args.seeds:
         rows.append(measure(work, tmp / f"seed{seed}", seed))

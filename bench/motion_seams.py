@@ -30,6 +30,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def demo_work(work: Path) -> Path:
+    """`work`, with the bundled demo prepared in it unless it already holds its shards."""
+    if not (work / "shards" / "manifest.jsonl").is_file():
+        subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
+                        "run", str(work), "--demo", "-q"], check=True, cwd=REPO)
+    return work
+
+
 def voices(work: Path, model) -> dict[str, np.ndarray]:
     from fd2talk.model import data
     from fd2talk.pipeline.audio_features import LogMel
@@ -98,10 +106,7 @@ def main() -> None:
     from fd2talk.model import motion
 
     tmp = Path(tempfile.mkdtemp(prefix="fd2talk-seams-"))
-    work = args.work or tmp / "demo"
-    if not (work / "shards" / "manifest.jsonl").is_file():
-        subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
-                        "run", str(work), "--demo", "-q"], check=True, cwd=REPO)
+    work = demo_work(args.work or tmp / "demo")
     torch.set_num_threads(1)
     rows = []
     for ts in args.train_seeds:

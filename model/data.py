@@ -47,6 +47,16 @@ class DatasetInfo:
     audio_dim: int
 
 
+def check_same_kind(seen: dict, info: DatasetInfo, what: str) -> None:
+    """UserError unless `what`, trained on shards described by `seen` (a DatasetInfo dict),
+    fits shards described by `info` (coefficient and audio backends and dims)."""
+    for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
+        if seen[name] != getattr(info, name):
+            raise UserError(f"{what} was trained on {name}={seen[name]!r} but these shards have "
+                            f"{name}={getattr(info, name)!r}: use one trained on the same kind "
+                            "of shards")
+
+
 def split_shards(shards: str | Path, split: str) -> list[str]:
     """The tar paths of one split, from the shard directory's manifest.jsonl header."""
     root = Path(shards)

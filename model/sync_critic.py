@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DatasetInfo
+from .data import DatasetInfo, check_same_kind
 from .errors import UserError
 from .face_model import FaceModel
 from .lip_expert import LipExpert, LipExpertConfig, sync_loss, windows
@@ -56,12 +56,7 @@ def load_sync_critic(path: str | Path | None, info: DatasetInfo, device: str) ->
     if not Path(path).exists():
         raise UserError(f"lip expert {path} not found: {LIPSYNC_HINT}")
     part = pretrained.require(pretrained.load_parts([path]), "lip_expert", [path])
-    seen = part.config["dataset"]
-    for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
-        if seen[name] != getattr(info, name):
-            raise UserError(f"the lip expert {path} was trained on {name}={seen[name]!r} but these "
-                            f"shards have {name}={getattr(info, name)!r}: train the expert on the "
-                            "same kind of shards")
+    check_same_kind(part.config["dataset"], info, f"the lip expert {path}")
     face = FaceModel.from_state({**part.config["face_model"], **part.sub("face")})
     expert = LipExpert(LipExpertConfig(**part.config["expert_config"]), face.n_points,
                        info.audio_dim)

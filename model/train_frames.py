@@ -52,12 +52,7 @@ def motion_cache_meta(motion: str, shards: str, splits: tuple[str, ...], steps: 
     from .motion import Stitch
 
     part = pretrained.require(pretrained.load_parts([motion]), "motion", [motion])
-    seen = part.config["dataset"]
-    for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
-        if seen[name] != getattr(info, name):
-            raise UserError(f"the stage-1 model {motion} was trained on {name}={seen[name]!r} "
-                            f"but these shards have {name}={getattr(info, name)!r}: condition "
-                            "on a stage-1 model trained on the same kind of shards")
+    data_mod.check_same_kind(part.config["dataset"], info, f"the stage-1 model {motion}")
     manifest = Path(shards) / data_mod.MANIFEST
     return {"motion": pretrained.fingerprint(part), "sampler": Stitch.joint.value,
             "steps": steps, "seed": seed, "splits": list(splits),
@@ -117,8 +112,8 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, meta: dict | None, pr
         with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
             cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps,
                                      d.device, cfg.seed, d, progress and d.main)
+        run.open()  # every check has passed: the run directory may be written now
         if d.main:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp.npz")
             np.savez(tmp, **{CACHE_META: np.array(json.dumps(meta))}, **cache)
             tmp.replace(path)

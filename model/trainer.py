@@ -222,6 +222,7 @@ class Run:
     config: dict  # the resolved settings (config.json, checkpoint["config"])
     state: dict | None  # the checkpoint resumed from; None for a fresh run
     git: str
+    opened: bool = False
 
     @property
     def out(self) -> Path:
@@ -244,7 +245,10 @@ class Run:
     def open(self) -> None:
         """Rank 0 creates the run directory and writes config.json (settings + revision). A
         resumed run drops its old model folder: until it finishes, RUN/checkpoint.pt is the
-        newest model (what `pretrained.read_parts(RUN)` then reads)."""
+        newest model (what `pretrained.read_parts(RUN)` then reads). Once per run."""
+        if self.opened:
+            return
+        self.opened = True
         if self.d.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.state is not None:
