@@ -41,18 +41,18 @@ MOTION_CACHE = "predicted_motion.npz"
 CACHE_META = "fd2talk.meta"  # the cache's record of what made it (no clip key has a dot)
 
 
-def motion_cache_meta(motion: str, shards: str, splits: tuple[str, ...], steps: int, seed: int,
-                      info: data_mod.DatasetInfo) -> dict:
+def motion_cache_meta(part, source: str, shards: str, splits: tuple[str, ...], steps: int,
+                      seed: int, info: data_mod.DatasetInfo) -> dict:
     """What a predicted-motion cache must have been made with to be reused: the stage-1
     model's fingerprint (config and weights), the sampler, its steps and seed, the shards and
-    splits. A stage-1 model made for other shards (coefficients, audio features) is refused."""
+    splits. A stage-1 model (`part`, read from `source`) made for other shards (coefficients,
+    audio features) is refused."""
     import hashlib
 
     from . import pretrained
     from .motion import Stitch
 
-    part = pretrained.require(pretrained.load_parts([motion]), "motion", [motion])
-    data_mod.check_same_kind(part.config["dataset"], info, f"the stage-1 model {motion}")
+    data_mod.check_same_kind(part.config["dataset"], info, f"the stage-1 model {source}")
     manifest = Path(shards) / data_mod.MANIFEST
     return {"motion": pretrained.fingerprint(part), "sampler": Stitch.joint.value,
             "steps": steps, "seed": seed, "splits": list(splits),
@@ -76,42 +76,39 @@ def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
     return None
 
 
-def predicted_motion(path: str, shards: str, splits: tuple[str, ...], steps: int, device: str,
-                     seed: int, d: trainer.Dist, progress: bool = True) -> dict[str, np.ndarray]:
-    """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 model from each clip's audio;
-    under DDP each rank samples every world-th clip and all ranks receive the whole dict."""
+def predicted_motion(model, shards: str, splits: tuple[str, ...], steps: int, seed: int,
+                     d: trainer.Dist, progress: bool = True) -> dict[str, np.ndarray]:
+    """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 `MotionModel` from each
+    clip's audio; under DDP each rank samples every world-th clip and all ranks receive the
+    whole dict."""
     from tqdm import tqdm
 
     from . import motion as motion_mod
 
-    model = motion_mod.load_motion(path, device)
     out = {}
     clips = [c for split in splits for c in data_mod.iter_clips(shards, split)][d.rank::d.world]
     for clip in tqdm(clips, desc="stage-1 motion", leave=False, disable=not progress):
         m = motion_mod.sample(model, clip["audio"], steps=steps, seed=seed)
         out[clip["key"]] = np.concatenate([m["exp"], m["pose"]], 1).astype(np.float32)
-    if d.world > 1:
-        import torch.distributed as dist
-
-        shares: list[dict] = [{} for _ in range(d.world)]
-        dist.all_gather_object(shares, out)
-        out = {k: v for share in shares for k, v in share.items()}
-    return out
+    return {k: v for share in trainer.gather(d, out) for k, v in share.items()}
 
 
-def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, meta: dict | None, progress: bool
-                 ) -> dict[str, np.ndarray] | None:
-    """The stage-1 predictions training conditions on (None: ground truth). Kept in the run
-    directory with what made them (`meta`), and sampled again when any of that changed."""
+def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | None,
+                 progress: bool) -> dict[str, np.ndarray] | None:
+    """The stage-1 predictions training conditions on (None: ground truth), by the stage-1
+    `part`. Kept in the run directory with what made them (`meta`), and sampled again when any
+    of that changed."""
     if meta is None:
         return None
     d, path = run.d, Path(cfg.out) / MOTION_CACHE
     cache = read_motion_cache(path, meta)
     if cache is None:
         splits = tuple(meta["splits"])
+        from .motion import from_part
+
         with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
-            cache = predicted_motion(cfg.motion, cfg.shards, splits, cfg.motion_steps,
-                                     d.device, cfg.seed, d, progress and d.main)
+            cache = predicted_motion(from_part(part, d.device), cfg.shards, splits,
+                                     cfg.motion_steps, cfg.seed, d, progress and d.main)
         run.open()  # every check has passed: the run directory may be written now
         if d.main:
             tmp = path.with_name(f".{path.name}.tmp.npz")
@@ -194,11 +191,14 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     stats = (Stats.from_state_dict(run.extras["stats"]) if run.state else
              Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
                            streams=("exp", "pose")))
-    meta = None
-    if cfg.motion:
+    part = meta = None
+    if cfg.motion:  # the stage-1 model is read once: for its record and, if need be, sampling
+        from . import pretrained
+
+        part = pretrained.require(pretrained.load_parts([cfg.motion]), "motion", [cfg.motion])
         splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
-        meta = motion_cache_meta(cfg.motion, cfg.shards, splits, cfg.motion_steps, cfg.seed,
-                                 info)
+        meta = motion_cache_meta(part, cfg.motion, cfg.shards, splits, cfg.motion_steps,
+                                 cfg.seed, info)
     if run.state:
         run.refuse(None if run.extras["dataset"] == dataclasses.asdict(info) else
                    f"trained on {run.extras['dataset']} but the shards hold "
@@ -206,7 +206,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         run.refuse(None if run.extras.get("motion_cache") == meta else
                    f"conditioned on the stage-1 model {cfg.motion} as it was when the run "
                    "started, and that model has changed since: start a new run")
-    cache = motion_cache(cfg, run, meta, progress)
+    cache = motion_cache(cfg, run, part, meta, progress)
     unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
                                       latent_channels=ae.latent_channels)
     net = FrameUNet(unet_config, info.exp_dim + 6).to(d.device)
