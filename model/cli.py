@@ -282,11 +282,133 @@ def train_main() -> None:
         sys.exit(2)
 
 
+GEN_HELP = """Portrait + speech -> a talking-head video (H.264, 25 fps, the speech muxed as AAC).
+
+    fd2talk-generate --image portrait.jpg --audio speech.wav --out video.mp4 --model work/model
+    fd2talk-generate --jobs pairs.csv --model work/model      # image,audio,out per row
+
+The video lasts as long as the audio (to the frame, the last partial 40 ms included). Frames
+stream to the encoder, so long audio needs no more memory than short.
+"""
+gen_app = typer.Typer(help=GEN_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+
+class Solver(StrEnum):
+    ddim = "ddim"
+    dpm = "dpm++"
+
+
+class Noise(StrEnum):
+    shared = "shared"
+    independent = "independent"
+
+
+class DType(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@gen_app.command()
+def generate(
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="The portrait (any image "
+                     "Pillow reads: JPEG, PNG, grey, RGBA, 16-bit; EXIF rotation applied).")
+                     ] = None,
+    audio: Annotated[Path | None, typer.Option("--audio", "-a", help="The speech: any file "
+                     "ffmpeg reads (wav, mp3, m4a, flac, a video's sound).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The video to write (.mp4).")
+                   ] = None,
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder "
+                     "(`fd2talk-train export`; the demo's is work/model); repeat it to combine "
+                     "run directories or folders holding stage 1 and stage 2.")] = [],  # noqa: B006
+    jobs: Annotated[Path | None, typer.Option("--jobs", help="A CSV with columns image,audio,out: "
+                    "every row one video, the model loaded once; rows whose out exists are "
+                    "skipped; a failed row is recorded (JOBS.results.csv) and the rest go on.")
+                    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of all sampling noise (same seed, same video)."
+                                      )] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps for both stages (default: the "
+                     "model's own, 50 for the paper preset). dpm++ is good at 10-20.")] = None,
+    eta: Annotated[float, typer.Option(help="0: deterministic DDIM; up to 1: ancestral noise "
+                                       "(ddim only).")] = 0.0,
+    solver: Annotated[Solver, typer.Option(help="ddim: the paper's eq. 5; dpm++: DPM-Solver++ "
+                      "(2nd order), a few steps do.")] = Solver.ddim,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Frames denoised per batch "
+                          "(memory vs speed; does not change the frames).")] = 25,
+    device: Device = DeviceName.auto,
+    dtype: Annotated[DType, typer.Option(help="fp32; bf16 (CUDA or CPU) or fp16 (CUDA) "
+                     "autocast for the frame stage.")] = DType.fp32,
+    pose: Annotated[str, typer.Option(help="generated (stage 1's head motion), still (the "
+                    "portrait's own pose throughout) or from:VIDEO_OR_NPZ (another video's "
+                    "head motion, or a .npz with a `pose` array such as --save-coeffs writes).")
+                    ] = "generated",
+    pose_scale: Annotated[float, typer.Option("--pose-scale", help="Head motion around its mean "
+                          "times this (0: none, >1: livelier).")] = 1.0,
+    expression_scale: Annotated[float, typer.Option("--expression-scale", help="Expression "
+                                "coefficients times this (mouth and face motion).")] = 1.0,
+    noise: Annotated[Noise, typer.Option(help="Start noise: shared by all frames (less "
+                     "flicker, measured) or independent per frame.")] = Noise.shared,
+    face_index: Annotated[int | None, typer.Option("--face-index", help="Which face of a group "
+                          "photo, 0 = the largest (default).")] = None,
+    crop: Annotated[bool, typer.Option("--crop/--no-crop", help="Find and frame the face as "
+                    "training crops were (default); --no-crop: the image is such a square crop "
+                    "already.")] = True,
+    paste_back: Annotated[bool, typer.Option("--paste-back", help="Blend the face back into the "
+                          "whole portrait (feathered); best with --pose still.")] = False,
+    size: Annotated[int, typer.Option(help="Side of the face video; smaller model frames are "
+                                      "upscaled (lanczos).")] = 256,
+    save_coeffs: Annotated[Path | None, typer.Option("--save-coeffs", help="Also write the "
+                           "motion (exp, pose) as .npz.")] = None,
+    preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG: reference "
+                       "| frames over time, and the mouth opening against the speech.")] = None,
+    face_model: Annotated[str | None, typer.Option("--face-model", help="face_landmarker.task "
+                          "(default: $FD2TALK_FACE_MODEL or `fd2talk-prep fetch-face-model`'s "
+                          "place).")] = None,
+    wav2vec2: Annotated[str | None, typer.Option("--wav2vec2", help="The wav2vec 2.0 folder, for "
+                        "models trained on wav2vec2 features (default: the path they record).")
+                        ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Generate talking-head videos from a portrait and speech."""
+    from . import generate as G
+
+    if not model:
+        raise UserError("give the model with --model (the demo's is work/model; "
+                        "`fd2talk-train export` writes one)")
+    options = G.Options(seed=seed, steps=steps, eta=eta, solver=solver.value,
+                        batch_size=batch_size, pose=pose, pose_scale=pose_scale,
+                        expression_scale=expression_scale, noise=noise.value,
+                        face_index=face_index, crop=crop, paste_back=paste_back, size=size)
+    if jobs is None and (image is None or audio is None or out is None):
+        raise UserError("give --image, --audio and --out (or --jobs CSV)")
+    pipe = G.FD2TalkPipeline.from_pretrained(*model, device=device.value, dtype=dtype.value,
+                                             face_model=face_model, wav2vec2=wav2vec2)
+    if jobs is not None:
+        from .jobs import run_jobs
+
+        failed = run_jobs(pipe, jobs, options, progress=not quiet)
+        sys.exit(1 if failed else 0)
+    result = pipe(image, audio, out=out, options=options, progress=not quiet)
+    extra = []
+    if save_coeffs:
+        extra.append(f"coefficients {G.save_coeffs(save_coeffs, result, pipe.motion_model.info.coeffs, audio)}")
+    if preview:
+        from .media_io import read_speech
+
+        extra.append(f"preview {G.save_preview(preview, result, read_speech(audio), pipe.motion_model)}")
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if not quiet:
+        typer.echo(f"video {result.out}" + "".join(f"\n{e}" for e in extra))
+        typer.echo(result.summary())
+
+
 def generate_main() -> None:
-    print("fd2talk-generate is not implemented yet: it lands with the generation issue. "
-          "Stage 1 sampling is available from Python: fd2talk.model.motion.sample(...).",
-          file=sys.stderr)
-    sys.exit(2)
+    try:
+        gen_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # `python -m fd2talk.model.cli` (what torchrun -m launches)

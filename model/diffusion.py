@@ -36,6 +36,7 @@ is exactly the last x0_hat.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,9 @@ class DiffusionConfig:
 
 
 PRESETS = {"tiny": DiffusionConfig(sample_steps=10), "paper": DiffusionConfig()}
+
+
+SOLVERS = ("ddim", "dpm++")  # eq. 5 (DDIM when eta = 0) and DPM-Solver++
 
 
 class Diffusion:
@@ -176,6 +180,7 @@ class Diffusion:
         known: tuple[torch.Tensor, torch.Tensor] | None = None,
         progress: bool = False,
         dtype: torch.dtype = torch.float32,
+        solver: str = "ddim",
     ) -> torch.Tensor:
         """Draw x0 of `shape` (N, ...) by `steps` eq. 5 updates over `timesteps(steps)`.
 
@@ -186,7 +191,14 @@ class Diffusion:
         Noise order from `generator` (on `device`): x_T (if not given), then per step the eq. 5
         eps (only when sigma_t > 0), then the known eps (only when known and t_prev >= 0).
         predict is called with t as an (N,) int64 tensor filled with the current index.
+        solver="dpm++": DPM-Solver++ (2nd order, multistep; `sample_dpm`) instead of eq. 5.
         """
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+        if solver == "dpm++":
+            if known is not None:
+                raise ValueError("the dpm++ solver does not inpaint (known=): use ddim")
+            return self.sample_dpm(predict, shape, steps, generator, device, x_T, dtype)
         eta = self.config.eta if eta is None else eta
         ts = self.timesteps(steps)
         if x_T is None:
@@ -217,4 +229,42 @@ class Diffusion:
                 eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
                 t_prev_vec = torch.full((shape[0],), t_prev, device=device, dtype=torch.int64)
                 x = torch.where(mask, self.q_sample(values, t_prev_vec, eps), x)
+        return x
+
+    @torch.no_grad()
+    def sample_dpm(
+        self,
+        predict: Predict,
+        shape: tuple[int, ...],
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        x_T: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """x0 of `shape` by DPM-Solver++ (Lu et al. 2022; diffusers' DPMSolverMultistepScheduler,
+        2nd order, x0 prediction, this schedule's betas), a few-step alternative to eq. 5: at
+        10-20 steps it lands close to 50 DDIM steps (bench/generate.py measures how close).
+        Deterministic given x_T (drawn first from `generator` when not given)."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        n = self.config.sample_steps if steps is None else steps
+        if not 1 <= n <= self.T:
+            raise ValueError(f"number of sampling steps must be in [1, {self.T}], got {n}")
+        with warnings.catch_warnings():  # diffusers' own numpy-2 copy= deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sched = DPMSolverMultistepScheduler(
+                num_train_timesteps=self.T, trained_betas=self.betas.numpy(), solver_order=2,
+                prediction_type="sample", algorithm_type="dpmsolver++", lower_order_final=True)
+            sched.set_timesteps(n, device=device)
+        if x_T is None:
+            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(x_T.shape) != tuple(shape):
+                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+            x = x_T.to(device, dtype)
+        for t in sched.timesteps:
+            t_vec = torch.full((shape[0],), int(t), device=device, dtype=torch.int64)  # (N,)
+            x0_hat = predict(x, t_vec).to(dtype)
+            x = sched.step(x0_hat, t, x).prev_sample.to(dtype)
         return x

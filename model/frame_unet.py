@@ -108,13 +108,35 @@ class DualCrossAttention(nn.Module):
         else:
             self.phi = _cross_attention(width, d_c, hd, p)
 
+    def reference_kv(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """φ2's keys and values (N_ref, heads, S, head_dim) for ref tokens (N_ref, S, D_c): they
+        depend only on the reference, so a video computes them once (None for cond="concat")."""
+        if self.cond != "dual":
+            return None
+        a = self.phi2
+        n, s, _ = ref.shape
+        k = a.to_k(ref).view(n, s, a.heads, -1).transpose(1, 2)  # (N_ref, heads, S, hd)
+        v = a.to_v(ref).view(n, s, a.heads, -1).transpose(1, 2)
+        return k, v
+
+    def _phi2_cached(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """φ2 with precomputed keys/values: what diffusers' AttnProcessor2_0 computes."""
+        a = self.phi2
+        n, length, _ = q.shape
+        k, v = (t.expand(n, -1, -1, -1) for t in kv)  # (N, heads, S, hd)
+        q = a.to_q(q).view(n, length, a.heads, -1).transpose(1, 2)  # (N, heads, HW, hd)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, -1)
+        return a.to_out[1](a.to_out[0](o))  # (N, HW, C)
+
     def forward(
-        self, f: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor,
+        self, f: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor | None,
         ref_hw: tuple[int, int] | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """f (N, C, H, W), motion tokens (N, M, D_c), ref tokens (N, S, D_c) -> (N, C, H, W).
         ref_hw: the reference token grid (h', w'); given, phi2's queries carry 2-D positions in
-        that grid's units, so a location can look up the same place in the reference."""
+        that grid's units, so a location can look up the same place in the reference.
+        kv: φ2's keys/values from `reference_kv` (then ref is not used)."""
         n, c, h, w = f.shape
         x = f.flatten(2).transpose(1, 2)  # (N, H·W, C)
         if self.cond == "dual":
@@ -122,7 +144,10 @@ class DualCrossAttention(nn.Module):
             q = self.norm2(x)  # (N, H·W, C)
             if ref_hw is not None and c % 4 == 0:
                 q = q + sinusoid_2d(h, w, c, f.device, stride=ref_hw[0] / h).to(q.dtype)
-            x = x + self.phi2(q, encoder_hidden_states=ref)  # m2, eq. 7
+            if kv is not None:
+                x = x + self._phi2_cached(q, kv)  # m2, eq. 7
+            else:
+                x = x + self.phi2(q, encoder_hidden_states=ref)  # m2, eq. 7
         else:
             ctx = torch.cat([motion, ref], dim=1)  # (N, M + S, D_c)
             x = x + self.phi(self.norm1(x), encoder_hidden_states=ctx)
@@ -208,11 +233,22 @@ class FrameUNet(nn.Module):
         r = r + sinusoid_2d(h, w, d_c, ref.device).to(r.dtype)  # (N_ref, h'·w', D_c)
         return m, r
 
+    def reference_cache(self, ref: torch.Tensor) -> dict:
+        """Everything the network computes from the reference x (1, d, h, w) alone: its tokens
+        and every φ2's keys and values. Pass it as `forward(..., cache=)`: a video's frames and
+        steps then skip that work (bench/generate.py measures the gain)."""
+        _, r = self.condition(torch.zeros(1, self.motion_dim, device=ref.device,
+                                          dtype=ref.dtype), ref)
+        blocks = [b for b in self.modules() if isinstance(b, DualCrossAttention)]
+        return {"ref": ref, "tokens": r, "kv": {b: b.reference_kv(r) for b in blocks}}
+
     def forward(
-        self, j_t: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor
+        self, j_t: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """j_t (N, d, h, w), t (N,) int64, motion [β, p] (N, D_m), ref x (N or 1, d, h, w)
-        -> J0_hat (N, d, h, w). h, w divisible by config.factor; a batch-1 ref is shared."""
+        -> J0_hat (N, d, h, w). h, w divisible by config.factor; a batch-1 ref is shared.
+        cache: `reference_cache(ref)` (ref must be that batch-1 reference)."""
         n, _, h, w = j_t.shape
         cfg = self.config
         if h % cfg.factor or w % cfg.factor:
@@ -225,9 +261,16 @@ class FrameUNet(nn.Module):
             raise ValueError(f"latent size {h}x{w} is not divisible by ref_pool {cfg.ref_pool}")
 
         temb = self.time_embed(self.time_proj(t).to(j_t.dtype))  # (N, T_d)
-        m, r = self.condition(motion, ref)  # (N, M, D_c), (N or 1, S, D_c)
+        if cache is not None:
+            if cache["ref"] is not ref:
+                raise ValueError("cache was made for another reference (reference_cache(ref))")
+            m = self.motion_proj(motion).view(n, cfg.motion_tokens, cfg.cond_dim)  # (N, M, D_c)
+            r = cache["tokens"]  # (1, S, D_c)
+        else:
+            m, r = self.condition(motion, ref)  # (N, M, D_c), (N or 1, S, D_c)
         grid = (h // cfg.ref_pool, w // cfg.ref_pool) if cfg.query_positions else None  # x's grid
         r = r.expand(n, -1, -1)  # (N, S, D_c)
+        kv = cache["kv"] if cache is not None else {}
 
         x = self.conv_in(j_t)  # (N, C_0, h, w)
         skips = [x]
@@ -235,14 +278,14 @@ class FrameUNet(nn.Module):
         for i in range(levels):
             for k in range(i * layers, (i + 1) * layers):
                 x = self.down_resnets[k](x, temb)  # (N, C_i, h/2^i, w/2^i)
-                x = self._attend(self.down_attns[k], x, m, r, grid)
+                x = self._attend(self.down_attns[k], x, m, r, grid, kv)
                 skips.append(x)
             if i < levels - 1:
                 x = self.downsamplers[i](x)  # (N, C_i, h/2^(i+1), w/2^(i+1))
                 skips.append(x)
 
         x = self.mid_resnet1(x, temb)  # (N, C_L, h/2^(L-1), w/2^(L-1))
-        x = self._attend(self.mid_attn, x, m, r, grid)
+        x = self._attend(self.mid_attn, x, m, r, grid, kv)
         x = self.mid_resnet2(x, temb)
 
         k = 0
@@ -250,7 +293,7 @@ class FrameUNet(nn.Module):
             for _ in range(layers + 1):
                 x = torch.cat([x, skips.pop()], dim=1)  # (N, C + C_skip, ., .)
                 x = self.up_resnets[k](x, temb)  # (N, C_i, h/2^i, w/2^i)
-                x = self._attend(self.up_attns[k], x, m, r, grid)
+                x = self._attend(self.up_attns[k], x, m, r, grid, kv)
                 k += 1
             if i > 0:
                 x = self.upsamplers[j](x)  # (N, C_i, h/2^(i-1), w/2^(i-1))
@@ -259,8 +302,8 @@ class FrameUNet(nn.Module):
 
     @staticmethod
     def _attend(block: nn.Module, x: torch.Tensor, m: torch.Tensor, r: torch.Tensor,
-                grid: tuple[int, int] | None):
-        return x if isinstance(block, nn.Identity) else block(x, m, r, grid)
+                grid: tuple[int, int] | None, kv: dict):
+        return x if isinstance(block, nn.Identity) else block(x, m, r, grid, kv.get(block))
 
     def predictor(
         self, motion: torch.Tensor, ref: torch.Tensor

@@ -1,9 +1,11 @@
 """Stage-2 sampling: frames from a reference latent and per-frame motion (paper section 3.3,
 inference; eq. 5 sampler, then D([x, J0])).
 
-`sample_frames` is batched over frames: all frames of a chunk (default a 25-frame window)
-are denoised together as one batch. The UNet treats frames independently and every frame's
-start noise is drawn before the chunks, so with eta = 0 the chunk size changes only speed (bench/frames.py measures the gain over a per-frame loop). `reference_crop`
+`iter_frames` is batched over frames: all frames of a chunk (default a 25-frame window)
+are denoised together as one batch and handed on decoded, so memory does not grow with the
+length. The UNet treats frames independently and every frame's start noise comes from its own
+seeded draw, so with eta = 0 the chunk size changes only speed (bench/frames.py measures the
+gain over a per-frame loop). The reference's φ2 keys/values are computed once. `reference_crop`
 turns any portrait into the 256x256 face crop the models were trained on (the data
 pipeline's detector and FOMM-style box); an image without a face is a clear error.
 """
@@ -36,6 +38,7 @@ class FrameModel:
     device: str
     step: int
     latent_scale: float  # the UNet works on latents * latent_scale
+    image_size: int = CROP_SIZE  # frame side the UNet was trained on (train_config.image_size)
 
 
 def from_parts(frames, autoencoder, device: str) -> FrameModel:
@@ -52,7 +55,8 @@ def from_parts(frames, autoencoder, device: str) -> FrameModel:
     return FrameModel(unet.eval().requires_grad_(False).to(device),
                       ae.eval().requires_grad_(False).to(device), Stats.from_state_dict(c["stats"]),
                       Diffusion(DiffusionConfig(**c["diffusion"])), device, int(c["step"]),
-                      float(c["latent_scale"]))
+                      float(c["latent_scale"]),
+                      int(c.get("train_config", {}).get("image_size", CROP_SIZE)))
 
 
 def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None = None
@@ -70,32 +74,78 @@ def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None 
                       pretrained.require(parts, "autoencoder", [path]), resolve_device(device))
 
 
+NOISES = ("independent", "shared")  # start noise per frame, or one draw for every frame
+
+
+def start_noise(shape: tuple[int, ...], first: int, n: int, seed: int, noise: str,
+                device: str) -> torch.Tensor:
+    """(n, *shape) start noise of frames first .. first + n - 1: frame i's own draw (a
+    generator seeded by (seed, i), so the batch size never changes a frame) or, with
+    noise="shared", one draw (seed) for every frame. Memory: one batch, whatever the length."""
+    if noise not in NOISES:
+        raise UserError(f"noise must be one of {', '.join(NOISES)}, not {noise!r}")
+    frames = [0] * n if noise == "shared" else range(first, first + n)
+    return torch.stack([torch.randn(shape, generator=torch.Generator(device=device).manual_seed(
+        seed * 1_000_003 + i), device=device) for i in frames])
+
+
+def autocast(device: str, dtype: str):
+    """A torch.autocast context for --dtype bf16/fp16 (fp32: none). fp16 needs CUDA."""
+    import contextlib
+
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype not in ("bf16", "fp16"):
+        raise UserError(f"dtype must be fp32, bf16 or fp16, not {dtype!r}")
+    if dtype == "fp16" and not str(device).startswith("cuda"):
+        raise UserError("--dtype fp16 needs a CUDA device: use fp32 or bf16 on the CPU")
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
 @torch.no_grad()
-def sample_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,
-                  steps: int = 50, eta: float = 0.0, seed: int = 0, chunk: int = CHUNK,
-                  ref_latent: bool = False) -> torch.Tensor:
-    """Frames (F, 3, H, W) in [-1, 1] for raw motion exp (F, D_exp), pose (F, 6).
+def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,
+                steps: int = 50, eta: float = 0.0, seed: int = 0, chunk: int = CHUNK,
+                ref_latent: bool = False, solver: str = "ddim", noise: str = "independent",
+                cache: bool = True, dtype: str = "fp32"):
+    """Yield frames (n, 3, H, W) in [-1, 1], `chunk` at a time, for raw motion exp (F, D_exp),
+    pose (F, 6): the frames are denoised as one batch per chunk, decoded and handed on, so a
+    caller that writes them out keeps one chunk in memory whatever the length.
 
     ref: the reference image (3, H, W) in [-1, 1] (or its latent (d, h, w) with
-    ref_latent=True). chunk: frames per batch (1 = a per-frame loop)."""
+    ref_latent=True). chunk: frames per batch (1 = a per-frame loop). solver: "ddim" (eq. 5)
+    or "dpm++". noise: "independent" start noise per frame or one "shared" by all frames.
+    cache: compute the reference's φ2 keys/values once (else at every step, as training does).
+    With eta = 0 the frames do not depend on `chunk`."""
+    if chunk < 1:
+        raise UserError(f"the batch size must be at least 1, got {chunk}")
     x = ref.to(model.device)[None]
-    x = (x if ref_latent else model.ae.encode(x)) * model.latent_scale  # (1, d, h, w)
+    with autocast(model.device, dtype):
+        x = (x if ref_latent else model.ae.encode(x).float()) * model.latent_scale  # (1, d, h, w)
+        kv = model.unet.reference_cache(x) if cache else None
     motion = torch.cat([model.stats.normalize("exp", torch.from_numpy(np.asarray(exp, np.float32))),
                         model.stats.normalize("pose", torch.from_numpy(np.asarray(pose, np.float32)))],
                        -1).to(model.device)  # (F, D_exp + 6)
-    gen = torch.Generator(device=model.device).manual_seed(seed)
-    # every frame's start noise first, so the chunk size changes the speed, not the frames
-    noise = torch.randn((len(motion), *x.shape[1:]), generator=gen, device=model.device)
-    frames = []
+    gen = torch.Generator(device=model.device).manual_seed(seed)  # eta > 0: the steps' noise
+    s = model.latent_scale
     for a in range(0, len(motion), chunk):
         cond = motion[a:a + chunk]  # (n, D)
-        xs = x.expand(len(cond), -1, -1, -1)  # (n, d, h, w)
-        j0 = model.diffusion.sample(lambda j_t, t, c=cond, r=xs: model.unet(j_t, t, c, r),
-                                    tuple(xs.shape), steps=steps, eta=eta, generator=gen,
-                                    device=model.device, x_T=noise[a:a + chunk])  # (n, d, h, w)
-        s = model.latent_scale
-        frames.append(model.ae.decode(xs / s, j0 / s).clamp(-1, 1))  # D([x, J0]) (n, 3, H, W)
-    return torch.cat(frames)
+        x_T = start_noise(tuple(x.shape[1:]), a, len(cond), seed, noise, model.device)
+        with autocast(model.device, dtype):
+            j0 = model.diffusion.sample(
+                lambda j_t, t, c=cond: model.unet(j_t, t, c, x, cache=kv), tuple(x_T.shape),
+                steps=steps, eta=eta, generator=gen, device=model.device, x_T=x_T,
+                solver=solver)  # (n, d, h, w)
+            out = model.ae.decode((x / s).expand(len(cond), -1, -1, -1), j0 / s)  # D([x, J0])
+        yield out.float().clamp(-1, 1)  # (n, 3, H, W)
+
+
+def sample_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,
+                  steps: int = 50, eta: float = 0.0, seed: int = 0, chunk: int = CHUNK,
+                  ref_latent: bool = False, **options) -> torch.Tensor:
+    """All frames (F, 3, H, W) in [-1, 1] at once (`iter_frames` for its options)."""
+    return torch.cat(list(iter_frames(model, ref, exp, pose, steps, eta, seed, chunk,
+                                      ref_latent, **options)))
 
 
 def reference_crop(image: np.ndarray, face_model: str | None = None,

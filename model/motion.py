@@ -75,23 +75,40 @@ def audio_features(model: MotionModel, audio_path: str | Path,
     """Features of an audio (or video) file computed as the training shards' were: (F, D_a),
     F = round(duration * 25)."""
     from fd2talk.pipeline import media
-    from fd2talk.pipeline.audio_features import LogMel, Wav2Vec2Features, Wav2Vec2Options
 
     samples = media.read_audio(Path(audio_path), timeout=600.0, sample_rate=SAMPLE_RATE)
     frames = int(round(len(samples) / SAMPLES_PER_FRAME))
     if frames == 0:
         raise UserError(f"{audio_path} holds no audio (or less than one 40 ms frame)")
+    return speech_features(model, samples, frames, wav2vec2)
+
+
+def speech_features(model: MotionModel, samples: np.ndarray, frames: int,
+                    wav2vec2: str | None = None) -> np.ndarray:
+    """(frames, D_a) features of 16 kHz mono samples with the backend the model was trained
+    on (logmel, or the wav2vec 2.0 model of its record / `wav2vec2`, whose width must fit)."""
+    from fd2talk.pipeline.audio_features import LogMel, Wav2Vec2Features, Wav2Vec2Options
+
     if model.info.audio_features == "logmel":
         return LogMel().features(samples, frames)
     cfg = model.audio_config
     src = wav2vec2 or cfg.get("wav2vec2")
     if not src:
         raise UserError("this motion model was trained on wav2vec2 features: pass the same "
-                        "wav2vec 2.0 model directory (wav2vec2=...)")
+                        "wav2vec 2.0 model directory (--wav2vec2)")
+    if not Path(src).is_dir():
+        raise UserError(f"the wav2vec 2.0 model {src} (the motion model's audio backend) is not "
+                        "a folder here: pass its local copy with --wav2vec2 (a Hugging Face "
+                        "folder with config.json and weights)")
     opts = Wav2Vec2Options(layer=cfg.get("layer", -1),
                            chunk_seconds=cfg.get("chunk_seconds", 15.0),
                            context_seconds=cfg.get("context_seconds", 2.5), device=model.device)
-    return Wav2Vec2Features(src, opts).features(samples, frames)
+    feats = Wav2Vec2Features(src, opts).features(samples, frames)
+    if feats.shape[1] != model.info.audio_dim:
+        raise UserError(f"the motion model was trained on {model.info.audio_dim}-dim wav2vec2 "
+                        f"features ({cfg.get('wav2vec2')}) but {src} gives {feats.shape[1]}: "
+                        "use the wav2vec 2.0 model it was trained with")
+    return feats
 
 
 def window_starts(frames: int, window: int = WINDOW, overlap: int = OVERLAP) -> list[int]:
@@ -114,12 +131,14 @@ class Stitch(StrEnum):
 @torch.no_grad()
 def sample(model: MotionModel, audio: np.ndarray | str | Path, steps: int = 50, eta: float = 0.0,
            seed: int = 0, overlap: int = OVERLAP, wav2vec2: str | None = None,
-           stitch: Stitch | str = Stitch.joint) -> dict:
+           stitch: Stitch | str = Stitch.joint, solver: str = "ddim") -> dict:
     """exp (F, D_exp) and pose (F, 6) float32 for audio features (F, D_a) or an audio file."""
     feats = audio if isinstance(audio, np.ndarray) else audio_features(model, audio, wav2vec2)
     if feats.ndim != 2 or feats.shape[1] != model.info.audio_dim:
         raise UserError(f"audio features of shape {feats.shape} do not fit this model, which "
                         f"takes (F, {model.info.audio_dim}) {model.info.audio_features} features")
+    if stitch == "inpaint" and solver != "ddim":
+        raise UserError("stitch='inpaint' works with the ddim solver only")
     if stitch not in set(Stitch):
         raise UserError(f"stitch must be one of {', '.join(Stitch)}, not {stitch!r}")
     stitch = Stitch(stitch)
@@ -133,7 +152,7 @@ def sample(model: MotionModel, audio: np.ndarray | str | Path, steps: int = 50, 
     out = {}
     for name, net in model.nets.items():
         if stitch is Stitch.joint:
-            x = _sample_joint(model, net, a, starts, steps, eta, gen)
+            x = _sample_joint(model, net, a, starts, steps, eta, gen, solver)
         else:
             x = _sample_inpaint(model, net, a, starts, overlap, steps, eta, gen)
         out[name] = model.stats.denormalize(name, x[0, :frames]).cpu().numpy()
@@ -152,7 +171,8 @@ def window_weights(window: int = WINDOW, device: str | torch.device = "cpu") -> 
 
 
 def _sample_joint(model: MotionModel, net: MotionDiT, a: torch.Tensor, starts: list[int],
-                  steps: int, eta: float, gen: torch.Generator) -> torch.Tensor:
+                  steps: int, eta: float, gen: torch.Generator, solver: str = "ddim"
+                  ) -> torch.Tensor:
     """(1, F', D) normalised motion: every window denoised at once (MultiDiffusion).
 
     The state is the whole sequence x_t (1, F', D). At each step the network predicts x0 for
@@ -175,7 +195,7 @@ def _sample_joint(model: MotionModel, net: MotionDiT, a: torch.Tensor, starts: l
         return (acc / cover[:, None])[None]  # (1, F', D)
 
     return model.diffusion.sample(predict, (1, a.shape[1], net.motion_dim), steps=steps, eta=eta,
-                                  generator=gen, device=model.device)
+                                  generator=gen, device=model.device, solver=solver)
 
 
 def _sample_inpaint(model: MotionModel, net: MotionDiT, a: torch.Tensor, starts: list[int],

@@ -1,0 +1,250 @@
+"""Generation: portraits of any kind, audio of any format, the streamed mp4 with its audio,
+the few-step solver, the reference cache, pose options, batch jobs, and (slow) the whole
+pipeline with the demo-trained tiny models through the API and the CLI."""
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fd2talk.model import generate as G
+from fd2talk.model import media_io
+from fd2talk.model.errors import UserError
+from fd2talk.model.schema import SAMPLE_RATE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> Path:
+    data = np.clip(samples, -1, 1)
+    if channels > 1:
+        data = np.repeat(data[:, None], channels, 1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((data * 32767).astype("<i2").tobytes())
+    return path
+
+
+def speech(seconds: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    from fd2talk.pipeline.speech import synthetic_speech
+
+    return synthetic_speech(int(seconds * rate), rate, np.random.default_rng(0)).astype(np.float32)
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=120)
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of",
+                          "json", str(path)], capture_output=True, check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def portrait() -> np.ndarray:
+    from fd2talk.pipeline.demo import _hopper
+
+    return _hopper()
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def test_images_of_every_kind_become_upright_rgb8(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:10] = (255, 0, 0)  # a red band on top
+    grey = media_io.to_rgb8(rgb[..., 0])
+    assert grey.shape == (40, 60, 3) and (grey[0] == 255).all()
+    rgba = np.concatenate([rgb, np.zeros((40, 60, 1), np.uint8)], 2)  # fully transparent
+    assert (media_io.to_rgb8(rgba) == 255).all()  # over white
+    sixteen = (rgb.astype(np.uint16) * 257)
+    assert np.array_equal(media_io.to_rgb8(sixteen), rgb)
+    assert np.array_equal(media_io.to_rgb8(rgb.astype(np.float32) / 255), rgb)
+    with pytest.raises(UserError, match="expected an .H, W. grey"):
+        media_io.to_rgb8(np.zeros((4, 4, 2), np.uint8))
+
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    assert media_io.read_image(tmp_path / "grey.png").shape == (40, 60, 3)
+    assert (media_io.read_image(tmp_path / "rgba.png") == 255).all()
+    assert media_io.read_image(tmp_path / "sixteen.png")[0, 0, 0] == 255
+    # EXIF orientation 6 (rotate 90 clockwise to view): the stored image is read upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    up = media_io.read_image(tmp_path / "rotated.jpg")
+    assert up.shape == (60, 40, 3) and up[:, -5:, 0].mean() > 200  # the band is now on the right
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read the portrait .* JPEG or PNG"):
+        media_io.read_image(tmp_path / "bad.jpg")
+    with pytest.raises(UserError, match="not found"):
+        media_io.read_image(tmp_path / "missing.png")
+
+
+def test_audio_of_any_format_is_16k_mono_and_bad_audio_is_a_clear_error(tmp_path):
+    wav = write_wav(tmp_path / "s44.wav", speech(2.0, 44100), 44100, channels=2)
+    ffmpeg("-i", str(wav), "-c:a", "libmp3lame", str(tmp_path / "s.mp3"))
+    ffmpeg("-i", str(wav), "-c:a", "aac", str(tmp_path / "s.m4a"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=2", "-i", str(wav),
+           "-shortest", "-c:v", "libx264", "-c:a", "aac", str(tmp_path / "v.mp4"))
+    for name in ("s44.wav", "s.mp3", "s.m4a", "v.mp4"):
+        x = media_io.read_speech(tmp_path / name)
+        assert x.dtype == np.float32 and abs(len(x) / SAMPLE_RATE - 2.0) < 0.08, name
+        assert media_io.frame_count(x) in (49, 50, 51, 52)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        media_io.read_speech(tmp_path / "empty.wav")
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=1", "-c:v", "libx264",
+           str(tmp_path / "silent.mp4"))
+    with pytest.raises(UserError, match="has no audio stream"):
+        media_io.read_speech(tmp_path / "silent.mp4")
+    (tmp_path / "junk.mp3").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(UserError, match="cannot read .* as audio"):
+        media_io.read_speech(tmp_path / "junk.mp3")
+    write_wav(tmp_path / "tiny.wav", np.zeros(100, np.float32))
+    with pytest.raises(UserError, match="less than one 40 ms frame"):
+        media_io.read_speech(tmp_path / "tiny.wav")
+    # the frame count keeps the last partial frame once it is half a frame
+    assert media_io.frame_count(np.zeros(640 * 10 + 320)) == 11
+    assert media_io.frame_count(np.zeros(640 * 10 + 319)) == 10
+
+
+def test_video_writer_streams_h264_with_the_audio_and_leaves_nothing_on_failure(tmp_path):
+    audio = write_wav(tmp_path / "a.wav", speech(1.5))
+    out = tmp_path / "out" / "v.mp4"
+    rng = np.random.default_rng(0)
+    with media_io.VideoWriter(out, 64, 64, audio, size=(128, 128)) as w:
+        for _ in range(3):
+            w.write(rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8))
+        w.close()
+    info = ffprobe(out)
+    v = next(s for s in info["streams"] if s["codec_type"] == "video")
+    a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert (v["codec_name"], v["pix_fmt"], v["width"], v["r_frame_rate"]) == (
+        "h264", "yuv420p", 128, "25/1")
+    assert int(v["nb_frames"]) == 36 and a["codec_name"] == "aac"
+    assert not list(out.parent.glob(".*partial*"))
+    bad = tmp_path / "bad.mp4"
+    with pytest.raises(RuntimeError), media_io.VideoWriter(bad, 64, 64, audio) as w:
+        w.write(np.zeros((2, 64, 64, 3), np.uint8))
+        raise RuntimeError("killed mid-way")
+    assert not bad.exists() and not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(UserError, match=".mp4"):
+        media_io.VideoWriter(tmp_path / "v.gif", 64, 64, audio)
+
+
+# ---- sampling parts -------------------------------------------------------------------------
+
+def test_dpm_solver_matches_many_step_ddim_in_few_steps():
+    """Data N(mu, s^2) per dim: the exact x0 predictor is known, so a solver's error is its
+    own. 15 DPM-Solver++ steps land closer to the 500-step DDIM result than 15 DDIM steps."""
+    from fd2talk.model.diffusion import Diffusion, DiffusionConfig
+
+    d = Diffusion(DiffusionConfig())
+    ab = d.alphas_bar.float()
+    mu, s = torch.linspace(-1, 1, 16), torch.linspace(0.2, 1.0, 16)
+
+    def predict(x, t):  # E[x0 | x_t] for Gaussian data
+        a = ab[t].view(-1, 1)
+        var = a * s**2 + (1 - a)
+        return mu + a.sqrt() * s**2 / var * (x - a.sqrt() * mu)
+
+    x_T = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    ref = d.sample(predict, (64, 16), steps=500, x_T=x_T)
+    err = {k: (d.sample(predict, (64, 16), steps=15, x_T=x_T, solver=k) - ref).abs().mean()
+           for k in ("ddim", "dpm++")}
+    assert err["dpm++"] < 0.5 * err["ddim"], err
+    with pytest.raises(ValueError, match="solver must be one of"):
+        d.sample(predict, (2, 16), solver="euler")
+
+
+def test_reference_cache_gives_the_same_frames_and_computes_keys_once():
+    from fd2talk.model.frame_unet import PRESETS, FrameUNet
+
+    torch.manual_seed(0)
+    net = FrameUNet(PRESETS["tiny"], 10).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    d = PRESETS["tiny"].latent_channels
+    j, ref = torch.randn(3, d, 16, 16), torch.randn(1, d, 16, 16)
+    t, m = torch.tensor([5, 500, 900]), torch.randn(3, 10)
+    calls = []
+    blocks = [b for b in net.modules() if hasattr(b, "phi2")]
+    for b in blocks:
+        b.phi2.to_k.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        plain = net(j, t, m, ref)
+        n_plain = len(calls)
+        cache = net.reference_cache(ref)
+        n_cache = len(calls) - n_plain
+        cached = [net(j, t, m, ref, cache=cache) for _ in range(3)]
+    assert n_plain == len(blocks) and n_cache == len(blocks)
+    assert len(calls) == n_plain + n_cache  # the three cached calls computed no keys
+    torch.testing.assert_close(cached[0], plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="another reference"):
+        net(j, t, m, ref.clone(), cache=cache)
+
+
+def test_pose_tracks_fit_any_length_and_scale_about_their_mean():
+    track = np.arange(5, dtype=np.float32)[:, None].repeat(6, 1)
+    assert G.fit_length(track, 3)[:, 0].tolist() == [0, 1, 2]
+    assert G.fit_length(track, 12)[:, 0].tolist() == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]
+    assert G.fit_length(track[:1], 4).shape == (4, 6)
+    m = {"exp": np.ones((5, 3), np.float32), "pose": track}
+    s = G.scale_motion(m, 0.0, 2.0)
+    assert np.allclose(s["pose"], 2.0) and np.allclose(s["exp"], 2.0)
+    assert np.allclose(G.scale_motion(m, 1.0, 1.0)["pose"], track)
+
+
+def test_options_refuse_what_cannot_work():
+    for bad, match in [(dict(steps=0), "--steps"), (dict(batch_size=0), "--batch-size"),
+                       (dict(solver="euler"), "--solver"), (dict(pose="wobbly"), "--pose"),
+                       (dict(solver="dpm++", eta=0.5), "--eta > 0 needs"),
+                       (dict(pose_scale=-1), "scale"), (dict(size=33), "--size")]:
+        with pytest.raises(UserError, match=match):
+            G.Options(**bad)
+
+
+def test_paste_back_blends_the_face_into_the_whole_portrait():
+    img = np.full((300, 200, 3), 50, np.uint8)
+    ref = G.Reference(img, np.zeros((256, 256, 3), np.uint8), (40, 80, 160, 200), 1)
+    paste = G.Paste(ref)
+    out = paste(np.full((2, 64, 64, 3), 250, np.uint8))
+    assert out.shape == (2, 300, 200, 3)
+    assert (out[:, 140, 100] == 250).all()  # the face's centre: the generated pixels
+    assert (out[:, 10, 10] == 50).all() and (out[:, 80, 40] == 50).all()  # outside, its edge
+    assert 50 < out[0, 140, 50, 0] < 250  # the feathered band blends
+
+
+def test_jobs_csv_needs_its_columns(tmp_path):
+    from fd2talk.model.jobs import read_jobs
+
+    (tmp_path / "j.csv").write_text("image,audio\na.jpg,b.wav\n")
+    with pytest.raises(UserError, match="lacks out"):
+        read_jobs(tmp_path / "j.csv")
+    (tmp_path / "k.csv").write_text("image,audio,out\na.jpg,b.wav,o/v.mp4\n\n")
+    rows = read_jobs(tmp_path / "k.csv")
+    assert len(rows) == 1 and rows[0]["out"] == str(tmp_path / "o" / "v.mp4")
+
+
+def test_generate_cli_help_and_a_missing_model(tmp_path):
+    cmd = [sys.executable, "-c", "from fd2talk.model.cli import generate_main; generate_main()"]
+    help_ = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0
+    for option in ("--pose", "--solver", "--jobs", "--paste-back", "--save-coeffs", "--preview",
+                   "--dtype", "--expression-scale", "--face-index"):
+        assert option in help_.stdout
+    r = subprocess.run(cmd + ["--image", "a.jpg", "--audio", "b.wav", "--out",
+                              str(tmp_path / "v.mp4"), "--model", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "model" in r.stderr and "not found" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "v.mp4").exists()
