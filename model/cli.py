@@ -193,6 +193,12 @@ def autoencoder(shards: Shards, out: Out,
                                       ] = AE["lambda_per"],
                 lambda_vq: Annotated[float, typer.Option(help="Weight of the VQ loss.")
                                      ] = AE["lambda_vq"],
+                jitter: Annotated[float, typer.Option(
+                    min=0.0, max=1.0,
+                    help="Colour looks shared by each frame pair: per-channel gain and a gamma "
+                    "1 +- J. 0 for a pretrained autoencoder; about 0.15 for one trained from "
+                    "scratch on a few videos (the demo), which would otherwise pull a new "
+                    "video's colours towards its training videos'.")] = AE["jitter"],
                 image_size: ImageSize = AE["image_size"], val_split: ValSplit = AE["val_split"],
                 val_every: Every = AE["val_every"], save_every: Every = AE["save_every"],
                 log_every: Every = AE["log_every"], seed: Seed = AE["seed"],

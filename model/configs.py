@@ -257,6 +257,10 @@ class AutoencoderTrainConfig(RunConfig):
     lambda_vq: float = 1.0
     pairs_per_clip: int = 4
     image_size: int = CROP_SIZE  # frames are resized to this (smaller for CPU smoke runs)
+    # colour looks (frame_data.recolour: per-channel gain and gamma, alike for the pair). 0 =
+    # none (a pretrained autoencoder); ~0.15 lets one trained from scratch on a few videos
+    # keep a held-out video's colours
+    jitter: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -81,9 +81,26 @@ def jitter(images: list[np.ndarray], rng: random.Random, amount: float) -> list[
             for im in images]
 
 
+def recolour(images: list[np.ndarray], rng: random.Random, amount: float) -> list[np.ndarray]:
+    """One random colour look applied alike to all `images` ((3, H, W) in [-1, 1]): per-channel
+    gain 1 ± amount and a gamma 1 ± amount on [0, 1] intensities (a white balance and a
+    tone curve, as cameras and grading differ; no channel swap). amount 0: none.
+
+    The autoencoder's augmentation: trained from scratch on a few videos it otherwise learns
+    their few colour looks by heart and casts a held-out video's colours towards them
+    (measured on the demo: ARCHITECTURE.md, stage 2)."""
+    if amount <= 0:
+        return images
+    gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
+    gamma = 1 + rng.uniform(-amount, amount)
+    return [np.clip((((im + 1) / 2) ** gamma) * gain[:, None, None] * 2 - 1, -1, 1
+                    ).astype(np.float32) for im in images]
+
+
 class AutoencoderPairs:
-    def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE):
-        self.n, self.size = pairs_per_clip, image_size
+    def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE,
+                 jitter: float = 0.0):
+        self.n, self.size, self.jitter = pairs_per_clip, image_size, jitter
 
     def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
         idx = np.flatnonzero(clip["valid"])
@@ -93,8 +110,8 @@ class AutoencoderPairs:
         out = []
         for _ in range(self.n):
             a, b = rng.sample(list(idx), 2)
-            out.append({"ref": to_image(frames[a]), "frame": to_image(frames[b]),
-                        "key": clip["key"], "index": int(b)})
+            ref, frame = recolour([to_image(frames[a]), to_image(frames[b])], rng, self.jitter)
+            out.append({"ref": ref, "frame": frame, "key": clip["key"], "index": int(b)})
         return out
 
 

@@ -107,7 +107,7 @@ def autocast(device: str, dtype: str):
 def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,
                 steps: int = 50, eta: float = 0.0, seed: int = 0, chunk: int = CHUNK,
                 ref_latent: bool = False, solver: str = "ddim", noise: str = "independent",
-                cache: bool = True, dtype: str = "fp32"):
+                cache: bool = True, dtype: str = "fp32", calibrate: bool = True):
     """Yield frames (n, 3, H, W) in [-1, 1], `chunk` at a time, for raw motion exp (F, D_exp),
     pose (F, 6): the frames are denoised as one batch per chunk, decoded and handed on, so a
     caller that writes them out keeps one chunk in memory whatever the length.
@@ -116,13 +116,18 @@ def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.
     ref_latent=True). chunk: frames per batch (1 = a per-frame loop). solver: "ddim" (eq. 5)
     or "dpm++". noise: "independent" start noise per frame or one "shared" by all frames.
     cache: compute the reference's φ2 keys/values once (else at every step, as training does).
-    With eta = 0 the frames do not depend on `chunk`."""
+    calibrate: correct the autoencoder's colour bias for this video (`colour_calibration`;
+    needs the reference image, not its latent). With eta = 0 the frames do not depend on
+    `chunk`."""
     if chunk < 1:
         raise UserError(f"the batch size must be at least 1, got {chunk}")
-    x = ref.to(model.device)[None]
+    image = ref.to(model.device)[None]
     with autocast(model.device, dtype):
-        x = (x if ref_latent else model.ae.encode(x).float()) * model.latent_scale  # (1, d, h, w)
-        kv = model.unet.reference_cache(x) if cache else None
+        x = (image if ref_latent else model.ae.encode(image).float()) * model.latent_scale
+        kv = model.unet.reference_cache(x) if cache else None  # x: (1, d, h, w)
+    gain = offset = None
+    if calibrate and not ref_latent:
+        gain, offset = colour_calibration(model, image, x / model.latent_scale)
     motion = torch.cat([model.stats.normalize("exp", torch.from_numpy(np.asarray(exp, np.float32))),
                         model.stats.normalize("pose", torch.from_numpy(np.asarray(pose, np.float32)))],
                        -1).to(model.device)  # (F, D_exp + 6)
@@ -136,8 +141,28 @@ def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.
                 lambda j_t, t, c=cond: model.unet(j_t, t, c, x, cache=kv), tuple(x_T.shape),
                 steps=steps, eta=eta, generator=gen, device=model.device, x_T=x_T,
                 solver=solver)  # (n, d, h, w)
-            out = model.ae.decode((x / s).expand(len(cond), -1, -1, -1), j0 / s)  # D([x, J0])
-        yield out.float().clamp(-1, 1)  # (n, 3, H, W)
+            out = model.ae.decode((x / s).expand(len(cond), -1, -1, -1), j0 / s).float()
+        if gain is not None:  # D([x, J0]) (n, 3, H, W), the reference's colours restored
+            out = out * gain + offset
+        yield out.clamp(-1, 1)  # (n, 3, H, W)
+
+
+def colour_calibration(model: FrameModel, image: torch.Tensor, latent: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel gain and offset ((1, 3, 1, 1) each) that map the autoencoder's rendering
+    of the reference, D([x, x]), onto the reference image itself (least squares over its
+    pixels). An autoencoder trained on few videos shifts an unseen video's colours (the
+    demo's held-out clips: 10-17 levels); the shift is the video's, the same in every frame,
+    and the reference shows it, so applying this map to every decoded frame removes it (the
+    reference only: no ground truth is used). Measured on the demo in ARCHITECTURE.md."""
+    with torch.no_grad():
+        rt = model.ae.decode(latent, latent).float().clamp(-1, 1)  # (1, 3, H, W)
+    a, b = rt[0].flatten(1), image[0].float().flatten(1)  # (3, H*W)
+    am, bm = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
+    var = ((a - am) ** 2).mean(1, keepdim=True)
+    gain = (((a - am) * (b - bm)).mean(1, keepdim=True) / var.clamp_min(1e-6)).clamp(0.5, 2.0)
+    offset = bm - gain * am
+    return gain.view(1, 3, 1, 1), offset.view(1, 3, 1, 1)
 
 
 def sample_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,

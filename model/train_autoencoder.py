@@ -65,8 +65,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
     d = run.d
     data_mod.dataset_info(cfg.shards, "train", AE_FIELDS)  # clear errors before anything heavy
     urls = data_mod.split_shards(cfg.shards, "train")
-    maker = AutoencoderPairs(cfg.pairs_per_clip, cfg.image_size)
-    val = val_pairs(cfg.shards, cfg.val_split, maker, cfg.batch_size, cfg.seed + 1) \
+    maker = AutoencoderPairs(cfg.pairs_per_clip, cfg.image_size, cfg.jitter)
+    plain = AutoencoderPairs(cfg.pairs_per_clip, cfg.image_size)  # validation: true colours
+    val = val_pairs(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1) \
         if cfg.val_split else []
     perceptual = None
     if cfg.lambda_per > 0:
