@@ -248,3 +248,123 @@ def test_generate_cli_help_and_a_missing_model(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "model" in r.stderr and "not found" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "v.mp4").exists()
+
+
+# ---- the whole pipeline with the demo-trained tiny models (slow: they train first) -----------
+
+@pytest.fixture(scope="module")
+def pipe(motion_run, frames_run, face_model):
+    return G.FD2TalkPipeline.from_pretrained(motion_run, frames_run, device="cpu",
+                                             face_model=str(face_model))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A real portrait (Grace Hopper, matplotlib's sample photo) and 3.3 s of speech as a
+    44.1 kHz stereo m4a."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("inputs")
+    Image.fromarray(portrait()).save(d / "portrait.jpg", quality=95)
+    wav = write_wav(d / "speech.wav", speech(3.3, 44100), 44100, channels=2)
+    ffmpeg("-i", str(wav), "-c:a", "aac", str(d / "speech.m4a"))
+    return d / "portrait.jpg", d / "speech.m4a"
+
+
+def test_pipeline_video_lasts_as_long_as_the_audio_and_a_seed_fixes_it(pipe, inputs, tmp_path):
+    image, audio = inputs
+    opts = G.Options(steps=4, batch_size=25)
+    r = pipe(image, audio, out=tmp_path / "v.mp4", options=opts, keep_frames=True)
+    info = ffprobe(r.out)
+    v = next(s for s in info["streams"] if s["codec_type"] == "video")
+    a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert (v["codec_name"], v["pix_fmt"], v["r_frame_rate"], v["width"]) == (
+        "h264", "yuv420p", "25/1", 256)
+    assert a["codec_name"] == "aac"
+    seconds = len(media_io.read_speech(audio)) / SAMPLE_RATE
+    assert abs(int(v["nb_frames"]) / 25 - seconds) <= 1 / 25 and r.frames == int(v["nb_frames"])
+    assert r.video.shape == (r.frames, pipe.image_size, pipe.image_size, 3)
+    assert set(r.timings) == {"reference", "motion", "frames", "encode"}
+    assert r.motion["exp"].shape[0] == r.motion["pose"].shape[0] == r.frames
+    assert len(r.preview_frames) == G.PREVIEW_FRAMES and "s of compute per s" in r.summary()
+    again = pipe(image, audio, options=G.Options(steps=4, batch_size=7), keep_frames=True)
+    assert np.abs(again.video.astype(int) - r.video).max() <= 1  # batch size: speed only
+    other = pipe(image, audio, options=G.Options(steps=4, seed=1), keep_frames=True)
+    assert np.abs(other.video.astype(int) - r.video).mean() > 0.5  # the seed matters
+    fast = pipe(image, audio, options=G.Options(steps=4, solver="dpm++", noise="independent"),
+                keep_frames=True)
+    assert fast.video.shape == r.video.shape
+
+
+def test_pose_modes_and_scales(pipe, inputs, tmp_path):
+    image, audio = inputs
+    still = pipe(image, audio, options=G.Options(steps=2, pose="still"))
+    assert np.allclose(still.motion["pose"], still.motion["pose"][0])
+    assert np.allclose(still.motion["pose"][0], still.reference.pose, atol=1e-5)
+    track = np.cumsum(np.full((30, 6), 0.01, np.float32), 0)
+    np.savez(tmp_path / "pose.npz", pose=track)
+    driven = pipe(image, audio, options=G.Options(steps=2, pose=f"from:{tmp_path / 'pose.npz'}"))
+    assert np.allclose(driven.motion["pose"][:30], track, atol=1e-6)  # then played back
+    assert np.allclose(driven.motion["pose"][30], track[28]) and driven.notes
+    calm = pipe(image, audio, options=G.Options(steps=2, pose_scale=0, expression_scale=0))
+    assert np.allclose(calm.motion["pose"], calm.motion["pose"][0], atol=1e-5)
+    assert np.allclose(calm.motion["exp"], 0)
+    np.savez(tmp_path / "bad.npz", exp=track)
+    with pytest.raises(UserError, match="has no `pose` array"):
+        pipe(image, audio, options=G.Options(steps=2, pose=f"from:{tmp_path / 'bad.npz'}"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from fd2talk.model.cli import generate_main; generate_main()"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_cli_writes_video_preview_and_coefficients_and_refuses_bad_inputs(
+        motion_run, frames_run, inputs, face_model, tmp_path):
+    from PIL import Image
+
+    image, audio = inputs
+    model = ["--model", str(motion_run), "--model", str(frames_run), "--face-model",
+             str(face_model), "--steps", "2", "-q"]
+    out = tmp_path / "v.mp4"
+    r = run_cli("--image", str(image), "--audio", str(audio), "--out", str(out), "--paste-back",
+                "--pose", "still", "--preview", str(tmp_path / "p.png"),
+                "--save-coeffs", str(tmp_path / "c.npz"), *model)
+    assert r.returncode == 0, r.stderr
+    v = next(s for s in ffprobe(out)["streams"] if s["codec_type"] == "video")
+    assert (v["width"], v["height"]) == portrait().shape[1::-1]  # the whole portrait
+    with np.load(tmp_path / "c.npz") as z:
+        assert z["pose"].shape == (int(v["nb_frames"]), 6) and str(z["backend"]) == "mediapipe"
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.width > 800 and im.height > 300
+    Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(tmp_path / "blank.png")
+    bad = [(["--image", str(tmp_path / "blank.png"), "--audio", str(audio)], "no face found"),
+           (["--image", str(image), "--audio", str(tmp_path / "blank.png")], "cannot read"),
+           (["--image", str(image), "--audio", str(audio), "--face-index", "3"], "--face-index 3")]
+    for args, message in bad:
+        r = run_cli(*args, "--out", str(tmp_path / "x.mp4"), *model)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+    r = run_cli("--image", str(image), "--audio", str(audio), "--out", str(tmp_path / "x.mp4"),
+                "--model", str(motion_run))
+    assert r.returncode == 2 and "no frames part" in r.stderr
+
+
+def test_jobs_go_on_past_a_failure_and_skip_what_exists(pipe, inputs, tmp_path):
+    from fd2talk.model.jobs import run_jobs
+
+    image, audio = inputs
+    (tmp_path / "done.mp4").write_bytes(b"made earlier")
+    (tmp_path / "jobs.csv").write_text(
+        "image,audio,out\n"
+        f"{image},{audio},a.mp4\n"
+        f"{image},missing.wav,b.mp4\n"
+        f"{image},{audio},done.mp4\n")
+    failed = run_jobs(pipe, tmp_path / "jobs.csv", G.Options(steps=2), progress=False)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "jobs.results.csv")))
+    assert failed == 1 and [r["status"] for r in rows] == ["ok", "failed", "skipped"]
+    assert "not found" in rows[1]["reason"] and (tmp_path / "a.mp4").stat().st_size > 1000
+    assert not (tmp_path / "b.mp4").exists()
