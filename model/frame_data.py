@@ -117,10 +117,13 @@ class AutoencoderPairs:
 
 class FrameItems:
     def __init__(self, items_per_clip: int = 8, latents: bool = False,
-                 image_size: int = CROP_SIZE, jitter: float = 0.0):
+                 image_size: int = CROP_SIZE, jitter: float = 0.0, ref_frame: str = "first"):
         if latents and jitter > 0:
             raise ValueError("colour jitter works on images: it cannot use the latent cache")
+        if ref_frame not in ("first", "random"):
+            raise ValueError(f"ref_frame must be first or random, not {ref_frame!r}")
         self.n, self.latents, self.size, self.jitter = items_per_clip, latents, image_size, jitter
+        self.ref_frame = ref_frame
 
     def fields(self) -> tuple[str, ...]:
         return FRAME_FIELDS + (("latent",) if self.latents else (MEDIA_KEY,))
@@ -134,8 +137,11 @@ class FrameItems:
         # source: (F, C, H, W) latents or images
         out = []
         for _ in range(self.n):
+            if self.ref_frame == "random":  # any valid frame: many more (ref, target) pairs
+                ref = int(idx[rng.randrange(len(idx))])
             i = int(idx[rng.randrange(len(idx))])
             x, j0 = jitter([source[ref], source[i]], rng, self.jitter)
             out.append({"ref": x, "frame": j0, "exp": clip["exp"][i],
-                        "pose": clip["pose"][i], "key": clip["key"], "index": i})
+                        "pose": clip["pose"][i], "ref_exp": clip["exp"][ref],
+                        "ref_pose": clip["pose"][ref], "key": clip["key"], "index": i})
         return out

@@ -182,7 +182,7 @@ class FrameUNet(nn.Module):
         self.time_embed = TimestepEmbedding(ch[0], t_dim)
         self.motion_proj = nn.Linear(motion_dim, config.motion_tokens * d_c)
         self.ref_proj = nn.Linear(d, d_c)
-        self.conv_in = nn.Conv2d(d, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(d * (2 if config.ref_input else 1), ch[0], 3, padding=1)
 
         # encoder; skip_ch records the width of every feature the decoder concatenates back
         skip_ch = [ch[0]]
@@ -272,6 +272,8 @@ class FrameUNet(nn.Module):
         r = r.expand(n, -1, -1)  # (N, S, D_c)
         kv = cache["kv"] if cache is not None else {}
 
+        if cfg.ref_input:  # [J_t ; x] (N, 2d, h, w)
+            j_t = torch.cat([j_t, ref.expand(n, -1, -1, -1).to(j_t.dtype)], 1)
         x = self.conv_in(j_t)  # (N, C_0, h, w)
         skips = [x]
         layers, levels = cfg.layers_per_block, len(cfg.channels)

@@ -39,6 +39,7 @@ class FrameModel:
     step: int
     latent_scale: float  # the UNet works on latents * latent_scale
     image_size: int = CROP_SIZE  # frame side the UNet was trained on (train_config.image_size)
+    relative_pose: bool = False  # conditioned on pose minus the reference's (`condition`)
 
 
 def from_parts(frames, autoencoder, device: str) -> FrameModel:
@@ -56,7 +57,8 @@ def from_parts(frames, autoencoder, device: str) -> FrameModel:
                       ae.eval().requires_grad_(False).to(device), Stats.from_state_dict(c["stats"]),
                       Diffusion(DiffusionConfig(**c["diffusion"])), device, int(c["step"]),
                       float(c["latent_scale"]),
-                      int(c.get("train_config", {}).get("image_size", CROP_SIZE)))
+                      int(c.get("train_config", {}).get("image_size", CROP_SIZE)),
+                      bool(c.get("relative_pose", False)))
 
 
 def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None = None
@@ -72,6 +74,18 @@ def load_frames(path: str | Path, device: str = "auto", autoencoder: str | None 
     pretrained.check_compatible(parts)
     return from_parts(pretrained.require(parts, "frames", [path]),
                       pretrained.require(parts, "autoencoder", [path]), resolve_device(device))
+
+
+def condition(stats: Stats, exp, pose, ref_pose=None) -> torch.Tensor:
+    """The UNet's motion condition (N, D_exp + 6): normalised [beta, p]; with ref_pose (the
+    reference frame's pose (.., 6)), p minus it in units of the training data's spread."""
+    def t(a):
+        return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a, np.float32))
+
+    p = stats.normalize("pose", t(pose))
+    if ref_pose is not None:
+        p = p - stats.normalize("pose", t(ref_pose))
+    return torch.cat([stats.normalize("exp", t(exp)), p], -1)
 
 
 NOISES = ("independent", "shared")  # start noise per frame, or one draw for every frame
@@ -107,7 +121,8 @@ def autocast(device: str, dtype: str):
 def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.ndarray,
                 steps: int = 50, eta: float = 0.0, seed: int = 0, chunk: int = CHUNK,
                 ref_latent: bool = False, solver: str = "ddim", noise: str = "independent",
-                cache: bool = True, dtype: str = "fp32", calibrate: bool = True):
+                cache: bool = True, dtype: str = "fp32", calibrate: bool = True,
+                ref_pose: np.ndarray | None = None):
     """Yield frames (n, 3, H, W) in [-1, 1], `chunk` at a time, for raw motion exp (F, D_exp),
     pose (F, 6): the frames are denoised as one batch per chunk, decoded and handed on, so a
     caller that writes them out keeps one chunk in memory whatever the length.
@@ -116,6 +131,7 @@ def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.
     ref_latent=True). chunk: frames per batch (1 = a per-frame loop). solver: "ddim" (eq. 5)
     or "dpm++". noise: "independent" start noise per frame or one "shared" by all frames.
     cache: compute the reference's φ2 keys/values once (else at every step, as training does).
+    ref_pose: the reference's own pose (6,), needed by a model trained with relative pose.
     calibrate: correct the autoencoder's colour bias for this video (`colour_calibration`;
     needs the reference image, not its latent). With eta = 0 the frames do not depend on
     `chunk`."""
@@ -128,9 +144,11 @@ def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.
     gain = offset = None
     if calibrate and not ref_latent:
         gain, offset = colour_calibration(model, image, x / model.latent_scale)
-    motion = torch.cat([model.stats.normalize("exp", torch.from_numpy(np.asarray(exp, np.float32))),
-                        model.stats.normalize("pose", torch.from_numpy(np.asarray(pose, np.float32)))],
-                       -1).to(model.device)  # (F, D_exp + 6)
+    if model.relative_pose and ref_pose is None:
+        raise UserError("this frame model was trained on pose relative to the reference's: "
+                        "pass the reference's own pose (ref_pose=...)")
+    motion = condition(model.stats, exp, pose, ref_pose if model.relative_pose else None
+                       ).to(model.device)  # (F, D_exp + 6)
     gen = torch.Generator(device=model.device).manual_seed(seed)  # eta > 0: the steps' noise
     s = model.latent_scale
     for a in range(0, len(motion), chunk):

@@ -85,7 +85,8 @@ class Reference:
     crop: np.ndarray  # (256, 256, 3) uint8: the crop stage's framing
     box: tuple[int, int, int, int]  # the crop's square in `image` (x0, y0, x1, y1)
     faces: int  # faces found
-    pose: np.ndarray | None = None  # (6,) its pose, when measured (pose="still")
+    pose: np.ndarray | None = None  # (6,) its pose, when measured (`reference_motion`)
+    exp: np.ndarray | None = None  # (D_exp,) its expression, when measured
 
 
 @dataclass
@@ -240,16 +241,20 @@ class FD2TalkPipeline:
         crop = cv2.resize(region, (CROP_SIZE, CROP_SIZE), interpolation=interp)
         return Reference(img, crop, (x0, y0, x1, y1), len(faces))
 
-    def reference_pose(self, ref: Reference) -> np.ndarray:
-        """(6,) the reference crop's pose, measured with the coefficient backend of the
-        training shards."""
+    def reference_motion(self, ref: Reference) -> Reference:
+        """Measure the reference crop's expression and pose (into `ref`) with the coefficient
+        backend of the training shards."""
+        if ref.pose is not None:
+            return ref
         stage = _coeffs_stage(self.motion_model.info.coeffs, self.face_model)
         arrays = stage.coefficients([ref.crop])
         stage.close()
         if not arrays["valid"][0]:
             raise UserError("the landmarker finds no face in the portrait's crop, so its pose "
-                            "is unknown: use --pose generated, or a clearer portrait")
-        return arrays["pose"][0].astype(np.float32)
+                            "and expression are unknown: use a clearer, more frontal portrait")
+        ref.exp = arrays["exp"][0].astype(np.float32)
+        ref.pose = arrays["pose"][0].astype(np.float32)
+        return ref
 
     # ---- 2./3. speech and motion ------------------------------------------------------------
 
@@ -327,11 +332,12 @@ class FD2TalkPipeline:
                    self.motion_model.diffusion.config.sample_steps, eta=options.eta,
                    seed=options.seed, solver=options.solver)
         if options.pose == "still":
-            if ref.pose is None:
-                ref.pose = self.reference_pose(ref)
-            m["pose"] = np.repeat(ref.pose[None], frames, 0)
+            m["pose"] = np.repeat(self.reference_motion(ref).pose[None], frames, 0)
         elif options.pose.startswith("from:"):
             m["pose"] = self.pose_track(options.pose[5:], frames, notes)
+        elif self.frame_model.relative_pose:  # generated head motion, around the portrait's pose
+            pose = self.reference_motion(ref).pose
+            m["pose"] = m["pose"] - m["pose"].mean(0, keepdims=True) + pose
         return scale_motion(m, options.pose_scale, options.expression_scale)
 
     # ---- 4. frames and the video ------------------------------------------------------------
@@ -364,6 +370,8 @@ class FD2TalkPipeline:
         samples = read_speech(audio)
         n = frame_count(samples)
         ref = self.reference(image, options.face_index, notes, options.crop)
+        if self.frame_model.relative_pose:
+            self.reference_motion(ref)
         lap("reference")
         if motion is None:
             m = self.motion(samples, n, options, ref, notes)
@@ -394,7 +402,8 @@ class FD2TalkPipeline:
                 self.frame_model, ref_t, m["exp"], m["pose"],
                 steps=options.steps or self.frame_model.diffusion.config.sample_steps,
                 eta=options.eta, seed=options.seed, chunk=options.batch_size,
-                solver=options.solver, noise=options.noise, dtype=self.dtype)
+                solver=options.solver, noise=options.noise, dtype=self.dtype,
+                ref_pose=ref.pose if self.frame_model.relative_pose else None)
             for batch in frames_iter:
                 video = ((batch.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(
                     0, 255).astype(np.uint8)  # (b, S, S, 3)

@@ -118,8 +118,10 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | No
     return cache
 
 
-def motion_condition(batch: dict, stats: Stats, cache: dict | None) -> torch.Tensor:
-    """(N, D_exp + 6) normalised [beta, p]: ground truth, or the stage-1 predictions."""
+def motion_condition(batch: dict, stats: Stats, cache: dict | None, relative_pose: bool = False
+                     ) -> torch.Tensor:
+    """(N, D_exp + 6) normalised [beta, p]: ground truth, or the stage-1 predictions; with
+    `relative_pose`, p minus the reference frame's true pose (`frames.condition`)."""
     if cache is None:
         exp, pose = batch["exp"], batch["pose"]
     else:
@@ -127,7 +129,9 @@ def motion_condition(batch: dict, stats: Stats, cache: dict | None) -> torch.Ten
                                                       strict=True)])
         d = stats.dim("exp")
         exp, pose = torch.from_numpy(rows[:, :d]), torch.from_numpy(rows[:, d:])
-    return torch.cat([stats.normalize("exp", exp), stats.normalize("pose", pose)], -1)
+    from .frames import condition
+
+    return condition(stats, exp, pose, batch["ref_pose"] if relative_pose else None)
 
 
 def latents(batch: dict, ae, cached: bool, device: str, scale: float
@@ -184,6 +188,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
                         "it cannot use the shards' latent cache: add --no-latent-cache, or "
                         "--jitter 0")
     maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size,
+                       ref_frame=cfg.ref_frame,
                        jitter=cfg.jitter)
     plain = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)  # val
     val = (val_items(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1)
@@ -208,7 +213,8 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
                    "started, and that model has changed since: start a new run")
     cache = motion_cache(cfg, run, part, meta, progress)
     unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
-                                      latent_channels=ae.latent_channels)
+                                      latent_channels=ae.latent_channels,
+                                      ref_input=cfg.ref_input)
     net = FrameUNet(unet_config, info.exp_dim + 6).to(d.device)
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
     parts = trainer.Parts({"unet": net}, {"unet": torch.optim.Adam(net.parameters(), lr=cfg.lr)},
@@ -225,11 +231,11 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
               "autoencoder": ae.fingerprint(), "autoencoder_path": str(cfg.autoencoder),
               "latent_cache": cached, "latent_scale": scale, "motion_cache": meta,
               "unet_config": dataclasses.asdict(unet_config), "motion_dim": info.exp_dim + 6,
-              "diffusion": dataclasses.asdict(diffusion.config)}
+              "diffusion": dataclasses.asdict(diffusion.config), "relative_pose": cfg.relative_pose}
 
     def loss_of(unet, batch, g) -> torch.Tensor:
         j0, x = latents(batch, ae, cached, d.device, scale)
-        cond = motion_condition(batch, stats, cache).to(d.device)
+        cond = motion_condition(batch, stats, cache, cfg.relative_pose).to(d.device)
         t = diffusion.sample_t(len(j0), generator=g).to(d.device)
         noise = torch.randn(j0.shape, generator=g).to(d.device)
         return diffusion.loss(lambda j_t, t_: unet(j_t, t_, cond, x), j0, t=t, noise=noise)["loss"]

@@ -301,6 +301,7 @@ def test_pose_modes_and_scales(pipe, inputs, tmp_path):
     still = pipe(image, audio, options=G.Options(steps=2, pose="still"))
     assert np.allclose(still.motion["pose"], still.motion["pose"][0])
     assert np.allclose(still.motion["pose"][0], still.reference.pose, atol=1e-5)
+    assert still.reference.exp.shape == (pipe.motion_model.info.exp_dim,)
     track = np.cumsum(np.full((30, 6), 0.01, np.float32), 0)
     np.savez(tmp_path / "pose.npz", pose=track)
     driven = pipe(image, audio, options=G.Options(steps=2, pose=f"from:{tmp_path / 'pose.npz'}"))
@@ -368,3 +369,58 @@ def test_jobs_go_on_past_a_failure_and_skip_what_exists(pipe, inputs, tmp_path):
     assert failed == 1 and [r["status"] for r in rows] == ["ok", "failed", "skipped"]
     assert "not found" in rows[1]["reason"] and (tmp_path / "a.mp4").stat().st_size > 1000
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_relative_pose_is_the_pose_minus_the_references_in_data_units():
+    from fd2talk.model.frames import condition
+    from fd2talk.model.normalize import Stats
+
+    stats = Stats({"exp": np.array([1.0, 2.0], np.float32), "pose": np.zeros(6, np.float32)},
+                  {"exp": np.array([2.0, 4.0], np.float32), "pose": np.ones(6, np.float32)}, 1)
+    exp, pose = np.array([[3.0, 6.0]], np.float32), np.ones((1, 6), np.float32)
+    absolute = condition(stats, exp, pose)
+    assert absolute[0, :2].tolist() == [1.0, 1.0] and absolute[0, 2:].tolist() == [1.0] * 6
+    rel = condition(stats, exp, pose, np.full(6, 0.5, np.float32))
+    assert rel[0].tolist() == [1.0, 1.0] + [0.5] * 6  # (p - ref) / std: the means cancel
+
+
+def test_half_precision_needs_what_it_needs():
+    from fd2talk.model.frames import autocast
+
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        autocast("cpu", "fp16")
+    with pytest.raises(UserError, match="fp32, bf16 or fp16"):
+        autocast("cpu", "int8")
+    with autocast("cpu", "bf16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_portraits_large_small_and_crowded(pipe):
+    import cv2
+
+    face = portrait()  # (H, W, 3)
+    big = cv2.resize(face, (3840, round(3840 * face.shape[0] / face.shape[1])))
+    ref = pipe.reference(big)
+    assert ref.crop.shape == (256, 256, 3) and ref.box[2] - ref.box[0] > 1000  # a 4K portrait
+    tiny = np.full((600, 800, 3), 200, np.uint8)
+    tiny[:60, :60] = cv2.resize(face, (60, 60))
+    with pytest.raises(UserError, match="smaller than the 64 px|no face found"):
+        pipe.reference(tiny)
+    h, w = face.shape[:2]
+    small = cv2.resize(face, (int(w * 0.7), int(h * 0.7)))
+    group = np.full((h, w + small.shape[1], 3), 255, np.uint8)
+    group[:, :w], group[:small.shape[0], w:] = face, small  # a smaller second face, right
+    notes = []
+    pipe.reference(group, notes=notes)
+    assert notes and "faces in the portrait" in notes[0] and "--face-index" in notes[0]
+    second = pipe.reference(group, face_index=1)
+    assert second.faces == 2 and second.box[0] >= w - 100  # the right-hand, smaller face
+
+
+def test_bf16_frames_on_the_cpu(pipe, inputs):
+    image, audio = inputs
+    half = G.FD2TalkPipeline(pipe.motion_model, pipe.frame_model, pipe.face_model, dtype="bf16")
+    r = half(image, audio, options=G.Options(steps=2), keep_frames=True)
+    full = pipe(image, audio, options=G.Options(steps=2), keep_frames=True)
+    assert r.video.shape == full.video.shape
+    assert np.abs(r.video.astype(int) - full.video).mean() < 25  # close, not equal
