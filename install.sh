@@ -81,10 +81,12 @@ if [ "$demo" = 1 ]; then
   echo "== demo: fd2talk-train demo (both stages, the demo recipe; about ten minutes on 2 cores)"
   .venv/bin/fd2talk-train demo --work work/demo --runs work/runs --out work/model
   echo "== demo: fd2talk-generate (a held-out portrait with held-out speech)"
-  # the first frame of held-out video demo004 (the astronaut) speaking demo009's words
-  ffmpeg -v error -y -i work/demo/demo_src/demo004.mp4 -frames:v 1 work/demo_portrait.png
-  .venv/bin/fd2talk-generate --image work/demo_portrait.png --audio work/demo/demo_src/demo009.mp4 \
-    --model work/model --out work/demo_video.mp4 --preview work/demo_preview.png
+  # the astronaut of held-out video demo004 (its first face crop, framed by fd2talk-prep crop:
+  # the demo's tiny models know only crops made that way, README) speaking demo009's words
+  ffmpeg -v error -y -i work/demo/crops/demo004_f000_t0.mp4 -frames:v 1 work/demo_portrait.png
+  .venv/bin/fd2talk-generate --image work/demo_portrait.png --no-crop \
+    --audio work/demo/demo_src/demo009.mp4 --model work/model --out work/demo_video.mp4 \
+    --preview work/demo_preview.png
   echo "== demo: your video is work/demo_video.mp4 (its preview: work/demo_preview.png)"
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"

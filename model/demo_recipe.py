@@ -52,7 +52,8 @@ def train_demo(work: str | Path, runs: str | Path, model: str | Path,
     at `model` (returned). `seed`: every run's seed (bench/demo_quality.py varies it)."""
     from .pretrained import export
 
-    shards, runs = str(Path(work) / "shards"), Path(runs)
+    # absolute paths, as the CLI records them, so a run started either way resumes either way
+    shards, runs = str(Path(work).resolve() / "shards"), Path(runs).resolve()
     common = {"seed": seed}
     out = {k: str(runs / k) for k in ("lipsync", "motion", "autoencoder", "frames")}
     _train("lipsync", C.LipsyncTrainConfig(shards=shards, out=out["lipsync"], **LIPSYNC, **common),
