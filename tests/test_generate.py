@@ -340,7 +340,7 @@ def test_cli_writes_video_preview_and_coefficients_and_refuses_bad_inputs(
         assert im.width > 800 and im.height > 300
     Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(tmp_path / "blank.png")
     bad = [(["--image", str(tmp_path / "blank.png"), "--audio", str(audio)], "no face found"),
-           (["--image", str(image), "--audio", str(tmp_path / "blank.png")], "cannot read"),
+           (["--image", str(image), "--audio", str(tmp_path / "blank.png")], "has no audio stream"),
            (["--image", str(image), "--audio", str(audio), "--face-index", "3"], "--face-index 3")]
     for args, message in bad:
         r = run_cli(*args, "--out", str(tmp_path / "x.mp4"), *model)
