@@ -334,20 +334,9 @@ stream to the encoder, so long audio needs no more memory than short.
 gen_app = typer.Typer(help=GEN_HELP, add_completion=False, pretty_exceptions_enable=False)
 
 
-class Solver(StrEnum):
-    ddim = "ddim"
-    dpm = "dpm++"
-
-
-class Noise(StrEnum):
-    shared = "shared"
-    independent = "independent"
-
-
-class DType(StrEnum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+Solver = StrEnum("Solver", {"ddim": "ddim", "dpm": "dpm++"})
+Noise = StrEnum("Noise", {k: k for k in ("shared", "independent")})
+DType = StrEnum("DType", {k: k for k in ("fp32", "bf16", "fp16")})
 
 
 @gen_app.command()

@@ -69,7 +69,18 @@ class DiffusionConfig:
 PRESETS = {"tiny": DiffusionConfig(sample_steps=10), "paper": DiffusionConfig()}
 
 
-SOLVERS = ("ddim", "dpm++")  # eq. 5 (DDIM when eta = 0) and DPM-Solver++
+SOLVERS = ("ddim", "dpm++")
+
+
+def _start(shape: tuple[int, ...], generator: torch.Generator | None,
+           device: torch.device | str, x_T: torch.Tensor | None,
+           dtype: torch.dtype) -> torch.Tensor:
+    """A sampler's x_T: the given start noise (checked against `shape`) or a fresh draw."""
+    if x_T is None:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    return x_T.to(device, dtype)  # eq. 5 (DDIM when eta = 0) and DPM-Solver++
 
 
 class Diffusion:
@@ -201,12 +212,7 @@ class Diffusion:
             return self.sample_dpm(predict, shape, steps, generator, device, x_T, dtype)
         eta = self.config.eta if eta is None else eta
         ts = self.timesteps(steps)
-        if x_T is None:
-            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            if tuple(x_T.shape) != tuple(shape):
-                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-            x = x_T.to(device, dtype)
+        x = _start(shape, generator, device, x_T, dtype)
         if known is not None:
             values = known[0].to(device, dtype)  # shape
             mask = known[1].to(device, torch.bool)  # broadcastable to shape
@@ -257,12 +263,7 @@ class Diffusion:
                 num_train_timesteps=self.T, trained_betas=self.betas.numpy(), solver_order=2,
                 prediction_type="sample", algorithm_type="dpmsolver++", lower_order_final=True)
             sched.set_timesteps(n, device=device)
-        if x_T is None:
-            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            if tuple(x_T.shape) != tuple(shape):
-                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-            x = x_T.to(device, dtype)
+        x = _start(shape, generator, device, x_T, dtype)
         for t in sched.timesteps:
             t_vec = torch.full((shape[0],), int(t), device=device, dtype=torch.int64)  # (N,)
             x0_hat = predict(x, t_vec).to(dtype)
