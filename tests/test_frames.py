@@ -27,10 +27,22 @@ def test_sample_frames_any_count_batched_or_not(frames_run, demo_work):
         torch.testing.assert_close(other, out, rtol=1e-4, atol=1e-4)
     seeded = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, seed=1)
     assert (seeded - out).abs().mean() > 1e-3  # and the seed matters
-    latent = model.ae.encode(ref[None])[0]
+    latent = model.ae.encode(ref[None])[0]  # a latent reference: no image to calibrate with
     same = fr.sample_frames(model, latent, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3,
                             ref_latent=True)
-    torch.testing.assert_close(same, out)
+    raw = fr.sample_frames(model, ref, clip["exp"][:7], clip["pose"][:7], steps=4, chunk=3,
+                           calibrate=False)
+    torch.testing.assert_close(same, raw)
+    # the colour calibration: the per-channel affine map that best takes the autoencoder's
+    # rendering of the reference onto the reference (its means land exactly), on every frame
+    gain, offset = fr.colour_calibration(model, ref[None], latent[None])
+    rt = model.ae.decode(latent[None], latent[None]).clamp(-1, 1)
+    fixed = rt * gain + offset
+    torch.testing.assert_close(fixed.mean((0, 2, 3)), ref.mean((1, 2)), atol=1e-4, rtol=0)
+    assert (fixed - ref).pow(2).mean() <= (rt - ref).pow(2).mean()
+    inside = raw.abs() < 0.999  # where the uncalibrated frames were not clipped
+    torch.testing.assert_close(out[inside], (raw * gain + offset).clamp(-1, 1)[inside],
+                               atol=1e-5, rtol=0)
 
 
 def test_load_refuses_other_checkpoints_and_autoencoders(frames_run, ae_run, motion_run,
