@@ -423,9 +423,7 @@ def generate(
     if save_coeffs:
         extra.append(f"coefficients {G.save_coeffs(save_coeffs, result, pipe.motion_model.info.coeffs, audio)}")
     if preview:
-        from .media_io import read_speech
-
-        extra.append(f"preview {G.save_preview(preview, result, read_speech(audio), pipe.motion_model)}")
+        extra.append(f"preview {G.save_preview(preview, result, pipe.motion_model)}")
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     if not quiet:

@@ -66,9 +66,9 @@ class ClipReport:
 
 
 def _coeffs(frames, face_model):
-    from fd2talk.pipeline.coeffs import CoeffsConfig, CoeffsStage
+    from .generate import _coeffs_stage
 
-    stage = CoeffsStage(CoeffsConfig(backend="mediapipe", face_model=face_model))
+    stage = _coeffs_stage("mediapipe", face_model)
     try:
         return stage.coefficients(frames)
     finally:

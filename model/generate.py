@@ -100,6 +100,7 @@ class Result:
     out: Path | None = None
     video: np.ndarray | None = None  # (F, S, S, 3) uint8 model-size frames (keep_frames=True)
     preview_frames: list = field(default_factory=list)  # [(index, (S, S, 3) uint8)]
+    speech: np.ndarray | None = None  # the 16 kHz samples the video was made for
     notes: list = field(default_factory=list)  # things the user should know
 
     @property
@@ -385,7 +386,7 @@ class FD2TalkPipeline:
         ref_small = cv2.resize(ref.crop, (s, s), interpolation=cv2.INTER_AREA)
         ref_t = torch.from_numpy(ref_small).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, S, S)
         keep = set(np.linspace(0, n - 1, min(PREVIEW_FRAMES, n)).round().astype(int).tolist())
-        result = Result(m, timings, n, ref, notes=notes)
+        result = Result(m, timings, n, ref, notes=notes, speech=samples)
         writer = None
         if out is not None:
             if options.paste_back:
@@ -498,7 +499,7 @@ def mouth_channel(motion_model) -> tuple[int, str]:
     return k, f"exp[{k}]"
 
 
-def save_preview(path: str | Path, result: Result, samples: np.ndarray, motion_model) -> Path:
+def save_preview(path: str | Path, result: Result, motion_model) -> Path:
     """A PNG: the reference crop | frames over time (their indices and times) above, the
     mouth-opening channel against the speech envelope below."""
     import matplotlib
@@ -524,7 +525,7 @@ def save_preview(path: str | Path, result: Result, samples: np.ndarray, motion_m
     ax = fig.add_subplot(grid[1, :])
     k, name = mouth_channel(motion_model)
     t = np.arange(result.frames) / FPS
-    env = speech_envelope(samples, result.frames)
+    env = speech_envelope(result.speech, result.frames)
     mouth = result.motion["exp"][:, k]
 
     def unit(a: np.ndarray) -> np.ndarray:
