@@ -168,17 +168,21 @@ def iter_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: np.
 def colour_calibration(model: FrameModel, image: torch.Tensor, latent: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel gain and offset ((1, 3, 1, 1) each) that map the autoencoder's rendering
-    of the reference, D([x, x]), onto the reference image itself (least squares over its
-    pixels). An autoencoder trained on few videos shifts an unseen video's colours (the
-    demo's held-out clips: 10-17 levels); the shift is the video's, the same in every frame,
-    and the reference shows it, so applying this map to every decoded frame removes it (the
-    reference only: no ground truth is used). Measured on the demo in ARCHITECTURE.md."""
+    of the reference, D([x, x]), onto the reference image itself (each channel's mean and
+    spread over its pixels matched). An autoencoder trained on few videos shifts an unseen
+    video's colours (the demo's held-out clips: 10-17 levels); the shift is the video's, the
+    same in every frame, and the reference shows it, so applying this map to every decoded
+    frame removes it (the reference only: no ground truth is used). Measured on the demo in ARCHITECTURE.md."""
     with torch.no_grad():
         rt = model.ae.decode(latent, latent).float().clamp(-1, 1)  # (1, 3, H, W)
     a, b = rt[0].flatten(1), image[0].float().flatten(1)  # (3, H*W)
     am, bm = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
-    var = ((a - am) ** 2).mean(1, keepdim=True)
-    gain = (((a - am) * (b - bm)).mean(1, keepdim=True) / var.clamp_min(1e-6)).clamp(0.5, 2.0)
+    # the spreads' ratio, not the least-squares slope: where the rendering's details differ
+    # from the reference's (a decoder trained on few videos), the slope shrinks towards 0 and
+    # flattens the contrast (regression dilution); the spreads do not
+    spread_a = (a - am).pow(2).mean(1, keepdim=True).sqrt()
+    spread_b = (b - bm).pow(2).mean(1, keepdim=True).sqrt()
+    gain = (spread_b / spread_a.clamp_min(1e-3)).clamp(0.5, 2.0)
     offset = bm - gain * am
     return gain.view(1, 3, 1, 1), offset.view(1, 3, 1, 1)
 
