@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from . import configs as C
-from .device import DeviceName
+from .device import DeviceName, resolve_device
 from .errors import UserError
 
 app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
@@ -441,3 +441,107 @@ def generate_main() -> None:
 
 if __name__ == "__main__":  # `python -m fd2talk.model.cli` (what torchrun -m launches)
     train_main()
+
+
+# ---- fd2talk-eval ----------------------------------------------------------------------------
+
+EVAL_HELP = """Score talking-head videos with the paper's metrics and offline ones.
+
+`videos` scores any method's videos (matched to their ground truth by name); `run` generates a
+model's held-out clips as the paper's protocol does and scores them. Metrics whose weights are
+not here are reported unavailable with the file they need; the others still run. Outputs:
+a table laid out like the paper's Table 1 (its FD2Talk row beside ours), eval.json (settings,
+versions, everything), eval.csv (a row per video) and eval.png (the distributions, and the
+mouth opening against the speech for a few videos).
+"""
+eval_app = typer.Typer(help=EVAL_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+SyncNetOpt = Annotated[str | None, typer.Option("--syncnet", help="syncnet_v2.model (LSE-D, "
+                       "LSE-C; default $FD2TALK_SYNCNET): from joonson/syncnet_python's "
+                       "download_model.sh.")]
+FaceModelOpt = Annotated[str | None, typer.Option("--face-model", help="face_landmarker.task "
+                         "(default: $FD2TALK_FACE_MODEL or `fd2talk-prep fetch-face-model`'s "
+                         "place).")]
+EvalOut = Annotated[Path, typer.Option("--out", "-o", help="Where eval.json, eval.csv and "
+                    "eval.png go (and, for `run`, the generated videos).")]
+
+
+def _report(rows, tools, out: Path, settings: dict, timings: dict[str, float], quiet: bool
+            ) -> None:
+    from . import evaluate as E
+
+    summary = E.summarize(rows)
+    seconds = max(sum(r["frames"] for r in rows) / 25, 1e-9)
+    speed = {k: v / seconds for k, v in timings.items()}
+    settings = {**settings, "seconds_per_video_second": speed}
+    paths = E.write_report(out, rows, summary, settings, tools.unavailable)
+    if not quiet:
+        typer.echo(E.table(summary, tools.unavailable))
+        typer.echo("s of compute per s of video: " + ", ".join(f"{k} {v:.2f}"
+                                                               for k, v in speed.items()))
+        typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@eval_app.command("videos")
+def eval_videos(
+    generated: Annotated[Path, typer.Option("--generated", "-g", help="A folder of generated "
+                         "videos (any method's); a NAME.npz with `pose` beside NAME.mp4 adds the "
+                         "coefficient-based diversity and beat align.")],
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="A folder of "
+                         "ground-truth videos with the same names (PSNR, SSIM, LMD, jaw r); "
+                         "without it only the metrics that need none run.")] = None,
+    out: EvalOut = Path("eval"),
+    syncnet: SyncNetOpt = None,
+    face_model: FaceModelOpt = None,
+    device: Device = DeviceName.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Score a folder of videos (any method's) against ground truth matched by name."""
+    from . import evaluate as E
+
+    pairs = E.match_videos(generated, reference)
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value))
+    rows, seconds = E.score_videos(pairs, tools, progress=not quiet)
+    _report(rows, tools, out, {"command": "videos", "generated": str(generated),
+                               "reference": str(reference) if reference else None},
+            {"score": seconds}, quiet)
+
+
+@eval_app.command("run")
+def eval_run(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder (both "
+                     "stages).")],
+    shards: Annotated[Path, typer.Option("--shards", help="The prepared shards (WORK/shards).")],
+    split: Annotated[str, typer.Option(help="Which split to generate and score.")] = "test",
+    out: EvalOut = Path("eval"),
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")
+                     ] = None,
+    solver: Annotated[Solver, typer.Option(help="ddim (the paper's) or dpm++ (a few steps "
+                      "do).")] = Solver.ddim,
+    syncnet: SyncNetOpt = None,
+    face_model: FaceModelOpt = None,
+    device: Device = DeviceName.auto,
+    quiet: Quiet = False,
+) -> None:
+    """The paper's protocol: every clip of a split generated from its first frame and its own
+    speech (generated pose for sync/diversity/beat align, the clip's own pose for the image
+    metrics), then scored. Videos already under --out are reused (a killed run resumes)."""
+    from . import evaluate as E
+    from .generate import Options
+
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value))
+    rows, timings = E.run_protocol(model, shards, split, out, tools,
+                                   Options(seed=seed, steps=steps, solver=solver.value),
+                                   progress=not quiet)
+    _report(rows, tools, out, {"command": "run", "model": [str(m) for m in model],
+                               "shards": str(shards), "split": split, "seed": seed,
+                               "steps": steps, "solver": solver.value}, timings, quiet)
+
+
+def eval_main() -> None:
+    try:
+        eval_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
