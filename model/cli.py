@@ -459,6 +459,12 @@ eval_app = typer.Typer(help=EVAL_HELP, add_completion=False, pretty_exceptions_e
 SyncNetOpt = Annotated[str | None, typer.Option("--syncnet", help="syncnet_v2.model (LSE-D, "
                        "LSE-C; default $FD2TALK_SYNCNET): from joonson/syncnet_python's "
                        "download_model.sh.")]
+HopenetOpt = Annotated[str | None, typer.Option("--hopenet", help="hopenet_robust_alpha1.pkl "
+                       "(the paper's Diversity and Beat Align; default $FD2TALK_HOPENET): from "
+                       "natanielruiz/deep-head-pose.")]
+InceptionOpt = Annotated[str | None, typer.Option("--inception", help="pt_inception-2015-12-05-"
+                         "6726825d.pth (FID; default $FD2TALK_INCEPTION): from pytorch-fid's "
+                         "releases.")]
 FaceModelOpt = Annotated[str | None, typer.Option("--face-model", help="face_landmarker.task "
                          "(default: $FD2TALK_FACE_MODEL or `fd2talk-prep fetch-face-model`'s "
                          "place).")]
@@ -492,6 +498,8 @@ def eval_videos(
                          "without it only the metrics that need none run.")] = None,
     out: EvalOut = Path("eval"),
     syncnet: SyncNetOpt = None,
+    hopenet: HopenetOpt = None,
+    inception: InceptionOpt = None,
     face_model: FaceModelOpt = None,
     device: Device = DeviceName.auto,
     quiet: Quiet = False,
@@ -500,7 +508,7 @@ def eval_videos(
     from . import evaluate as E
 
     pairs = E.match_videos(generated, reference)
-    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value))
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value), hopenet, inception)
     rows, seconds = E.score_videos(pairs, tools, progress=not quiet)
     _report(rows, tools, out, {"command": "videos", "generated": str(generated),
                                "reference": str(reference) if reference else None},
@@ -520,6 +528,8 @@ def eval_run(
     solver: Annotated[Solver, typer.Option(help="ddim (the paper's) or dpm++ (a few steps "
                       "do).")] = Solver.ddim,
     syncnet: SyncNetOpt = None,
+    hopenet: HopenetOpt = None,
+    inception: InceptionOpt = None,
     face_model: FaceModelOpt = None,
     device: Device = DeviceName.auto,
     quiet: Quiet = False,
@@ -530,7 +540,7 @@ def eval_run(
     from . import evaluate as E
     from .generate import Options
 
-    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value))
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value), hopenet, inception)
     rows, timings = E.run_protocol(model, shards, split, out, tools,
                                    Options(seed=seed, steps=steps, solver=solver.value),
                                    progress=not quiet)

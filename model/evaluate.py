@@ -35,6 +35,9 @@ READ_TIMEOUT = 600.0
 COLUMNS = (
     ("lse_c", "LSE-C ^", True, "7.29 / 5.16"),
     ("lse_d", "LSE-D v", False, "-"),  # the paper's "SyncNet" column is not LSE-D (README)
+    ("diversity_hopenet", "Diversity ^", True, "0.338 / 0.359"),
+    ("beat_align_hopenet", "Beat Align ^", True, "0.336 / 0.377"),
+    ("fid", "FID v", False, "20.96 / 21.89"),
     ("diversity_coeffs", "Div.(coef) ^", True, "-"),
     ("diversity_lmk", "Div.(lmk) ^", True, "-"),
     ("beat_align_coeffs", "BA(coef) ^", True, "-"),
@@ -45,8 +48,7 @@ COLUMNS = (
     ("jaw_r_true", "jaw r(gt) ^", True, "-"),
     ("jaw_r_speech", "jaw r(speech) ^", True, "-"),
 )
-PAPER_ONLY = {"SyncNet ^": "6.63 / 5.66", "Diversity ^": "0.338 / 0.359",
-              "Beat Align ^": "0.336 / 0.377", "FID v": "20.96 / 21.89"}
+PAPER_ONLY = {"SyncNet ^": "6.63 / 5.66"}  # a sync score we cannot identify (README)
 
 
 @dataclass
@@ -57,18 +59,24 @@ class Tools:
     face_model: str | None = None
     device: str = "cpu"
     syncnet: object | None = None
+    hopenet: object | None = None
+    inception: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, syncnet: str | None = None, face_model: str | None = None,
-             device: str = "cpu") -> Tools:
-        from .eval_nets import Unavailable, load_syncnet
+             device: str = "cpu", hopenet: str | None = None,
+             inception: str | None = None) -> Tools:
+        from . import eval_nets as N
 
         tools = cls(face_model=face_model, device=device)
-        try:
-            tools.syncnet = load_syncnet(syncnet, device)
-        except Unavailable as e:
-            tools.unavailable["lse"] = str(e)
+        for name, loader, path in (("syncnet", N.load_syncnet, syncnet),
+                                   ("hopenet", N.load_hopenet, hopenet),
+                                   ("inception", N.load_inception, inception)):
+            try:
+                setattr(tools, name, loader(path, device))
+            except N.Unavailable as e:
+                tools.unavailable[name] = str(e)
         return tools
 
 
@@ -166,6 +174,15 @@ def score_video(generated: Path, reference: Path | None, tools: Tools,
         lr = _landmarks(ref, tools.face_model)
         row["lmd"] = M.lmd(lm["lm"], lr["lm"], lm["valid"], lr["valid"])
         row["jaw_r_true"] = M.pearson(jaw, np.where(lr["valid"], lr["exp"][:, JAW_OPEN], np.nan))
+    if tools.hopenet is not None:
+        from .eval_nets import hopenet_angles
+
+        row.update(_motion_metrics(hopenet_angles(tools.hopenet, gen), onsets, "hopenet"))
+    if tools.inception is not None and ref is not None:  # FID is over the set (summarize)
+        from .eval_nets import inception_features
+
+        row["_fid"] = (inception_features(tools.inception, gen),
+                       inception_features(tools.inception, ref))
     if tools.syncnet is not None and samples is not None:
         try:
             row.update(M.lse(*syncnet_embeddings(tools.syncnet, gen, samples)))
@@ -196,8 +213,14 @@ def match_videos(generated: Path, reference: Path | None) -> list[tuple[str, Pat
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
-    """Per metric: mean, std over videos (nan-ignoring) and how many videos have it."""
+    """Per metric: mean, std over videos (nan-ignoring) and how many videos have it; FID is
+    one number over all frames of all videos (generated against ground truth)."""
     out = {}
+    feats = [r["_fid"] for r in rows if "_fid" in r]
+    if feats:
+        gen, ref = np.concatenate([g for g, _ in feats]), np.concatenate([r for _, r in feats])
+        out["fid"] = {"mean": M.fid(gen, ref), "std": float("nan"), "videos": len(feats),
+                      "frames": int(len(gen))}
     keys = [k for k, *_ in COLUMNS] + ["face_rate", "av_offset"]
     for k in keys:
         v = np.array([r[k] for r in rows if isinstance(r.get(k), (int, float))], np.float64)
@@ -223,7 +246,7 @@ def table(summary: dict, unavailable: dict[str, str], label: str = "fd2talk (thi
         return f"{name:<{name_w}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, width,
                                                                               strict=True))
     lines = [line("", heads), line(label, ours), line("FD2Talk (paper)", paper)]
-    lines.append("paper only (need weights or a protocol we do not reproduce): " +
+    lines.append("paper only (a protocol we cannot identify): " +
                  ", ".join(f"{k} {v}" for k, v in PAPER_ONLY.items()))
     lines += [f"unavailable: {v}" for v in unavailable.values()]
     return "\n".join(lines)
@@ -379,7 +402,8 @@ def run_protocol(model: list[Path], shards: Path, split: str, out: Path, tools: 
         free = score_video(gen_mp4, None, tools, gen_mp4.with_suffix(".npz"))
         fixed = score_video(own_mp4, ref_mp4, tools)
         row = {"name": key, **free}
-        row.update({k: fixed[k] for k in ("psnr", "ssim", "lmd", "jaw_r_true") if k in fixed})
+        row.update({k: fixed[k] for k in ("psnr", "ssim", "lmd", "jaw_r_true", "_fid")
+                    if k in fixed})
         rows.append(row)
         timings["score"] += time.perf_counter() - clock
     return rows, timings

@@ -119,3 +119,89 @@ def test_syncnet_windows_follow_syncnet_python(tmp_path):
     assert set(out) == {"lse_d", "lse_c", "av_offset"} and -15 <= out["av_offset"] <= 15
     with pytest.raises(ValueError, match="at least 6 frames"):
         N.syncnet_embeddings(net, frames[:5], samples)
+
+
+def _randomise_bn(net, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def test_hopenet_loads_the_published_layout_and_reads_angles_as_deep_head_pose(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3])
+    net = N.Hopenet()
+    sd = net.state_dict()
+    # deep-head-pose's names: torchvision's ResNet-50 trunk, fc_yaw/pitch/roll, fc_finetune
+    assert {k for k in sd if not k.startswith("fc_")} == {k for k in ref.state_dict()
+                                                          if not k.startswith("fc.")}
+    assert tuple(sd["fc_yaw.weight"].shape) == (66, 2048)
+    assert tuple(sd["fc_finetune.weight"].shape) == (3, 2051)
+    _randomise_bn(net, 1)
+    path = tmp_path / "hopenet_robust_alpha1.pkl"
+    torch.save(net.state_dict(), path)
+    loaded = N.load_hopenet(str(path))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 256, 320, 3), dtype=np.uint8)
+    got = N.hopenet_angles(loaded, frames, batch=2)
+    # the plain forward: torchvision's trunk with the same weights, then the expectation
+    ref.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("fc_")}
+                        | {"fc.weight": ref.fc.weight, "fc.bias": ref.fc.bias})
+    ref.eval()
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(224, 280), mode="bilinear", align_corners=False, antialias=True)
+    x = x[:, :, :, 28:252]
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        t = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(
+            ref.conv1(x))))))))
+        feat = F.avg_pool2d(t, 7).flatten(1)
+        want = [(F.softmax(feat @ sd[f"fc_{a}.weight"].T + sd[f"fc_{a}.bias"], 1)
+                 * torch.arange(66.0)).sum(1) * 3 - 99 for a in ("yaw", "pitch", "roll")]
+    np.testing.assert_allclose(got, torch.stack(want, 1).numpy(), rtol=1e-4, atol=1e-3)
+    assert ((got > -99) & (got < 99)).all()
+    with pytest.raises(N.Unavailable, match="hopenet_robust_alpha1.pkl"):
+        N.load_hopenet(str(tmp_path / "missing.pkl"))
+    torch.save({k: v for k, v in sd.items() if k != "fc_finetune.weight"}, tmp_path / "cut.pkl")
+    with pytest.raises(N.Unavailable, match="missing .'fc_finetune.weight'."):
+        N.load_hopenet(str(tmp_path / "cut.pkl"))
+
+
+def test_fid_inception_loads_a_local_file_through_pytorch_fid_and_never_downloads(
+        tmp_path, monkeypatch):
+    from pytorch_fid import inception as fid_inception
+
+    def no_network(*a, **k):
+        raise AssertionError("pytorch-fid tried to download")
+
+    torch.manual_seed(0)
+    net = N.fid_inception_network()
+    _randomise_bn(net, 2)
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path)
+    monkeypatch.setattr(fid_inception, "load_state_dict_from_url", no_network)
+    loaded = N.load_inception(str(path))
+    assert fid_inception.load_state_dict_from_url is no_network  # restored after the build
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    got = N.inception_features(loaded, frames)
+    # the plain forward: pytorch-fid's network up to pool3 on RGB resized to 299, in [-1, 1]
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    net.eval()
+    with torch.no_grad():
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
+                     "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c",
+                     "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                     "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+            x = getattr(net, name)(x)
+    assert got.shape == (2, 2048)
+    np.testing.assert_allclose(got, x.flatten(1).numpy(), rtol=1e-4, atol=1e-4)
+    assert M.fid(np.concatenate([got] * 2), np.concatenate([got] * 2)) == pytest.approx(
+        0, abs=1e-3)
+    monkeypatch.delenv(N.INCEPTION_ENV, raising=False)
+    with pytest.raises(N.Unavailable, match="FID: no weights given .*pt_inception-2015-12-05"):
+        N.load_inception(None)

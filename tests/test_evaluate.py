@@ -100,7 +100,7 @@ def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_mo
                        env={**__import__("os").environ, "FD2TALK_SYNCNET": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "bare" / "eval.json").read_text())
-    assert "syncnet_v2.model" in doc["unavailable"]["lse"]
+    assert "syncnet_v2.model" in doc["unavailable"]["syncnet"]
     assert math.isfinite(doc["videos"][0]["jaw_r_speech"]) and "lse_d" not in doc["videos"][0]
     # a folder without videos is a one-line error
     r = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import eval_main; "
