@@ -155,6 +155,9 @@ def motion(shards: Shards, out: Out,
            lip_expert: Annotated[Path | None, typer.Option(
                "--lip-expert", help="The lip expert: `fd2talk-train lipsync`'s run directory, "
                "model folder or checkpoint (needed when --lambda-sync > 0).")] = MOT["lip_expert"],
+           single_dit: Annotated[bool, typer.Option(
+               "--single-dit", help="The paper's Table 2 ablation: one transformer denoises "
+               "expression and pose jointly.")] = MOT["single_dit"],
            ema_decay: EmaDecay = MOT["ema_decay"],
            val_split: ValSplit = MOT["val_split"], val_every: Every = MOT["val_every"],
            save_every: Every = MOT["save_every"], log_every: Every = MOT["log_every"],

@@ -244,6 +244,9 @@ class MotionTrainConfig(RunConfig):
     lambda_pose: float = 1.0
     lambda_sync: float = 0.1
     lip_expert: str | None = None  # `fd2talk-train lipsync` checkpoint (needed when lambda_sync > 0)
+    # the paper's Table 2 ablation: one transformer denoises [beta, p] jointly (its loss
+    # weighted by lambda_exp) instead of the Exp and Pose Transformers
+    single_dit: bool = False
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     diffusion_steps: int = 1000

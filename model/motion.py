@@ -39,7 +39,7 @@ OVERLAP = 8  # frames shared by consecutive windows
 class MotionModel:
     """The EMA Exp and Pose Transformers of a `fd2talk-train motion` checkpoint."""
 
-    nets: dict[str, MotionDiT]  # "exp", "pose"
+    nets: dict[str, MotionDiT]  # "exp", "pose" (or "joint": the single-DiT ablation)
     stats: Stats
     diffusion: Diffusion
     info: DatasetInfo
@@ -53,8 +53,10 @@ def from_part(part, device: str) -> MotionModel:
     c = part.config
     config = MotionDiTConfig(**c["model_config"])
     nets = {}
-    for name in ("exp", "pose"):
-        net = MotionDiT(config, c["dims"][name], c["dims"]["audio"])
+    single = bool(c.get("single_dit", False))  # the ablation: one joint transformer
+    dims = {"joint": c["dims"]["exp"] + c["dims"]["pose"]} if single else c["dims"]
+    for name in ("joint",) if single else ("exp", "pose"):
+        net = MotionDiT(config, dims[name], c["dims"]["audio"])
         net.load_state_dict(part.sub(name))
         nets[name] = net.eval().requires_grad_(False).to(device)
     return MotionModel(nets, Stats.from_state_dict(c["stats"]),
@@ -155,7 +157,11 @@ def sample(model: MotionModel, audio: np.ndarray | str | Path, steps: int = 50, 
             x = _sample_joint(model, net, a, starts, steps, eta, gen, solver)
         else:
             x = _sample_inpaint(model, net, a, starts, overlap, steps, eta, gen)
-        out[name] = model.stats.denormalize(name, x[0, :frames]).cpu().numpy()
+        x = x[0, :frames]
+        split = ({"exp": x[:, :model.info.exp_dim], "pose": x[:, model.info.exp_dim:]}
+                 if name == "joint" else {name: x})
+        for k, v in split.items():
+            out[k] = model.stats.denormalize(k, v).cpu().numpy()
     return out
 
 

@@ -28,17 +28,24 @@ from .motion_dit import PRESETS, MotionDiT
 from .normalize import Stats
 from .schema import POSE_DIM
 
-STREAMS = {"exp": "exp", "pose": "pose"}  # network name -> data field it denoises
+STREAMS = {"exp": "exp", "pose": "pose", "joint": "joint"}  # network name -> data it denoises
 
 
-def build_models(preset: str, k: int | None, exp_dim: int, audio_dim: int) -> dict[str, MotionDiT]:
+def build_models(preset: str, k: int | None, exp_dim: int, audio_dim: int,
+                 single: bool = False) -> dict[str, MotionDiT]:
+    """The Exp and Pose Transformers, or (`single`, the paper's ablation) one "joint"
+    transformer denoising [beta, p] (D_exp + 6)."""
     config = dataclasses.replace(PRESETS[preset], k=k)
+    if single:
+        return {"joint": MotionDiT(config, exp_dim + POSE_DIM, audio_dim)}
     return {"exp": MotionDiT(config, exp_dim, audio_dim), "pose": MotionDiT(config, POSE_DIM, audio_dim)}
 
 
 def normalised(batch: dict, stats: Stats, device: str) -> dict:
-    """Normalised exp/pose/audio (N, F, D) and the valid-frame weight (N, F, 1) on `device`."""
+    """Normalised exp/pose/audio (N, F, D), their concatenation "joint", and the valid-frame
+    weight (N, F, 1) on `device`."""
     out = {k: stats.normalize(k, batch[k]).to(device) for k in ("exp", "pose", "audio")}
+    out["joint"] = torch.cat([out["exp"], out["pose"]], -1)
     out["weight"] = batch["valid"].to(device)[..., None].float()
     out["id"] = batch["id"].to(device)  # (N, D_id) identity alpha, raw
     return out
@@ -101,7 +108,7 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     critic = load_sync_critic(cfg.lip_expert, info, d.device) if cfg.lambda_sync > 0 else None
     # models, EMA, optimizers
     nets = {k: m.to(d.device) for k, m in build_models(cfg.preset, cfg.k, info.exp_dim,
-                                                       info.audio_dim).items()}
+                                                       info.audio_dim, cfg.single_dit).items()}
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
     parts = trainer.Parts(nets, {k: torch.optim.Adam(m.parameters(), lr=cfg.lr)
                                  for k, m in nets.items()},
@@ -114,11 +121,12 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
                                    epoch_batches=cfg.epoch_batches)
     batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed, step,
                                     d.rank, d.world)
-    weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose}
+    weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose, "joint": cfg.lambda_exp}
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "audio_config": data_mod.audio_stage_config(cfg.shards),
               "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
-              "model_config": dataclasses.asdict(nets["exp"].config),
+              "model_config": dataclasses.asdict(next(iter(nets.values())).config),
+              "single_dit": cfg.single_dit,
               "diffusion": dataclasses.asdict(diffusion.config)}
 
     loop = trainer.RunLoop(run, step, parts, extras,
@@ -131,7 +139,8 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
             total = sum(weights[k] * out[k]["loss"] for k in nets)
             terms = {f"loss_{k}": float(out[k]["loss"].detach()) for k in nets}
             if critic is not None:
-                beta = stats.denormalize("exp", out["exp"]["x0_hat"].float())
+                x0 = out["joint" if cfg.single_dit else "exp"]["x0_hat"].float()
+                beta = stats.denormalize("exp", x0[..., :info.exp_dim])
                 raw_audio = stats.denormalize("audio", b["audio"])
                 sync = critic(beta, b["id"], raw_audio, b["weight"][..., 0] > 0)
                 total = total + cfg.lambda_sync * sync

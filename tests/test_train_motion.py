@@ -250,3 +250,28 @@ def test_cuda_training_with_bf16_autocast_and_sampling(demo_work, lip_expert, tm
     clip = next(data.iter_clips(demo_work / "shards", "test"))
     result = motion.sample(model, clip["audio"], steps=5)
     assert result["exp"].shape == (len(clip["audio"]), 52) and np.isfinite(result["exp"]).all()
+
+
+def test_single_dit_ablation_trains_exports_and_samples(demo_work, lip_expert, tmp_path):
+    from fd2talk.model.pretrained import export
+
+    base = dict(shards=str(demo_work / "shards"), batch_size=4, lambda_sync=0.1,
+                lip_expert=str(lip_expert[0]), val_every=3, save_every=3, log_every=1,
+                epoch_batches=4, device="cpu", single_dit=True, lr=1e-3)
+    out = tmp_path / "single"
+    losses = train_motion(MotionTrainConfig(out=str(out), steps=6, **base), progress=False)
+    assert set(losses) >= {"loss_joint"}  # one network, validated on [beta, p] jointly
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert {k.split(".")[0] for k in state["ema"]} == {"joint"}
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().split("\n") if x]
+    assert all("loss_sync" in r for r in rows if r["split"] == "train")  # L_sync on beta
+    folder = export([str(out)], tmp_path / "model")
+    model = motion.load_motion(folder, "cpu")
+    assert list(model.nets) == ["joint"]
+    clip = next(data.iter_clips(demo_work / "shards", "test"))
+    m = motion.sample(model, clip["audio"][:40], steps=4)
+    assert m["exp"].shape == (40, clip["exp"].shape[1]) and m["pose"].shape == (40, 6)
+    assert np.isfinite(m["exp"]).all() and m["exp"].std() > 0
+    with pytest.raises(UserError, match=r"other settings \(single_dit: True -> False\)"):
+        train_motion(MotionTrainConfig(out=str(out), steps=8, **{**base, "single_dit": False}),
+                     resume=True, progress=False)
