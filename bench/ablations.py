@@ -133,6 +133,11 @@ def table(results: dict[str, list[dict]], metrics, base: str = "full") -> str:
     return "\n".join(lines)
 
 
+def report(seed: int, name: str, scores: dict[str, float]) -> None:
+    print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+          flush=True)
+
+
 def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from motion_seams import demo_work
@@ -151,9 +156,7 @@ def main() -> None:
         for name, change in STAGE1.items():
             run = train_stage1(work, root, seed, change)
             one[name].append(stage1_scores(run, work))
-            print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}"
-                                                      for k, v in one[name][-1].items()),
-                  flush=True)
+            report(seed, name, one[name][-1])
     print("\nStage 1 (Table 2's single DiT, Table 3), offline motion metrics on the held-out "
           f"clips, seeds {args.seeds}:")
     print(table(one, STAGE1_METRICS))
@@ -165,9 +168,7 @@ def main() -> None:
                 model = train_stage2(work, root, seed, motion_run, cond)
                 two[name].append(stage2_scores(model, work, root / f"seed{seed}" /
                                                f"eval_{cond}"))
-                print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}"
-                                                          for k, v in two[name][-1].items()),
-                      flush=True)
+                report(seed, name, two[name][-1])
         print("\nStage 2 (Table 2's concatenated UNet conditions), fd2talk-eval's protocol on "
               f"the held-out clips (own pose), seeds {args.stage2_seeds}:")
         print(table(two, STAGE2_METRICS))
