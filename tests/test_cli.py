@@ -101,3 +101,17 @@ def test_train_options_default_to_the_config_dataclasses():
         assert {c.value for c in choices} == set(presets), name
         assert params["preset"].default in presets
     assert configs.AutoencoderTrainConfig(shards="s", out="o").batch_size == 8
+
+
+def test_eval_help_and_a_missing_option_is_one_line():
+    from fd2talk.model.cli import eval_app
+
+    result = CliRunner().invoke(eval_app, ["--help"])
+    assert result.exit_code == 0 and "videos" in result.output and "run" in result.output
+    for name, flag in (("videos", "--generated"), ("run", "--shards")):
+        sub = CliRunner().invoke(eval_app, [name, "--help"])
+        assert sub.exit_code == 0 and flag in sub.output and "--syncnet" in sub.output
+    proc = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import eval_main; "
+                           "eval_main()", "run"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 2 and "--model" in proc.stderr and "Traceback" not in proc.stderr
