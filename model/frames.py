@@ -5,9 +5,8 @@ inference; eq. 5 sampler, then D([x, J0])).
 are denoised together as one batch and handed on decoded, so memory does not grow with the
 length. The UNet treats frames independently and every frame's start noise comes from its own
 seeded draw, so with eta = 0 the chunk size changes only speed (bench/frames.py measures the
-gain over a per-frame loop). The reference's φ2 keys/values are computed once. `reference_crop`
-turns any portrait into the 256x256 face crop the models were trained on (the data
-pipeline's detector and FOMM-style box); an image without a face is a clear error.
+gain over a per-frame loop). The reference's φ2 keys/values are computed once. (A portrait becomes
+the face crop the models were trained on in `generate.find_reference`.)
 """
 
 from __future__ import annotations
@@ -193,25 +192,3 @@ def sample_frames(model: FrameModel, ref: torch.Tensor, exp: np.ndarray, pose: n
     """All frames (F, 3, H, W) in [-1, 1] at once (`iter_frames` for its options)."""
     return torch.cat(list(iter_frames(model, ref, exp, pose, steps, eta, seed, chunk,
                                       ref_latent, **options)))
-
-
-def reference_crop(image: np.ndarray, face_model: str | None = None,
-                   size: int = CROP_SIZE) -> np.ndarray:
-    """(H, W, 3) uint8 RGB portrait -> (size, size, 3) uint8 face crop, as `fd2talk-prep crop`
-    frames it (BlazeFace box, enlarged, squared, shifted into the image)."""
-    import cv2
-
-    from fd2talk.pipeline.detect import MediaPipeDetector
-    from fd2talk.pipeline.tubes import crop_box
-
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise UserError(f"the reference must be an RGB image (H, W, 3), got shape {image.shape}")
-    with MediaPipeDetector(face_model) as detector:
-        faces = detector.detect(image)
-    if not faces:
-        raise UserError("no face found in the reference image: use a portrait with one clearly "
-                        "visible, roughly frontal face")
-    box = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))[:4]  # the largest face
-    x0, y0, x1, y1 = crop_box(box, image.shape[1], image.shape[0])
-    return cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (size, size),
-                      interpolation=cv2.INTER_AREA)

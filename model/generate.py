@@ -144,6 +144,56 @@ def scale_motion(motion: dict, pose_scale: float, expression_scale: float) -> di
             "pose": (centre + pose_scale * (pose - centre)).astype(np.float32)}
 
 
+def find_reference(image: str | Path | np.ndarray, face_model: str | None = None,
+                   face_index: int | None = None, notes: list | None = None,
+                   crop: bool = True) -> Reference:
+    """The portrait's face crop, framed as `fd2talk-prep crop` frames training clips
+    (crop=False: the image is such a crop already, e.g. a frame of a shard's clip)."""
+    import cv2
+
+    from fd2talk.pipeline.detect import MediaPipeDetector
+    from fd2talk.pipeline.tubes import crop_box
+
+    from .media_io import read_image, to_rgb8
+
+    img = read_image(image) if isinstance(image, (str, Path)) else to_rgb8(image)
+    h, w = img.shape[:2]
+    if min(h, w) < 32:
+        raise UserError(f"the portrait is {w}x{h} px: use one at least 256 px a side")
+    if not crop:
+        if abs(h - w) > 2:
+            raise UserError(f"--no-crop needs a square face crop, got {w}x{h}: leave out "
+                            "--no-crop to find and frame the face")
+        interp = cv2.INTER_AREA if w >= CROP_SIZE else cv2.INTER_CUBIC
+        return Reference(img, cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=interp),
+                         (0, 0, w, h), 1)
+    k = min(1.0, DETECT_SIZE / max(h, w))
+    small = cv2.resize(img, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
+    with MediaPipeDetector(face_model) as detector:
+        faces = detector.detect(small)
+    if not faces:
+        raise UserError("no face found in the portrait: use a photo with one clearly "
+                        "visible, roughly frontal face")
+    faces = sorted(faces, key=lambda f: -(f[2] - f[0]) * (f[3] - f[1]))  # largest first
+    i = 0 if face_index is None else face_index
+    if not 0 <= i < len(faces):
+        raise UserError(f"--face-index {i}: the portrait has {len(faces)} face(s), numbered "
+                        f"0 to {len(faces) - 1} from the largest")
+    if len(faces) > 1 and face_index is None and notes is not None:
+        notes.append(f"{len(faces)} faces in the portrait: animating the largest "
+                     "(--face-index picks another, 0 = largest)")
+    box = [v / k for v in faces[i][:4]]
+    side = max(box[2] - box[0], box[3] - box[1])
+    if side < MIN_FACE:
+        raise UserError(f"the face is {side:.0f} px, smaller than the {MIN_FACE} px training "
+                        "faces had at least: use a closer or larger portrait")
+    x0, y0, x1, y1 = crop_box(box, w, h)
+    region = np.ascontiguousarray(img[y0:y1, x0:x1])
+    interp = cv2.INTER_AREA if x1 - x0 >= CROP_SIZE else cv2.INTER_CUBIC
+    crop = cv2.resize(region, (CROP_SIZE, CROP_SIZE), interpolation=interp)
+    return Reference(img, crop, (x0, y0, x1, y1), len(faces))
+
+
 class FD2TalkPipeline:
     """Both stages, loaded once, called once per (portrait, speech) job (diffusers style)."""
 
@@ -196,51 +246,8 @@ class FD2TalkPipeline:
 
     def reference(self, image: str | Path | np.ndarray, face_index: int | None = None,
                   notes: list | None = None, crop: bool = True) -> Reference:
-        """The portrait's face crop, framed as `fd2talk-prep crop` frames training clips
-        (crop=False: the image is such a crop already, e.g. a frame of a shard's clip)."""
-        import cv2
-
-        from fd2talk.pipeline.detect import MediaPipeDetector
-        from fd2talk.pipeline.tubes import crop_box
-
-        from .media_io import read_image, to_rgb8
-
-        img = read_image(image) if isinstance(image, (str, Path)) else to_rgb8(image)
-        h, w = img.shape[:2]
-        if min(h, w) < 32:
-            raise UserError(f"the portrait is {w}x{h} px: use one at least 256 px a side")
-        if not crop:
-            if abs(h - w) > 2:
-                raise UserError(f"--no-crop needs a square face crop, got {w}x{h}: leave out "
-                                "--no-crop to find and frame the face")
-            interp = cv2.INTER_AREA if w >= CROP_SIZE else cv2.INTER_CUBIC
-            return Reference(img, cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=interp),
-                             (0, 0, w, h), 1)
-        k = min(1.0, DETECT_SIZE / max(h, w))
-        small = cv2.resize(img, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
-        with MediaPipeDetector(self.face_model) as detector:
-            faces = detector.detect(small)
-        if not faces:
-            raise UserError("no face found in the portrait: use a photo with one clearly "
-                            "visible, roughly frontal face")
-        faces = sorted(faces, key=lambda f: -(f[2] - f[0]) * (f[3] - f[1]))  # largest first
-        i = 0 if face_index is None else face_index
-        if not 0 <= i < len(faces):
-            raise UserError(f"--face-index {i}: the portrait has {len(faces)} face(s), numbered "
-                            f"0 to {len(faces) - 1} from the largest")
-        if len(faces) > 1 and face_index is None and notes is not None:
-            notes.append(f"{len(faces)} faces in the portrait: animating the largest "
-                         "(--face-index picks another, 0 = largest)")
-        box = [v / k for v in faces[i][:4]]
-        side = max(box[2] - box[0], box[3] - box[1])
-        if side < MIN_FACE:
-            raise UserError(f"the face is {side:.0f} px, smaller than the {MIN_FACE} px training "
-                            "faces had at least: use a closer or larger portrait")
-        x0, y0, x1, y1 = crop_box(box, w, h)
-        region = np.ascontiguousarray(img[y0:y1, x0:x1])
-        interp = cv2.INTER_AREA if x1 - x0 >= CROP_SIZE else cv2.INTER_CUBIC
-        crop = cv2.resize(region, (CROP_SIZE, CROP_SIZE), interpolation=interp)
-        return Reference(img, crop, (x0, y0, x1, y1), len(faces))
+        """The portrait's face crop (`find_reference` with this pipeline's face model)."""
+        return find_reference(image, self.face_model, face_index, notes, crop)
 
     def reference_motion(self, ref: Reference) -> Reference:
         """Measure the reference crop's expression and pose (into `ref`) with the coefficient
