@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Tools:
     hopenet: object | None = None
     inception: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, dict] = field(default_factory=dict)  # name -> path, sha256 (the JSON's)
+    paths: dict[str, str | None] = field(default_factory=dict)  # as given (for workers)
 
     @classmethod
     def load(cls, syncnet: str | None = None, face_model: str | None = None,
@@ -70,14 +73,29 @@ class Tools:
         from . import eval_nets as N
 
         tools = cls(face_model=face_model, device=device)
-        for name, loader, path in (("syncnet", N.load_syncnet, syncnet),
-                                   ("hopenet", N.load_hopenet, hopenet),
-                                   ("inception", N.load_inception, inception)):
+        tools.paths = {"syncnet": syncnet, "hopenet": hopenet, "inception": inception}
+        envs = {"syncnet": N.SYNCNET_ENV, "hopenet": N.HOPENET_ENV,
+                "inception": N.INCEPTION_ENV}
+        for name, loader in (("syncnet", N.load_syncnet), ("hopenet", N.load_hopenet),
+                             ("inception", N.load_inception)):
             try:
-                setattr(tools, name, loader(path, device))
+                setattr(tools, name, loader(tools.paths[name], device))
             except N.Unavailable as e:
                 tools.unavailable[name] = str(e)
+                continue
+            path = Path(tools.paths[name] or os.environ[envs[name]])
+            tools.weights[name] = {"path": str(path.resolve()), "sha256": sha256(path)}
         return tools
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_video(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -253,15 +271,15 @@ def table(summary: dict, unavailable: dict[str, str], label: str = "fd2talk (thi
 
 
 def write_report(out: Path, rows: list[dict], summary: dict, settings: dict,
-                 unavailable: dict[str, str]) -> dict[str, Path]:
-    """eval.json (settings, versions, summary, rows), eval.csv (a row per video) and
+                 unavailable: dict[str, str], weights: dict | None = None) -> dict[str, Path]:
+    """eval.json (settings, versions, weights files and their sha256, summary, rows), eval.csv (a row per video) and
     eval.png (each metric's distribution over videos; mouth opening against speech)."""
     from fd2talk.pipeline.atomic import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval.json", "csv": out / "eval.csv", "png": out / "eval.png"}
-    doc = {"settings": settings, "versions": versions(), "unavailable": unavailable,
-           "summary": summary}
+    doc = {"settings": settings, "versions": versions(), "weights": weights,
+           "unavailable": unavailable, "summary": summary}
     rows_flat = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     doc["videos"] = rows_flat
     keys = sorted({k for r in rows_flat for k in r})
@@ -335,25 +353,69 @@ def _figure(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+_WORKER_TOOLS: Tools | None = None
+
+
+def _worker_init(paths: dict, face_model: str | None) -> None:
+    global _WORKER_TOOLS
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores
+    _WORKER_TOOLS = Tools.load(paths["syncnet"], face_model, "cpu", paths["hopenet"],
+                               paths["inception"])
+
+
+def _worker_score(job: tuple) -> dict:
+    name, gen, ref, coeffs, keep = job
+    row = score_video(gen, ref, _WORKER_TOOLS, coeffs)
+    return {"name": name, **{k: v for k, v in row.items() if k in keep or not k.startswith("_")}}
+
+
 def score_videos(pairs: list[tuple[str, Path, Path | None]], tools: Tools,
-                 progress: bool = True) -> tuple[list[dict], float]:
-    """Rows (one per video, with its name) and the seconds they took."""
+                 progress: bool = True, workers: int = 1,
+                 coeffs: dict[str, Path] | None = None) -> tuple[list[dict], float]:
+    """Rows (one per video, with its name, in the order of `pairs`) and the seconds they took.
+    workers > 1: videos are scored in that many processes (each loads its own networks, on
+    the CPU); the metrics are the same. coeffs: a motion .npz per name (default: NAME.npz
+    beside the generated video)."""
     from tqdm import tqdm
 
-    rows, start = [], time.perf_counter()
-    for name, gen, ref in tqdm(pairs, desc="scoring", unit="video", disable=not progress):
-        rows.append({"name": name, **score_video(gen, ref, tools, gen.with_suffix(".npz"))})
+    coeffs = coeffs or {}
+    jobs = [(name, gen, ref, coeffs.get(name, gen.with_suffix(".npz")), ("_curves", "_fid"))
+            for name, gen, ref in pairs]
+    start = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="scoring", unit="video", disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        rows = []
+        for name, gen, ref, npz, _ in jobs:
+            rows.append({"name": name, **score_video(gen, ref, tools, npz)})
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # no forked torch or MediaPipe threads
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx,
+                                 initializer=_worker_init,
+                                 initargs=(tools.paths, tools.face_model)) as pool:
+            rows = []
+            for row in pool.map(_worker_score, jobs):
+                rows.append(row)
+                bar.update()
+    bar.close()
     return rows, time.perf_counter() - start
 
 
 def run_protocol(model: list[Path], shards: Path, split: str, out: Path, tools: Tools,
-                 options=None, progress: bool = True) -> tuple[list[dict], dict[str, float]]:
+                 options=None, progress: bool = True, workers: int = 1
+                 ) -> tuple[list[dict], dict[str, float]]:
     """The paper's protocol on a model's held-out split: each clip generated from its first
     valid frame and its own speech, once with generated pose (`out/generated`, with its
     motion .npz: sync, diversity, beat align) and once with the clip's own pose
     (`out/own_pose`: PSNR, SSIM, LMD, jaw r against the ground truth, `out/reference`).
-    Videos already there are reused, so a killed run goes on where it stopped. Returns the
-    rows and the seconds spent generating and scoring."""
+    Videos already there are reused, so a killed run goes on where it stopped. All clips are
+    generated first (the pipeline uses every core), then scored (`workers` processes).
+    Returns the rows and the seconds spent generating and scoring."""
     from tqdm import tqdm
 
     from fd2talk.pipeline.atomic import atomic_path
@@ -370,10 +432,9 @@ def run_protocol(model: list[Path], shards: Path, split: str, out: Path, tools: 
     if not clips:
         raise UserError(f"no clips in the {split!r} split of {shards}")
     pipe = None
-    rows = []
     timings = {"generate": 0.0, "score": 0.0}
-    for c in tqdm(clips, desc=f"eval {split}", unit="clip", disable=not progress):
-        started = time.perf_counter()
+    started = time.perf_counter()
+    for c in tqdm(clips, desc=f"generating {split}", unit="clip", disable=not progress):
         key = c["key"]
         ref_mp4, gen_mp4 = dirs["reference"] / f"{key}.mp4", dirs["generated"] / f"{key}.mp4"
         own_mp4, pose_npz = dirs["own_pose"] / f"{key}.mp4", dirs["poses"] / f"{key}.npz"
@@ -397,13 +458,18 @@ def run_protocol(model: list[Path], shards: Path, split: str, out: Path, tools: 
             if not own_mp4.is_file():
                 own = dataclasses.replace(options, pose=f"from:{pose_npz}")
                 pipe(ref, ref_mp4, out=own_mp4, options=own)
-        clock = time.perf_counter()
-        timings["generate"] += clock - started
-        free = score_video(gen_mp4, None, tools, gen_mp4.with_suffix(".npz"))
-        fixed = score_video(own_mp4, ref_mp4, tools)
-        row = {"name": key, **free}
-        row.update({k: fixed[k] for k in ("psnr", "ssim", "lmd", "jaw_r_true", "_fid")
-                    if k in fixed})
+    timings["generate"] = time.perf_counter() - started
+    keys = [c["key"] for c in clips]
+    free, t_free = score_videos([(k, dirs["generated"] / f"{k}.mp4", None) for k in keys],
+                                tools, progress, workers)
+    fixed, t_fixed = score_videos([(k, dirs["own_pose"] / f"{k}.mp4",
+                                    dirs["reference"] / f"{k}.mp4") for k in keys],
+                                  tools, progress, workers,
+                                  coeffs={k: dirs["poses"] / "none.npz" for k in keys})
+    timings["score"] = t_free + t_fixed
+    rows = []
+    for a, b in zip(free, fixed, strict=True):
+        row = dict(a)
+        row.update({k: b[k] for k in ("psnr", "ssim", "lmd", "jaw_r_true", "_fid") if k in b})
         rows.append(row)
-        timings["score"] += time.perf_counter() - clock
     return rows, timings

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,8 +79,10 @@ def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_mo
     r = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import eval_main; "
                         "eval_main()", "videos", "--generated", str(clips / "blur"),
                         "--reference", str(clips / "gt"), "--out", str(out), "--face-model",
-                        str(face_model), "--syncnet", str(weights), "--device", "cpu"],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+                        str(face_model), "--syncnet", str(weights), "--device", "cpu",
+                        "--workers", "2"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO,
+                       env={**os.environ, "FD2TALK_HOPENET": "", "FD2TALK_INCEPTION": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "FD2Talk (paper)" in r.stdout and "38.89 / 39.95" in r.stdout
     doc = json.loads((out / "eval.json").read_text())
@@ -87,7 +90,10 @@ def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_mo
     for k in ("psnr", "ssim", "lmd", "jaw_r_true", "jaw_r_speech", "diversity_lmk",
               "beat_align_lmk", "diversity_coeffs", "beat_align_coeffs", "lse_d", "lse_c"):
         assert isinstance(row[k], float) and math.isfinite(row[k]), k
-    assert doc["unavailable"] == {} and doc["versions"]["torch"]
+    assert set(doc["unavailable"]) == {"hopenet", "inception"} and doc["versions"]["torch"]
+    import hashlib
+
+    assert doc["weights"]["syncnet"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert doc["summary"]["psnr"]["videos"] == 1
     with open(out / "eval.csv") as f:
         assert [x["name"] for x in csv.DictReader(f)] == ["talk"]
@@ -97,7 +103,7 @@ def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_mo
                         "eval_main()", "videos", "-g", str(clips / "same"), "--out",
                         str(tmp_path / "bare"), "--face-model", str(face_model), "-q"],
                        capture_output=True, text=True, timeout=600, cwd=REPO,
-                       env={**__import__("os").environ, "FD2TALK_SYNCNET": ""})
+                       env={**os.environ, "FD2TALK_SYNCNET": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "bare" / "eval.json").read_text())
     assert "syncnet_v2.model" in doc["unavailable"]["syncnet"]
