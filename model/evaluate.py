@@ -70,6 +70,8 @@ class Tools:
     def load(cls, syncnet: str | None = None, face_model: str | None = None,
              device: str = "cpu", hopenet: str | None = None,
              inception: str | None = None) -> Tools:
+        from fd2talk.pipeline.weights import sha256 as file_sha256
+
         from . import eval_nets as N
 
         tools = cls(face_model=face_model, device=device)
@@ -84,18 +86,8 @@ class Tools:
                 tools.unavailable[name] = str(e)
                 continue
             path = Path(tools.paths[name] or os.environ[envs[name]])
-            tools.weights[name] = {"path": str(path.resolve()), "sha256": sha256(path)}
+            tools.weights[name] = {"path": str(path.resolve()), "sha256": file_sha256(path)}
         return tools
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_video(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
