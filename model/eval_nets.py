@@ -102,6 +102,10 @@ def _state(path: Path, what: str, file: str, help_: str, want: dict) -> dict:
                           f"({type(e).__name__}: {e}); {help_}") from None
     if not isinstance(state, dict):
         raise Unavailable(f"{what}: {path} holds no state dict; {help_}")
+    # files saved before PyTorch 0.4.1 (Hopenet's, maybe SyncNet's) have no BatchNorm
+    # `num_batches_tracked`: it only counts training steps, and is 0 when absent
+    state = {**{k: torch.zeros((), dtype=torch.long) for k in want
+                if k.endswith("num_batches_tracked") and k not in state}, **state}
     missing = sorted(set(want) - set(state))
     extra = sorted(set(state) - set(want))
     shapes = sorted(k for k in set(want) & set(state)

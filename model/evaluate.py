@@ -210,16 +210,29 @@ def match_videos(generated: Path, reference: Path | None) -> list[tuple[str, Pat
                   and not p.name.startswith("."))
     if not gens:
         raise UserError(f"no videos ({', '.join(VIDEO_EXTS)}) in {generated}")
+    _no_duplicates(gens, generated)
     if reference is None:
         return [(p.stem, p, None) for p in gens]
     if not reference.is_dir():
         raise UserError(f"--reference {reference} is not a folder")
-    refs = {p.stem: p for p in reference.iterdir() if p.suffix.lower() in VIDEO_EXTS}
+    ref_list = [p for p in reference.iterdir() if p.suffix.lower() in VIDEO_EXTS
+                and not p.name.startswith(".")]
+    _no_duplicates(ref_list, reference)
+    refs = {p.stem: p for p in ref_list}
     missing = [p.name for p in gens if p.stem not in refs]
     if missing:
         raise UserError(f"no ground truth in {reference} for {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}: videos are matched by name")
     return [(p.stem, p, refs[p.stem]) for p in gens]
+
+
+def _no_duplicates(paths: list[Path], folder: Path) -> None:
+    seen: dict[str, str] = {}
+    for p in sorted(paths):
+        if p.stem in seen:
+            raise UserError(f"{folder} has two videos named {p.stem!r} ({seen[p.stem]}, "
+                            f"{p.name}): videos are matched by name, keep one")
+        seen[p.stem] = p.name
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
@@ -229,8 +242,11 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     feats = [r["_fid"] for r in rows if "_fid" in r]
     if feats:
         gen, ref = np.concatenate([g for g, _ in feats]), np.concatenate([r for _, r in feats])
-        out["fid"] = {"mean": M.fid(gen, ref), "std": float("nan"), "videos": len(feats),
-                      "frames": int(len(gen))}
+        try:
+            out["fid"] = {"mean": M.fid(gen, ref), "std": float("nan"), "videos": len(feats),
+                          "frames": int(len(gen))}
+        except ValueError as e:  # too few frames, or sqrtm failed: the rest still stands
+            out["fid_error"] = {"error": str(e), "videos": len(feats)}
     keys = [k for k, *_ in COLUMNS] + ["face_rate", "av_offset"]
     for k in keys:
         v = np.array([r[k] for r in rows if isinstance(r.get(k), (int, float))], np.float64)

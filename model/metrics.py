@@ -48,14 +48,17 @@ def _unit(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float64) / 255.0
 
 
+PSNR_CAP = 100.0  # dB for an identical frame (MSE 0), so a video's mean stays finite
+
+
 def psnr(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """(F,) PSNR in dB of uint8 frames (F, H, W, 3) in [0, 1] with data_range 1 (inf where a
-    frame is identical)."""
+    """(F,) PSNR in dB of uint8 frames (F, H, W, 3) in [0, 1] with data_range 1; an identical
+    frame scores PSNR_CAP (an infinite one would drop its video from the mean)."""
     if gen.shape != ref.shape:
         raise ValueError(f"frames differ in shape: {gen.shape} vs {ref.shape}")
-    mse = ((_unit(gen) - _unit(ref)) ** 2).reshape(len(gen), -1).mean(1)
+    mse = np.array([((_unit(g) - _unit(r)) ** 2).mean() for g, r in zip(gen, ref, strict=True)])
     with np.errstate(divide="ignore"):
-        return 10 * np.log10(1.0 / mse)
+        return np.minimum(10 * np.log10(1.0 / mse), PSNR_CAP)
 
 
 def ssim(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -160,7 +163,7 @@ def motion_beats(features: np.ndarray) -> np.ndarray:
         return np.zeros(0, int)
     speed = np.linalg.norm(np.diff(features, axis=0), axis=1)  # (F-1,)
     speed = gaussian_filter1d(speed, SPEED_SMOOTH)
-    return argrelextrema(speed, np.less)[0] + 1
+    return argrelextrema(speed, np.less)[0]  # Bailando's indexing: speed[i] = |f[i+1] - f[i]|
 
 
 def beat_align(audio_beats: np.ndarray, motion_beats_: np.ndarray) -> float:

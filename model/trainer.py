@@ -188,8 +188,12 @@ def config_dict(config) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
-def check_resumable(saved: dict, current: dict, ignore: tuple[str, ...], path: Path) -> None:
-    """Refuse to resume when a setting other than `ignore` (steps, logging…) changed."""
+def check_resumable(saved: dict, current: dict, ignore: tuple[str, ...], path: Path,
+                    defaults: dict | None = None) -> None:
+    """Refuse to resume when a setting other than `ignore` (steps, logging…) changed. A setting
+    the checkpoint does not record (added to fd2talk after it was written) counts as its
+    default in `defaults`, which is what that run used."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     diff = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
             if k not in ignore and saved.get(k) != current.get(k)]
     if diff:
@@ -314,7 +318,9 @@ def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = No
     state = None
     if resume:
         state = load_checkpoint(ckpt, kind)
-        check_resumable(state["config"], config, RESUMABLE, ckpt)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)
+                    if f.default is not dataclasses.MISSING}
+        check_resumable(state["config"], config, RESUMABLE, ckpt, defaults)
         if state["world"] != d.world:
             raise UserError(f"{ckpt} was trained by {state['world']} processes, this run has "
                             f"{d.world}: resume with the same number (each process's data "

@@ -89,7 +89,10 @@ def test_syncnet_weights_missing_or_of_another_layout_are_unavailable(tmp_path, 
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(N.Unavailable, match="not a readable weights file"):
         N.load_syncnet(str(junk))
-    path, _ = _syncnet_file(tmp_path)
+    path, sd = _syncnet_file(tmp_path)
+    old = tmp_path / "pre041.model"  # saved before PyTorch 0.4.1: no num_batches_tracked
+    torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, old)
+    assert isinstance(N.load_syncnet(str(old)), N.SyncNet)
     monkeypatch.setenv(N.SYNCNET_ENV, str(path))
     assert isinstance(N.load_syncnet(None), N.SyncNet)  # the environment variable is read
 

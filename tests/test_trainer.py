@@ -100,6 +100,13 @@ def test_start_run_checks_before_it_writes(tmp_path, monkeypatch):
     trainer.check_resumable({"lr": 1, "steps": 5}, {"lr": 1, "steps": 9}, ("steps",), out)
     with pytest.raises(UserError, match=r"lr: 1 -> 2"):
         trainer.check_resumable({"lr": 1}, {"lr": 2}, ("steps",), out)
+    # a setting added after the checkpoint was written counts as its default (what that run
+    # used); set to anything else, it is a change
+    trainer.check_resumable({"lr": 1}, {"lr": 1, "single_dit": False}, (), out,
+                            {"single_dit": False})
+    with pytest.raises(UserError, match="single_dit: False -> True"):
+        trainer.check_resumable({"lr": 1}, {"lr": 1, "single_dit": True}, (), out,
+                                {"single_dit": False})
 
 
 def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path):
