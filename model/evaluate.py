@@ -374,9 +374,8 @@ def _worker_init(paths: dict, face_model: str | None) -> None:
 
 
 def _worker_score(job: tuple) -> dict:
-    name, gen, ref, coeffs, keep = job
-    row = score_video(gen, ref, _WORKER_TOOLS, coeffs)
-    return {"name": name, **{k: v for k, v in row.items() if k in keep or not k.startswith("_")}}
+    name, gen, ref, coeffs = job
+    return {"name": name, **score_video(gen, ref, _WORKER_TOOLS, coeffs)}
 
 
 def score_videos(pairs: list[tuple[str, Path, Path | None]], tools: Tools,
@@ -389,13 +388,12 @@ def score_videos(pairs: list[tuple[str, Path, Path | None]], tools: Tools,
     from tqdm import tqdm
 
     coeffs = coeffs or {}
-    jobs = [(name, gen, ref, coeffs.get(name, gen.with_suffix(".npz")), ("_curves", "_fid"))
-            for name, gen, ref in pairs]
+    jobs = [(name, gen, ref, coeffs.get(name, gen.with_suffix(".npz"))) for name, gen, ref in pairs]
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="scoring", unit="video", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
         rows = []
-        for name, gen, ref, npz, _ in jobs:
+        for name, gen, ref, npz in jobs:
             rows.append({"name": name, **score_video(gen, ref, tools, npz)})
             bar.update()
     else:
