@@ -24,6 +24,7 @@ The CLI (`fd2talk-generate`, model/cli.py) is a thin wrapper; `fd2talk-eval` and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,10 +354,12 @@ class FD2TalkPipeline:
     def __call__(self, image: str | Path | np.ndarray, audio: str | Path,
                  out: str | Path | None = None, options: Options = Options(),
                  keep_frames: bool = False, progress: bool = False,
-                 motion: dict | None = None) -> Result:
+                 motion: dict | None = None, callback: Callable | None = None) -> Result:
         """Generate one video. With `out`, the mp4 is written as frames come (and `audio`
         muxed); `keep_frames` also returns all model-size frames (memory grows with length).
-        `motion`: exp/pose to render instead of sampling stage 1 (e.g. a --save-coeffs file)."""
+        `motion`: exp/pose to render instead of sampling stage 1 (e.g. a --save-coeffs file).
+        `callback(stage, done, total)` is called as the stages go ("reference", "motion",
+        "frames" per batch, "encode"): a web page's progress bar, for one."""
         import torch
         from tqdm import tqdm
 
@@ -373,19 +376,26 @@ class FD2TalkPipeline:
             timings[name] = timings.get(name, 0.0) + now - clock
             clock = now
 
+        def tell(stage: str, done: int, total: int) -> None:
+            if callback is not None:
+                callback(stage, done, total)
+
         if options.paste_back and out is None:
             raise UserError("paste_back needs an output video (out=...)")
+        tell("reference", 0, 1)
         samples = read_speech(audio)
         n = frame_count(samples)
         ref = self.reference(image, options.face_index, notes, options.crop)
         if self.frame_model.relative_pose:
             self.reference_motion(ref)
         lap("reference")
+        tell("motion", 0, 1)
         if motion is None:
             m = self.motion(samples, n, options, ref, notes)
         else:
             m = {k: fit_length(np.asarray(motion[k], np.float32), n) for k in ("exp", "pose")}
         lap("motion")
+        tell("motion", 1, 1)
 
         import cv2
 
@@ -426,7 +436,9 @@ class FD2TalkPipeline:
                     lap("encode")
                 done += len(video)
                 bar.update(len(video))
+                tell("frames", done, n)
             if writer is not None:
+                tell("encode", 0, 1)
                 result.out = writer.close()
                 lap("encode")
         except BaseException:

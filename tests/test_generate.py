@@ -287,8 +287,15 @@ def test_pipeline_video_lasts_as_long_as_the_audio_and_a_seed_fixes_it(pipe, inp
     assert set(r.timings) == {"reference", "motion", "frames", "encode"}
     assert r.motion["exp"].shape[0] == r.motion["pose"].shape[0] == r.frames
     assert len(r.preview_frames) == G.PREVIEW_FRAMES and "s of compute per s" in r.summary()
-    again = pipe(image, audio, options=G.Options(steps=4, batch_size=7), keep_frames=True)
+    calls = []
+    again = pipe(image, audio, options=G.Options(steps=4, batch_size=7), keep_frames=True,
+                 callback=lambda *c: calls.append(c))
     assert np.abs(again.video.astype(int) - r.video).max() <= 1  # batch size: speed only
+    # the stage callback (the web page's progress): every stage, frames per batch up to all
+    assert [c[0] for c in calls[:3]] == ["reference", "motion", "motion"]
+    frames = [c[1:] for c in calls if c[0] == "frames"]
+    assert frames[0] == (7, r.frames) and frames[-1] == (r.frames, r.frames)
+    assert len(frames) == -(-r.frames // 7) and "encode" not in [c[0] for c in calls]
     other = pipe(image, audio, options=G.Options(steps=4, seed=1), keep_frames=True)
     assert np.abs(other.video.astype(int) - r.video).mean() > 0.5  # the seed matters
     fast = pipe(image, audio, options=G.Options(steps=4, solver="dpm++", noise="independent"),
