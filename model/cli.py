@@ -563,3 +563,77 @@ def eval_main() -> None:
     except UserError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+
+
+# ---- fd2talk-app -----------------------------------------------------------------------------
+
+APP_HELP = """A web page for generation: upload a portrait and speech (or record it), press
+Generate, watch and download the video, its preview and its motion coefficients.
+
+    fd2talk-app --model work/model            # then open http://127.0.0.1:7860
+
+The model is loaded once; jobs are queued. It listens on 127.0.0.1 only: to serve other
+machines give --host 0.0.0.0 --expose, and read the README's warning (anyone who reaches the
+port can run jobs on this machine; --auth asks for a password, plain HTTP carries it in clear).
+"""
+app_app = typer.Typer(help=APP_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app_app.command()
+def serve_app(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder (the demo's "
+                     "is work/model); repeat it to combine stage 1 and stage 2 folders.")
+                     ] = [],  # noqa: B006
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1: this machine "
+                    "only; anything else also needs --expose.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    expose: Annotated[bool, typer.Option("--expose", help="Allow a --host other machines can "
+                      "reach (see the README's warning).")] = False,
+    auth: Annotated[str | None, typer.Option(help="USER:PASSWORD the page asks for (default "
+                    "$FD2TALK_APP_AUTH; none when unset).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where uploads and outputs live (default: "
+                       "$TMPDIR/fd2talk-app).")] = None,
+    max_age_hours: Annotated[float, typer.Option("--max-age-hours", help="Uploads and outputs "
+                             "older than this are deleted.")] = 24.0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload.")
+                             ] = 50.0,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest speech a job "
+                           "takes.")] = 120.0,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once (each uses every core or "
+                           "the GPU).")] = 1,
+    queue_size: Annotated[int, typer.Option("--queue-size", help="Jobs that may wait; more are "
+                          "turned away with a message.")] = 16,
+    device: Device = DeviceName.auto,
+    dtype: Annotated[DType, typer.Option(help="fp32; bf16 or fp16 (CUDA) autocast for the "
+                     "frame stage.")] = DType.fp32,
+    face_model: FaceModelOpt = None,
+    wav2vec2: Annotated[str | None, typer.Option("--wav2vec2", help="The wav2vec 2.0 folder, for "
+                        "models trained on wav2vec2 features.")] = None,
+) -> None:
+    """Serve the generation web page."""
+    import os
+
+    from .app import AppConfig, serve
+
+    if not model:
+        raise UserError("give the model with --model (the demo's is work/model)")
+    auth = auth or os.environ.get("FD2TALK_APP_AUTH") or None
+    pair = None
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth must be USER:PASSWORD")
+        pair = (user, password)
+    serve(AppConfig(model=[str(m) for m in model], host=host, port=port, expose=expose,
+                    workdir=str(workdir) if workdir else None, max_age_hours=max_age_hours,
+                    max_upload_mb=max_upload_mb, max_seconds=max_seconds,
+                    concurrency=concurrency, queue_size=queue_size, device=device.value,
+                    dtype=dtype.value, face_model=face_model, wav2vec2=wav2vec2, auth=pair))
+
+
+def app_main() -> None:
+    try:
+        app_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -126,6 +126,21 @@ def demo_work(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.fixture(scope="session")
+def demo_model(demo_work, tmp_path_factory) -> Path:
+    """`fd2talk-train demo` on the demo, as install.sh runs it (the demo recipe, ~10 minutes on
+    2 cores): the model folder. The end-to-end test and the web app's browser test share it."""
+    import sys
+
+    root = tmp_path_factory.mktemp("demo_model")
+    r = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import train_main; "
+                        "train_main()", "demo", "--work", str(demo_work), "--runs",
+                        str(root / "runs"), "--out", str(root / "model"), "-q"],
+                       capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "model"
+
+
 def rewrite_shards(src: Path, dst: Path, change) -> Path:
     """Copy a shard folder, passing every sample (dict: extension -> bytes) through `change`
     (which edits it in place; a key set to None is dropped). Returns `dst`."""
@@ -194,7 +209,8 @@ def motion_run(demo_work, lip_expert, tmp_path_factory) -> Path:
 
 # Fixtures that build the demo dataset, prepare the shared clips or train models: a test
 # that uses one (directly or through another fixture) is `slow`.
-HEAVY_FIXTURES = {"demo_work", "real_work", "lip_expert", "motion_run", "ae_run", "frames_run"}
+HEAVY_FIXTURES = {"demo_work", "real_work", "lip_expert", "motion_run", "ae_run", "frames_run",
+                  "demo_model"}
 
 
 def pytest_collection_modifyitems(config, items):
