@@ -8,11 +8,13 @@ motion coefficients (.npz). Progress comes from the pipeline's stage callback; j
 queued (`--concurrency` at once, `--queue-size` waiting); a job's failure shows the CLI's one
 line (`UserError`), an unexpected one a short line while the server log keeps the traceback.
 
-Every upload and output lives under one work folder (`--workdir`, default a temporary one):
-job folders and Gradio's own cache there are deleted once older than `--max-age-hours`.
+Every upload and output lives under one work folder (`--workdir`, default a private one in
+the temporary folder): job folders and Gradio's cache there are deleted once older than
+`--max-age-hours` (at start, before each job and every 10 minutes; running jobs are kept).
 Uploads over `--max-upload-mb` are refused by the server, speech longer than `--max-seconds`
-by the job. Gradio's analytics are off and the page uses the system's fonts: the app fetches
-nothing from the network, and neither does the browser showing it.
+by the job. Gradio's analytics are off, the page uses the system's fonts and has no "share"
+buttons (they upload to huggingface.co): the app fetches nothing from the network, and
+neither does the browser showing it.
 """
 
 from __future__ import annotations
@@ -74,38 +76,63 @@ class AppConfig:
 class JobFolders:
     """One folder per job under `root`; folders older than `max_age` seconds are deleted."""
 
-    def __init__(self, root: Path, max_age: float):
+    def __init__(self, root: Path, max_age: float, cache: Path | None = None):
         self.root = Path(root)
         self.max_age = max_age
+        self.cache = cache  # Gradio's cache: its sub-folders are swept by age too
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._active: set[Path] = set()
 
     def new(self) -> Path:
         path = self.root / f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
+        with self._lock:
+            path.mkdir()
+            self._active.add(path)
         return path
 
+    def done(self, path: Path, keep: bool = True) -> None:
+        """The job in `path` has ended; `keep=False` deletes its folder (a failed job)."""
+        with self._lock:
+            self._active.discard(path)
+            if not keep:
+                shutil.rmtree(path, ignore_errors=True)
+
     def clean(self, now: float | None = None) -> int:
-        """Delete job folders whose newest file is older than `max_age`; returns how many."""
+        """Delete job folders (and Gradio's cached files) whose newest file is older than
+        `max_age`, except those of running jobs; returns how many job folders went."""
         now = time.time() if now is None else now
         removed = 0
         with self._lock:
-            for d in self.root.glob("job-*"):
-                if d.is_dir() and now - _newest(d) > self.max_age:
+            for d in list(self.root.glob("job-*")):
+                if d.is_dir() and d not in self._active and now - _newest(d) > self.max_age:
                     shutil.rmtree(d, ignore_errors=True)
                     removed += 1
+            if self.cache is not None and self.cache.is_dir():
+                for d in list(self.cache.iterdir()):
+                    if d.is_dir() and now - _newest(d) > self.max_age:
+                        shutil.rmtree(d, ignore_errors=True)
         return removed
 
 
 def _clean_every(folders: JobFolders, seconds: float) -> None:
     while True:
         time.sleep(seconds)
-        folders.clean()
+        try:
+            folders.clean()
+        except OSError as e:  # a sweep must never end the sweeping
+            print(f"fd2talk-app: cleaning {folders.root}: {e}", file=sys.stderr)
 
 
 def _newest(path: Path) -> float:
-    times = [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")]
-    return max(times)
+    """The newest modification time in `path` (a file vanishing meanwhile is passed over)."""
+    newest = 0.0
+    for p in [path, *path.rglob("*")]:
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
 
 
 @dataclass
@@ -150,9 +177,10 @@ def run_job(pipe, folders: JobFolders, job: JobInputs, max_seconds: float,
     if job.pose == "from a video" and not job.pose_video:
         raise UserError("pose 'from a video' needs a video (or a .npz of coefficients) to "
                         "take the head motion from")
-    seconds = len(read_speech(job.audio)) / 16000
+    # decoded up to just past the limit: an hours-long upload costs no more than that
+    seconds = len(read_speech(job.audio, limit=max_seconds + 1)) / 16000
     if seconds > max_seconds:
-        raise UserError(f"the speech is {seconds:.0f} s long; this app takes up to "
+        raise UserError(f"the speech is over {max_seconds:.0f} s long; this app takes up to "
                         f"{max_seconds:.0f} s (the server's --max-seconds)")
     pose = f"from:{job.pose_video}" if job.pose == "from a video" else job.pose
     steps = int(job.steps) if job.steps else None
@@ -162,15 +190,16 @@ def run_job(pipe, folders: JobFolders, job: JobInputs, max_seconds: float,
                         paste_back=bool(job.paste_back), crop=bool(job.crop))
     folders.clean()
     folder = folders.new()
+    ok = False
     try:
         result = pipe(job.image, job.audio, out=folder / "fd2talk.mp4", options=options,
                       callback=callback)
         coeffs = G.save_coeffs(folder / "fd2talk_motion.npz", result,
                                pipe.motion_model.info.coeffs, job.audio)
         preview = G.save_preview(folder / "fd2talk_preview.png", result, pipe.motion_model)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+        ok = True
+    finally:
+        folders.done(folder, keep=ok)
     lines = [f"**{result.frames} frames ({result.frames / FPS:.2f} s)**, seed {options.seed}: "
              + result.summary().split(": ", 1)[1]]
     lines += [f"- note: {n}" for n in result.notes]
@@ -206,11 +235,16 @@ def build(pipe, config: AppConfig, folders: JobFolders):
         try:
             out = run_job(pipe, folders, job, config.max_seconds, progress_callback(progress))
         except UserError as e:
-            raise gr.Error(str(e), title="Cannot generate", print_exception=False) from None
+            message = str(e)
+            for path in (job.image, job.audio, job.pose_video):
+                if path:
+                    message = message.replace(str(path), Path(path).name)
+            raise gr.Error(message, title="Cannot generate", print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - the page gets one line, the log the traceback
             traceback.print_exc()
-            raise gr.Error(f"internal error ({type(e).__name__}: {e}); the server's log has "
-                           "the details", print_exception=False) from None
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise gr.Error(f"internal error ({type(e).__name__}: {first}); the server's log "
+                           "has the details", print_exception=False) from None
         return str(out.video), str(out.preview), str(out.coeffs), out.message
 
     with gr.Blocks(title="fd2talk", analytics_enabled=False,
@@ -221,10 +255,12 @@ def build(pipe, config: AppConfig, folders: JobFolders):
                     f"{config.max_upload_mb:g} MB.")
         with gr.Row():
             with gr.Column():
+                # buttons: never "share" (it uploads to huggingface.co from the browser)
                 image = gr.Image(label="Portrait", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], elem_id="portrait")
+                                 sources=["upload", "clipboard"], buttons=["fullscreen"],
+                                 elem_id="portrait")
                 audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
-                                 elem_id="speech")
+                                 buttons=["download"], elem_id="speech")
                 crop = gr.Checkbox(value=True, label="Find and frame the face (untick for a "
                                    "face crop framed as the training crops were)", elem_id="crop")
                 with gr.Accordion("Options", open=False):
@@ -250,7 +286,8 @@ def build(pipe, config: AppConfig, folders: JobFolders):
             with gr.Column():
                 video = gr.Video(label="Video", buttons=["download"], elem_id="video")
                 preview = gr.Image(label="Preview: reference | frames over time, mouth opening "
-                                   "against the speech", type="filepath", elem_id="preview")
+                                   "against the speech", type="filepath",
+                                   buttons=["download", "fullscreen"], elem_id="preview")
                 coeffs = gr.File(label="Motion coefficients (.npz)", elem_id="coeffs")
                 summary = gr.Markdown(elem_id="summary")
         button.click(generate, [image, audio, seed, steps, solver, pose, pose_video, pose_scale,
@@ -269,8 +306,7 @@ def _path(value) -> str | None:
 def serve(config: AppConfig, block: bool = True):
     """Load the model once, build the page and serve it (returns the page when not `block`)."""
     config.check()
-    root = Path(config.workdir) if config.workdir else Path(
-        os.environ.get("TMPDIR", "/tmp")) / "fd2talk-app"
+    root = Path(config.workdir) if config.workdir else default_workdir()
     root.mkdir(parents=True, exist_ok=True)
     # Gradio keeps uploads and its copies of outputs in GRADIO_TEMP_DIR, read at import
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
@@ -280,7 +316,7 @@ def serve(config: AppConfig, block: bool = True):
     pipe = FD2TalkPipeline.from_pretrained(*config.model, device=config.device,
                                            dtype=config.dtype, face_model=config.face_model,
                                            wav2vec2=config.wav2vec2)
-    folders = JobFolders(root / "jobs", config.max_age_hours * 3600)
+    folders = JobFolders(root / "jobs", config.max_age_hours * 3600, cache=root / "gradio")
     folders.clean()
     threading.Thread(target=_clean_every, args=(folders, CLEAN_EVERY), daemon=True).start()
     page = build(pipe, config, folders)
@@ -293,8 +329,29 @@ def serve(config: AppConfig, block: bool = True):
     # the system's fonts: the default theme would have the browser fetch Google's
     theme = gr.themes.Default(font=["system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    page.launch(theme=theme, server_name=config.host, server_port=config.port, share=False,
-                max_file_size=int(config.max_upload_mb * 1024 * 1024), show_error=True,
-                allowed_paths=[str(root)], auth=config.auth, ssr_mode=False,
-                prevent_thread_lock=not block, quiet=False, footer_links=[])
+    try:
+        # allowed_paths: the job folders only, never Gradio's upload folder (an uploaded
+        # HTML file served inline from there would run in the page's origin)
+        page.launch(theme=theme, server_name=config.host, server_port=config.port,
+                    share=False, max_file_size=int(config.max_upload_mb * 1024 * 1024),
+                    show_error=True, allowed_paths=[str(folders.root)], auth=config.auth,
+                    ssr_mode=False, prevent_thread_lock=not block, quiet=False,
+                    footer_links=[], run_history=False)
+    except OSError as e:
+        raise UserError(f"cannot serve on {config.host}:{config.port} ({e}); is another "
+                        "program using that port? Pick another with --port") from None
     return page
+
+
+def default_workdir() -> Path:
+    """$TMPDIR/fd2talk-app-UID, private to this user (uploads are people's faces and voices):
+    refused when another user owns it."""
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / f"fd2talk-app-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.lstat()
+    if root.is_symlink() or st.st_uid != os.getuid():
+        raise UserError(f"{root} is not a folder of yours; give --workdir")
+    os.chmod(root, 0o700)
+    return root

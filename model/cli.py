@@ -592,7 +592,7 @@ def serve_app(
     auth: Annotated[str | None, typer.Option(help="USER:PASSWORD the page asks for (default "
                     "$FD2TALK_APP_AUTH; none when unset).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where uploads and outputs live (default: "
-                       "$TMPDIR/fd2talk-app).")] = None,
+                       "$TMPDIR/fd2talk-app-UID, private to you).")] = None,
     max_age_hours: Annotated[float, typer.Option("--max-age-hours", help="Uploads and outputs "
                              "older than this are deleted.")] = 24.0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload.")

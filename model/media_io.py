@@ -107,9 +107,10 @@ def audio_streams(path: Path) -> int:
     return len([line for line in proc.stdout.decode().splitlines() if line.strip()])
 
 
-def read_speech(path: str | Path) -> np.ndarray:
+def read_speech(path: str | Path, limit: float | None = None) -> np.ndarray:
     """The first audio stream of any file ffmpeg reads (wav, mp3, m4a, any rate, stereo, a
-    video's track) as float32 mono samples at 16 kHz; at least one 40 ms frame long."""
+    video's track) as float32 mono samples at 16 kHz; at least one 40 ms frame long. With
+    `limit`, only its first `limit` seconds are decoded."""
     from fd2talk.pipeline import media
     from fd2talk.pipeline.skip import Skip
 
@@ -121,7 +122,8 @@ def read_speech(path: str | Path) -> np.ndarray:
     if audio_streams(path) == 0:
         raise UserError(f"{path} has no audio stream: give a file with speech in it")
     try:
-        samples = media.read_audio(path, timeout=AUDIO_TIMEOUT, sample_rate=SAMPLE_RATE)
+        samples = media.read_audio(path, timeout=AUDIO_TIMEOUT, sample_rate=SAMPLE_RATE,
+                                   limit=limit)
     except Skip as e:
         last = (e.stderr or "").strip().splitlines()
         raise UserError(f"cannot decode the audio of {path}: {e.detail}"

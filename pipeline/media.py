@@ -402,9 +402,12 @@ def read_wav(path: Path) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
 
 
-def read_audio(path: Path, timeout: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The first audio stream of `path` as float32 mono samples in [-1, 1] at `sample_rate`."""
-    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-ac", "1",
+def read_audio(path: Path, timeout: float, sample_rate: int = SAMPLE_RATE,
+               limit: float | None = None) -> np.ndarray:
+    """The first audio stream of `path` as float32 mono samples in [-1, 1] at `sample_rate`
+    (its first `limit` seconds only, when given: memory bounded whatever the file holds)."""
+    cut = ["-t", f"{limit:g}"] if limit is not None else []
+    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-vn", *cut, "-ac", "1",
            "-ar", str(sample_rate), "-f", "f32le", "-"]
     out = run_tool(cmd, timeout, f"decoding the audio of {path}").stdout
     return np.frombuffer(out, np.float32).copy()

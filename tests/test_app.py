@@ -46,6 +46,7 @@ def test_app_help_and_refusals(tmp_path):
 def test_job_folders_are_deleted_once_old(tmp_path):
     folders = JobFolders(tmp_path / "jobs", max_age=3600)
     old, new = folders.new(), folders.new()
+    folders.done(old)
     (old / "fd2talk.mp4").write_bytes(b"x")
     (new / "fd2talk.mp4").write_bytes(b"x")
     past = time.time() - 7200
@@ -54,7 +55,12 @@ def test_job_folders_are_deleted_once_old(tmp_path):
     (tmp_path / "jobs" / "keep.txt").write_text("not a job folder")
     assert folders.clean() == 1
     assert not old.exists() and new.exists() and (tmp_path / "jobs" / "keep.txt").exists()
+    assert folders.clean(now=time.time() + 7200) == 0 and new.exists()  # its job still runs
+    folders.done(new)
     assert folders.clean(now=time.time() + 7200) == 1 and not new.exists()
+    failed = folders.new()
+    folders.done(failed, keep=False)  # a failed job leaves nothing
+    assert not failed.exists()
 
 
 def test_jobs_refuse_missing_inputs_and_long_speech_before_any_work(tmp_path):
@@ -95,7 +101,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def browser(tmp_path: Path):
+def browser(tmp_path: Path, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -105,7 +111,7 @@ def browser(tmp_path: Path):
     if not chromium or not driver:
         pytest.fail("the browser test needs Debian's chromium and chromium-driver "
                     "(install.sh installs them: apt-get install chromium chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download anything
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not download anything
     opts = Options()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -166,7 +172,8 @@ def served_app(demo_model, face_model, tmp_path):
         log.close()
 
 
-def test_the_page_makes_a_video_that_plays_and_shows_errors(served_app, demo_work, tmp_path):
+def test_the_page_makes_a_video_that_plays_and_shows_errors(served_app, demo_work, tmp_path,
+                                                            monkeypatch):
     from selenium.webdriver.common.by import By
 
     url, work = served_app
@@ -177,15 +184,18 @@ def test_the_page_makes_a_video_that_plays_and_shows_errors(served_app, demo_wor
                     "1", str(portrait)], check=True, timeout=60)
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src / "demo009.mp4"), "-vn", "-ac",
                     "1", "-ar", "16000", str(speech)], check=True, timeout=60)
-    seconds = (speech.stat().st_size - 44) / 2 / 16000
-    d = browser(tmp_path)
+    seconds = float(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                                    "-of", "csv=p=0", str(speech)], capture_output=True,
+                                   text=True, check=True, timeout=60).stdout)
+    shown = f"0:{round(seconds):02d}"  # the length the page's player shows
+    d = browser(tmp_path, monkeypatch)
     try:
         d.get(url)
         wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "#generate"), 60, "the page")
         d.find_element(By.CSS_SELECTOR, "#portrait input[type=file]").send_keys(str(portrait))
         d.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(speech))
         wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "#portrait img"), 30, "the upload")
-        wait_for(lambda: "0:06" in d.find_element(By.CSS_SELECTOR, "#speech").text, 30,
+        wait_for(lambda: shown in d.find_element(By.CSS_SELECTOR, "#speech").text, 30,
                  "the speech upload")
         start = time.time()
         d.find_element(By.CSS_SELECTOR, "#generate").click()
@@ -228,6 +238,10 @@ def test_the_page_makes_a_video_that_plays_and_shows_errors(served_app, demo_wor
         assert d.execute_script("const i = document.querySelector('#preview img');"
                                 "return i && i.complete && i.naturalWidth > 0")
         assert "s of compute per s of video" in d.find_element(By.CSS_SELECTOR, "#summary").text
+        # no "share" button anywhere (Gradio's uploads the file to huggingface.co)
+        labels = [b.get_attribute("aria-label") or b.get_attribute("title") or ""
+                  for b in d.find_elements(By.CSS_SELECTOR, "button")]
+        assert not [x for x in labels if "share" in x.lower()], labels
         d.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "app.png"
         d.save_screenshot(str(shot))
@@ -249,7 +263,7 @@ def test_the_page_makes_a_video_that_plays_and_shows_errors(served_app, demo_wor
         wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "#generate"), 60, "the page")
         d.find_element(By.CSS_SELECTOR, "#portrait input[type=file]").send_keys(str(flat))
         d.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(speech))
-        wait_for(lambda: "0:06" in d.find_element(By.CSS_SELECTOR, "#speech").text, 30,
+        wait_for(lambda: shown in d.find_element(By.CSS_SELECTOR, "#speech").text, 30,
                  "the speech upload")
         d.find_element(By.CSS_SELECTOR, "#generate").click()
         message = wait_for(lambda: toast(d), 120, "the error message")
