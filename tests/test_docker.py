@@ -419,7 +419,7 @@ def test_entrypoint_dispatches_prep_train_generate_and_programs():
         assert proc.returncode == 0, (args, proc.stderr)
         assert "fd2talk-prep" in proc.stdout, args
     assert "--manifest" in helps[("clip", "--help")].stdout  # `clip` reached fd2talk-prep clip
-    for job in ("train", "generate"):
+    for job in ("train", "generate", "eval", "app"):
         proc = _entrypoint(job, "--help")
         assert f"fd2talk-{job}" in proc.stdout + proc.stderr
     proc = _entrypoint("python", "-c", "import sys; print(sys.argv[1:])", "a b")
@@ -430,7 +430,7 @@ def test_no_prep_subcommand_is_shadowed_by_the_entrypoint():
     """`docker run IMAGE NAME` runs `fd2talk-prep NAME` unless NAME is a job word, a shell
     builtin or a program (checked against this Debian machine's, a superset of the image's)."""
     for name in _prep_commands():
-        assert name not in ("prep", "train", "generate")
+        assert name not in ("prep", "train", "generate", "eval", "app")
         found = subprocess.run(["sh", "-c", 'command -v "$1"', "sh", name], capture_output=True,
                                text=True, timeout=10, check=False)
         assert found.returncode != 0, f"`{name}` is also {found.stdout.strip()}"
@@ -485,6 +485,80 @@ def test_compose_command_is_a_registered_prep_command():
     assert argv[1] == "/work", "the work directory is the /work mount"
     manifest = argv[argv.index("--manifest") + 1]
     assert manifest.startswith("/data/"), "the manifest is read from the /data mount"
+
+
+def _params(typer_app, argv: list[str], name: str) -> dict:
+    """The options a registered command parses `argv` into (an unknown option fails)."""
+    from typer.main import get_command
+
+    command = get_command(typer_app)
+    if hasattr(command, "commands"):  # a group: the first argument names the command
+        command, argv = command.commands[argv[0]], argv[1:]
+    return command.make_context(name, list(argv)).params
+
+
+def test_compose_has_a_service_per_command_from_one_image_on_every_gpu():
+    services = _compose()["services"]
+    assert set(services) >= {"prep", "train", "generate", "eval", "app"}
+    for name, svc in services.items():
+        assert svc["image"] == services["prep"]["image"], name
+        assert svc["build"] == services["prep"]["build"], name
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]} in devices, name
+        assert svc.get("init") is True, name
+        user = _default(svc.get("user", "")).split(":")[0]
+        assert user and user not in ("0", "root"), name
+
+
+def test_compose_train_runs_torchrun_over_the_gpus_on_read_only_shards():
+    from fd2talk.model.cli import app as train_app
+
+    train = _compose()["services"]["train"]
+    argv = [_default(a) for a in train["command"]]
+    assert argv[:5] == ["torchrun", "--standalone", "--nproc-per-node", "gpu", "-m"]
+    assert argv[5] == "fd2talk.model.cli"  # `python -m fd2talk.model.cli` is fd2talk-train
+    params = _params(train_app, argv[6:], "fd2talk-train")
+    assert str(params["shards"]).startswith("/work/") and str(params["out"]).startswith("/runs/")
+    volumes = _volumes(train)
+    assert volumes["/work"][1] and not volumes["/runs"][1] and volumes["/weights"][1]
+
+
+def test_compose_generate_and_eval_use_the_model_folder_in_runs():
+    from fd2talk.model.cli import eval_app, gen_app
+
+    services = _compose()["services"]
+    gen = [_default(a) for a in services["generate"]["command"]]
+    assert gen[0] == "fd2talk-generate"
+    params = _params(gen_app, gen[1:], "fd2talk-generate")
+    assert str(params["jobs"]).startswith("/work/") and str(params["model"][0]) == "/runs/model"
+    ev = [_default(a) for a in services["eval"]["command"]]
+    assert ev[0] == "fd2talk-eval"
+    params = _params(eval_app, ev[1:], "fd2talk-eval")
+    assert str(params["model"][0]) == "/runs/model" and str(params["out"]).startswith("/work/")
+    for name in ("generate", "eval"):
+        volumes = _volumes(services[name])
+        assert volumes["/runs"][1] and not volumes["/work"][1], name  # reads runs, writes work
+    assert _volumes(services["eval"])["/weights"][1]
+
+
+def test_compose_app_service_serves_the_model_on_the_hosts_loopback_only():
+    """`docker compose up app`: fd2talk-app with options it has, listening inside the
+    container (--host 0.0.0.0 --expose) but published on the host's 127.0.0.1 only."""
+    from fd2talk.model.cli import app_app
+
+    app = _compose()["services"]["app"]
+    for mapping in app["ports"]:
+        assert _default(str(mapping)).startswith("127.0.0.1:"), mapping
+    argv = [_default(a) for a in app["command"]]
+    assert argv[0] == "fd2talk-app"
+    params = _params(app_app, argv[1:], "fd2talk-app")
+    assert params["host"] == "0.0.0.0" and params["expose"] and params["port"] == 7860
+    assert str(params["model"][0]) == "/runs/model"
+    assert any(str(m).endswith(":7860") for m in app["ports"])
+    assert _volumes(app)["/runs"][1], "the app only reads the model: /runs read-only"
+    assert str(params["workdir"]).startswith("/tmp") and any(
+        t.startswith("/tmp") for t in app["tmpfs"])
+    assert "FD2TALK_APP_AUTH" in app["environment"]
 
 
 def test_readme_commands_name_registered_subcommands():
