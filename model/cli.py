@@ -64,6 +64,10 @@ Device = Annotated[DeviceName, typer.Option("--device", help="auto (CUDA when pr
 Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
 EpochBatches = Annotated[int, typer.Option("--epoch-batches", help="Batches per data epoch (a "
                                            "re-seed point of the resampled shard stream).")]
+Accumulate = Annotated[int, typer.Option("--accumulate", min=1, help="Micro-batches of "
+                                         "--batch-size per optimizer step (gradient "
+                                         "accumulation): the step sees batch-size x accumulate "
+                                         "x processes items, in the memory of one micro-batch.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
                                       "checkpoint (same settings; bit-for-bit on CPU).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
@@ -71,7 +75,7 @@ EmaDecay = Annotated[float, typer.Option(help="EMA decay.")]
 ImageSize = Annotated[int, typer.Option("--image-size", help="Frames are resized to this side "
                                         "(256, the crop size; smaller for CPU smoke runs).")]
 RUN_OPTIONS = ("val_split", "val_every", "save_every", "log_every", "seed", "device", "workers",
-               "epoch_batches")
+               "epoch_batches", "accumulate")
 
 
 def _config(cls, options: dict):
@@ -128,6 +132,7 @@ def lipsync(shards: Shards, out: Out,
             save_every: Every = LIP["save_every"], log_every: Every = LIP["log_every"],
             seed: Seed = LIP["seed"], device: Device = DeviceName(LIP["device"]),
             workers: Workers = LIP["workers"], epoch_batches: EpochBatches = LIP["epoch_batches"],
+            accumulate: Accumulate = LIP["accumulate"],
             resume: Resume = False, quiet: Quiet = False) -> None:
     """Pre-train the lip expert (SyncNet-style: in-sync vs time-shifted pairs); reports
     in-sync / off-sync accuracy on the validation split."""
@@ -163,6 +168,7 @@ def motion(shards: Shards, out: Out,
            save_every: Every = MOT["save_every"], log_every: Every = MOT["log_every"],
            seed: Seed = MOT["seed"], device: Device = DeviceName(MOT["device"]),
            workers: Workers = MOT["workers"], epoch_batches: EpochBatches = MOT["epoch_batches"],
+            accumulate: Accumulate = MOT["accumulate"],
            resume: Resume = False, quiet: Quiet = False) -> None:
     """Train the Exp and Pose Transformers (stage 1): L = l_exp L_exp + l_pose L_pose +
     l_sync L_sync."""
@@ -207,7 +213,8 @@ def autoencoder(shards: Shards, out: Out,
                 val_every: Every = AE["val_every"], save_every: Every = AE["save_every"],
                 log_every: Every = AE["log_every"], seed: Seed = AE["seed"],
                 device: Device = DeviceName(AE["device"]), workers: Workers = AE["workers"],
-                epoch_batches: EpochBatches = AE["epoch_batches"], resume: Resume = False,
+                epoch_batches: EpochBatches = AE["epoch_batches"],
+            accumulate: Accumulate = AE["accumulate"], resume: Resume = False,
                 quiet: Quiet = False) -> None:
     """Fine-tune the reference-conditioned VQ autoencoder (stage 2): L2 + LPIPS on two frames
     of one clip; writes RUN/autoencoder (with its measured latent scaling factor)."""
@@ -271,6 +278,7 @@ def frames(shards: Shards, out: Out,
            save_every: Every = FR["save_every"], log_every: Every = FR["log_every"],
            seed: Seed = FR["seed"], device: Device = DeviceName(FR["device"]),
            workers: Workers = FR["workers"], epoch_batches: EpochBatches = FR["epoch_batches"],
+            accumulate: Accumulate = FR["accumulate"],
            resume: Resume = False, quiet: Quiet = False) -> None:
     """Train the dual cross-attention frame UNet (stage 2) on (J0, t, beta, p, x) tuples."""
     options = dict(locals())

@@ -213,7 +213,8 @@ class RunConfig:
     out: str  # the run directory
     preset: str = "tiny"
     steps: int = 2000
-    batch_size: int = 32  # items per optimizer step, per process (see each command)
+    batch_size: int = 32  # items per micro-batch, per process (see each command)
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     val_split: str | None = "val"  # None: no validation
     val_every: int = 250
     save_every: int = 500

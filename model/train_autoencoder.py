@@ -86,8 +86,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches,
                                    shuffle_buffer=4 * cfg.batch_size)
-    batches = data_mod.batches_from(urls, stream, AE_FIELDS, cfg.seed, step, d.rank, d.world,
-                                    make_items=maker)
+    batches = data_mod.batches_from(urls, stream, AE_FIELDS, cfg.seed, step * cfg.accumulate,
+                                    d.rank, d.world, make_items=maker)
 
     @torch.no_grad()
     def validate() -> dict:
@@ -106,7 +106,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
 
     loop = trainer.RunLoop(run, step, parts, extras, validate, progress,
                            after_save=lambda _: ae.save(run.out / AUTOENCODER_DIR))
-    while step < cfg.steps:
+    def micro(_: int):
         b = next(batches)
         ref, frame = b["ref"].to(d.device), b["frame"].to(d.device)
         with trainer.autocast(d.device):
@@ -117,12 +117,14 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False,
                 terms["per"] = perceptual(recon.float(), frame).mean()
         loss = (cfg.lambda_rec * terms["rec"] + cfg.lambda_vq * terms["vq"]
                 + (cfg.lambda_per * terms["per"] if "per" in terms else 0.0))
+        return loss, {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
+
+    while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        values = trainer.accumulate([model], cfg.accumulate, micro)
         opt.step()
         step += 1
-        loop.step_done(step, {"loss": float(loss.detach()),
-                              **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
+        loop.step_done(step, values)
     return loop.finish(step)
 
 

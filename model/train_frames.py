@@ -225,8 +225,8 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     model = trainer.wrap_ddp(net, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches, shuffle_buffer=4 * cfg.batch_size)
-    batches = data_mod.batches_from(urls, stream, maker.fields(), cfg.seed, step, d.rank,
-                                    d.world, make_items=maker)
+    batches = data_mod.batches_from(urls, stream, maker.fields(), cfg.seed,
+                                    step * cfg.accumulate, d.rank, d.world, make_items=maker)
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "autoencoder": ae.fingerprint(), "autoencoder_path": str(cfg.autoencoder),
               "latent_cache": cached, "latent_scale": scale, "motion_cache": meta,
@@ -246,15 +246,17 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         return {"loss": float(np.mean([float(loss_of(ema.model, b, g)) for b in val]))}
 
     loop = trainer.RunLoop(run, step, parts, extras, validate, progress)
-    while step < cfg.steps:
+    def micro(_: int):
         batch = next(batches)
         with trainer.autocast(d.device):
-            loss = loss_of(model, batch, gen)
+            return loss_of(model, batch, gen), {}
+
+    while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        values = trainer.accumulate([model], cfg.accumulate, micro)
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(net, step)
         step += 1
-        loop.step_done(step, {"loss": float(loss.detach())})
+        loop.step_done(step, values)
     return loop.finish(step)

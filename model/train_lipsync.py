@@ -105,7 +105,8 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
     model = trainer.wrap_ddp(expert, d)
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
-    batches = data_mod.batches_from(urls, stream, SYNC_FIELDS, cfg.seed, step, d.rank, d.world)
+    batches = data_mod.batches_from(urls, stream, SYNC_FIELDS, cfg.seed, step * cfg.accumulate,
+                                    d.rank, d.world)
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "face_model": face.to_state(), "expert_config": dataclasses.asdict(expert.config)}
 
@@ -116,15 +117,17 @@ def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool 
         return metrics
 
     loop = trainer.RunLoop(run, step, parts, extras, validate, progress)
-    while step < cfg.steps:
+    def micro(_: int):
         b = next(batches)
         mouth = face(b["exp"], b["id"][:, None])  # (N, F, M, 3)
         audio = stats.normalize("audio", b["audio"])
         m, a, label = make_pairs(mouth, audio, b["valid"], expert.config.window, generator=gen)
-        loss = expert_loss(model(m.to(d.device), a.to(d.device)), label.to(d.device))
+        return expert_loss(model(m.to(d.device), a.to(d.device)), label.to(d.device)), {}
+
+    while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        values = trainer.accumulate([model], cfg.accumulate, micro)
         opt.step()
         step += 1
-        loop.step_done(step, {"loss": float(loss.detach())})
+        loop.step_done(step, values)
     return loop.finish(step)

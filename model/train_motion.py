@@ -119,8 +119,8 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
-    batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed, step,
-                                    d.rank, d.world)
+    batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed,
+                                    step * cfg.accumulate, d.rank, d.world)
     weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose, "joint": cfg.lambda_exp}
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "audio_config": data_mod.audio_stage_config(cfg.shards),
@@ -132,7 +132,8 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     loop = trainer.RunLoop(run, step, parts, extras,
                            lambda: validate({k: e.model for k, e in emas.items()}, diffusion,
                                             stats, val, d.device, cfg.seed + 1), progress)
-    while step < cfg.steps:
+
+    def micro(_: int):
         b = normalised(next(batches), stats, d.device)
         with trainer.autocast(d.device):
             out = losses(ddp, diffusion, b, gen)
@@ -145,13 +146,16 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
                 sync = critic(beta, b["id"], raw_audio, b["weight"][..., 0] > 0)
                 total = total + cfg.lambda_sync * sync
                 terms["loss_sync"] = float(sync.detach())
+        return total, terms
+
+    while step < cfg.steps:
         for o in opts.values():
             o.zero_grad(set_to_none=True)
-        total.backward()
+        values = trainer.accumulate(list(ddp.values()), cfg.accumulate, micro)
         for k, m in nets.items():
             torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
             opts[k].step()
             emas[k].update(m, step)
         step += 1
-        loop.step_done(step, {"loss": float(total.detach()), **terms})
+        loop.step_done(step, values)
     return loop.finish(step)

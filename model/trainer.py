@@ -106,6 +106,29 @@ def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def accumulate(models, k: int, micro) -> dict:
+    """The gradients of one optimizer step from `k` micro-batches (gradient accumulation).
+
+    `micro(i)` computes the i-th micro-batch's loss and returns (loss, {name: float}); each
+    loss / k is back-propagated, so the summed gradient is that of the mean loss over the k
+    micro-batches, as one batch k times larger would give. Under DDP the gradients are
+    all-reduced once, on the last micro-batch (`no_sync` before). Returns the mean of "loss"
+    and the scalars over the micro-batches, for logging. The caller zeroes the gradients
+    before and steps the optimizer after."""
+    values: dict[str, float] = {}
+    for i in range(k):
+        with contextlib.ExitStack() as stack:
+            if i < k - 1:
+                for m in models:
+                    if hasattr(m, "no_sync"):  # a DDP wrapper
+                        stack.enter_context(m.no_sync())
+            loss, scalars = micro(i)
+            (loss / k).backward()
+        for name, v in {"loss": float(loss.detach()), **scalars}.items():
+            values[name] = values.get(name, 0.0) + float(v) / k
+    return values
+
+
 def autocast(device: str):
     """bf16 autocast on CUDA, nothing on CPU (CPU training stays float32)."""
     if device.startswith("cuda"):
@@ -275,11 +298,20 @@ class Run:
                 obj.load_state_dict(self.state[group][name])
         for name, ema in parts.emas.items():
             ema.model.load_state_dict(self.state["ema"][name])
-        mine = self.state["ranks"][self.d.rank]  # this rank's own random streams
-        if parts.generator is not None:
-            parts.generator.set_state(mine["generator"])
-        set_rng_state(mine["rng"])
-        return int(self.state["step"])
+        step = int(self.state["step"])
+        if self.state["world"] == self.d.world:
+            mine = self.state["ranks"][self.d.rank]  # this rank's own random streams
+            if parts.generator is not None:
+                parts.generator.set_state(mine["generator"])
+            set_rng_state(mine["rng"])
+        else:  # another world size: fresh streams per rank, distinct from every step's before
+            seed = int(self.cfg.seed) * 1_000_003 + step * 1009 + self.d.rank
+            if parts.generator is not None:
+                parts.generator.manual_seed(seed)
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        return step
 
     def checkpoint(self, step: int, parts: Parts, extras: dict) -> dict | None:
         """Rank 0 writes checkpoint.pt (the one schema of every trainer); all ranks wait.
@@ -321,10 +353,12 @@ def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = No
         defaults = {f.name: f.default for f in dataclasses.fields(cfg)
                     if f.default is not dataclasses.MISSING}
         check_resumable(state["config"], config, RESUMABLE, ckpt, defaults)
-        if state["world"] != d.world:
-            raise UserError(f"{ckpt} was trained by {state['world']} processes, this run has "
-                            f"{d.world}: resume with the same number (each process's data "
-                            "and noise streams are its own)")
+        if state["world"] != d.world and d.main:
+            print(f"note: {ckpt} was trained by {state['world']} processes, this run has "
+                  f"{d.world}: the steps, the models, EMAs and optimizers continue exactly, "
+                  "and each process reads its data from the same point of its new stream "
+                  f"(step x accumulate batches); noise and data differ from a run that kept "
+                  f"{state['world']} (not bit-for-bit)", file=sys.stderr)
     return Run(cfg, kind, d, config, state, git_revision())
 
 
