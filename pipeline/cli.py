@@ -165,6 +165,9 @@ def coeffs(
     device: Device = DeviceName.auto,
     timeout: Annotated[float, typer.Option(
         help="Seconds per clip for decoding (plus 1 s a frame for the model).")] = 600.0,
+    max_roll: Annotated[float, typer.Option(
+        "--max-roll", help="Skip (face_rotated) clips whose face is tilted in-plane by more "
+        "than this many degrees (median): sideways cameras, lost rotation metadata.")] = 35.0,
     workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
     quiet: Quiet = False,
 ) -> None:
@@ -172,7 +175,8 @@ def coeffs(
     from .coeffs import CoeffsConfig, CoeffsStage
 
     cfg = CoeffsConfig(backend.value, _absolute(face_model), _absolute(deep3d_checkpoint),
-                       _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout)
+                       _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout,
+                       max_roll)
     _run(CoeffsStage(cfg), work, workers, part, force, quiet, ray)
 
 

@@ -69,6 +69,7 @@ class CoeffsConfig:
     batch_size: int = 32  # R-Net batch (deep3d)
     device: str = "auto"  # "auto" (CUDA when present) | "cpu" | "cuda" (deep3d)
     timeout: float = 600.0  # seconds per clip for decoding, plus MODEL_SECONDS_PER_FRAME a frame
+    max_roll: float = 35.0  # degrees: a face whose median in-plane tilt is larger is skipped
 
 
 class CoeffsStage:
@@ -214,6 +215,7 @@ class CoeffsStage:
         timeout = cfg.timeout + expected * MODEL_SECONDS_PER_FRAME
         arrays = self.coefficients(media.iter_frames(mp4, size, size, timeout))
         check_valid(arrays["valid"], expected, cfg.max_invalid)
+        check_upright(arrays["pose"], arrays["valid"], cfg.max_roll)
         check_finite(arrays)
         atomic.write_npz(work / OUT_DIR / f"{item.key}.npz", **arrays)
         return [f"{OUT_DIR}/{item.key}.npz"]
@@ -231,6 +233,19 @@ def check_valid(valid: np.ndarray, expected: int, max_invalid: float) -> None:
     if invalid > max_invalid * n:
         raise Skip(SkipReason.TOO_MANY_INVALID,
                    f"{invalid} of {n} frames have no face (at most {max_invalid:.0%} allowed)")
+
+
+def check_upright(pose: np.ndarray, valid: np.ndarray, max_roll: float) -> None:
+    """Skip (face_rotated) a clip whose face lies on its side: the median in-plane tilt (roll,
+    the eye line's angle) over its valid frames beyond `max_roll` degrees. Such a clip (a
+    sideways camera, a phone video that lost its rotation metadata) would teach the models
+    sideways faces; people tilt their heads by 10-20 degrees, not 40."""
+    roll = np.degrees(np.abs(np.asarray(pose, np.float64)[valid, 2]))
+    if len(roll) and (tilt := float(np.median(roll))) > max_roll:
+        raise Skip(SkipReason.FACE_ROTATED,
+                   f"the face is tilted by {tilt:.0f} degrees (median; at most {max_roll:g} "
+                   "allowed): re-encode the source upright (ffmpeg -vf transpose=1|2 or "
+                   "rotate), or raise --max-roll")
 
 
 def check_finite(arrays: dict[str, np.ndarray]) -> None:

@@ -153,6 +153,11 @@ def _check_config(stage: Stage, work: Path, force: bool) -> None:
     current = _config_record(stage)
     if path.is_file():
         previous = json.loads(path.read_text())
+        # a setting added since the old outputs were made counts as its default there
+        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(
+            stage.config) if f.default is not dataclasses.MISSING}, default=str))
+        previous = {**{k: v for k, v in current.items() if k not in previous
+                       and k in defaults and defaults[k] == v}, **previous}
         if previous != current and not force:
             diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)
                     if previous.get(k) != current.get(k)}

@@ -26,6 +26,7 @@ class SkipReason(StrEnum):
     INCOMPLETE = "incomplete_inputs"  # shard: an earlier stage produced no output for this clip
     INCONSISTENT = "inconsistent_inputs"  # shard: frame counts of the parts disagree
     NON_FINITE = "non_finite_values"  # a model gave inf/NaN (or overflowed float16)
+    FACE_ROTATED = "face_rotated"  # the face lies on its side (a sideways camera, lost rotation)
 
 
 class Skip(Exception):  # noqa: N818 - it is a control-flow signal, not an error

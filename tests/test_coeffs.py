@@ -335,3 +335,27 @@ def test_non_finite_arrays_are_skipped():
         with pytest.raises(Skip) as err:
             check_finite(bad)
         assert err.value.reason == SkipReason.NON_FINITE and name in err.value.detail
+
+
+def test_a_face_on_its_side_is_skipped_with_its_reason(shared_media, tmp_path):
+    """A real talking clip turned by 50 degrees (a sideways camera, no rotation metadata) is a
+    face_rotated skip; the same clip upright is kept."""
+    from fd2talk.pipeline.crop import CropConfig, CropStage
+
+    rows = ["key,path"]
+    for angle in (0, 50):
+        out = tmp_path / f"turned{angle}.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(shared_media / "talk_10_512.mp4"),
+                        "-t", "2", "-vf", f"rotate={angle}*PI/180:fillcolor=black", "-c:v",
+                        "libx264", "-c:a", "aac", str(out)], check=True, timeout=120)
+        rows.append(f"turned{angle},{out}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    from fd2talk.pipeline.clip import ClipConfig, ClipStage
+
+    work = tmp_path / "work"
+    run_stage(ClipStage(ClipConfig(str(tmp_path / "m.csv"))), work, progress=False)
+    run_stage(CropStage(CropConfig()), work, progress=False)
+    s = run_stage(CoeffsStage(CoeffsConfig()), work, progress=False)
+    assert s.done == 1 and dict(s.skipped) == {"face_rotated": 1}
+    rec = [r for r in s.failures if r["reason"] == "face_rotated"][0]
+    assert rec["key"].startswith("turned50") and "tilted by" in rec["detail"]

@@ -98,6 +98,23 @@ def test_changed_config_is_refused_unless_forced(tmp_path):
     assert s.done == 3
 
 
+@dataclass(frozen=True)
+class GrownConfig:
+    """CountingConfig with a setting added in a later version."""
+
+    numbers: tuple
+    timeout: float = 1.0
+    rounding: int = 0
+
+
+def test_a_setting_added_later_counts_as_its_default_for_old_outputs(tmp_path):
+    run_stage(_stage([1, 2]), tmp_path, progress=False)  # recorded without `rounding`
+    s = run_stage(CountingStage(GrownConfig((1, 2))), tmp_path, progress=False)
+    assert (s.already, s.done) == (2, 0)  # not refused, nothing redone
+    with pytest.raises(PrepError, match="rounding"):  # another value is another setting
+        run_stage(CountingStage(GrownConfig((1, 2), rounding=2)), tmp_path, progress=False)
+
+
 def _tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
