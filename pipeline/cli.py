@@ -356,6 +356,8 @@ manifest_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(manifest_app, name="manifest")
 ManifestOut = Annotated[Path, typer.Option("--out", "-o", help="The manifest to write (.csv).")]
+VideosDir = Annotated[Path, typer.Option("--videos", help="Folder of the downloaded videos, "
+                      "named as the annotations name them (sub-folders are searched).")]
 
 
 def _write_manifest(built, out: Path) -> None:
@@ -382,11 +384,11 @@ def _write_manifest(built, out: Path) -> None:
 def manifest_hdtf(
     annotations: Annotated[Path, typer.Option(help="HDTF's HDTF_dataset folder (its "
                           "*_annotion_time.txt files).")],
-    videos: Annotated[Path, typer.Option(help="Folder of the downloaded videos, NAME.mp4 as "
-                     "in *_video_url.txt (sub-folders are searched).")],
+    videos: VideosDir,
     out: ManifestOut = Path("manifest.csv"),
 ) -> None:
-    """HDTF: one row per annotated talking span (key NAME_i, HDTF's clip names)."""
+    """HDTF: one row per annotated talking span (key NAME_i, HDTF's clip names); the videos
+    are NAME.mp4 as in *_video_url.txt."""
     from .datasets import hdtf
 
     _write_manifest(hdtf(annotations, videos), out)
@@ -396,11 +398,11 @@ def manifest_hdtf(
 def manifest_vfhq(
     meta: Annotated[Path, typer.Option(help="VFHQ's meta-info folder (Clip+VIDEOID+P0+C0+"
                    "F1-100.txt files).")],
-    videos: Annotated[Path, typer.Option(help="Folder of the downloaded source videos, "
-                     "VIDEOID.* (sub-folders are searched).")],
+    videos: VideosDir,
     out: ManifestOut = Path("manifest.csv"),
 ) -> None:
-    """VFHQ: one row per clip over its frame range; the speaker is VIDEOID+P{pid}."""
+    """VFHQ: one row per clip over its frame range (the source videos are VIDEOID.*); the
+    speaker is VIDEOID+P{pid}."""
     from .datasets import vfhq
 
     _write_manifest(vfhq(meta, videos), out)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import ray  # install.sh installs it (the `ray` extra)
-from test_runner import _manifest, _tree_hashes
+from test_runner import CountingStage, _manifest, _tree_hashes
 
 from fd2talk.pipeline.clip import ClipConfig, ClipStage
-from fd2talk.pipeline.runner import Item, run_stage
+from fd2talk.pipeline.runner import run_stage
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +48,11 @@ def test_ray_makes_the_same_outputs_and_skips_as_the_local_runner(local_cluster,
     assert (again.already, again.done) == (5, 0)  # resumes: nothing is redone
 
 
-class DyingOnceStage:
+class DyingOnceStage(CountingStage):
     """Writes n squared; the first time it meets `victim`, kills its own worker process
     (SIGKILL, mid-clip: its output is half-written under a temporary name)."""
 
     name = "dying"
-    out_dir = "out"
-
-    def __init__(self, config):
-        self.config = config
-
-    def items(self, work):
-        return [Item(f"k{n}", {"n": n}) for n in self.config.numbers]
-
-    def setup(self):
-        pass
 
     def process(self, item, work):
         n = item.payload["n"]
@@ -84,7 +74,8 @@ class DyingConfig:
 def test_a_killed_ray_worker_has_its_clip_retried(local_cluster, tmp_path):
     import ray.cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    for module in (__name__, CountingStage.__module__):  # Ray's workers lack tests/
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
     stage = DyingOnceStage(DyingConfig(tuple(range(6)), victim=3))
     s = run_stage(stage, tmp_path, workers=2, progress=False, cluster=local_cluster)
     assert (tmp_path / "killed_k3").exists()  # the worker did die
