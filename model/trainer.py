@@ -305,7 +305,8 @@ class Run:
                 parts.generator.set_state(mine["generator"])
             set_rng_state(mine["rng"])
         else:  # another world size: fresh streams per rank, distinct from every step's before
-            seed = int(self.cfg.seed) * 1_000_003 + step * 1009 + self.d.rank
+            seed = int(np.random.SeedSequence([int(self.cfg.seed), step, self.d.rank])
+                       .generate_state(1, np.uint64)[0] >> 1)
             if parts.generator is not None:
                 parts.generator.manual_seed(seed)
             torch.manual_seed(seed)
@@ -336,6 +337,8 @@ def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = No
     against --resume, the checkpoint's kind, format and settings. Writes nothing."""
     from fd2talk.pipeline.shard import git_revision
 
+    if getattr(cfg, "accumulate", 1) < 1:
+        raise UserError(f"--accumulate must be at least 1, got {cfg.accumulate}")
     if presets is not None and cfg.preset not in presets:
         raise UserError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(presets)}")
     d = setup_distributed(cfg.device)

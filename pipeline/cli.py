@@ -39,6 +39,9 @@ RayOpt = Annotated[str | None, typer.Option(
     "--workers CPUs), `auto` (the cluster `ray start` made here) or an address "
     "(ray://HEAD:10001). Dynamic scheduling, lost workers retried; WORK must be on storage "
     "every node sees.")]
+RayGpus = Annotated[float, typer.Option(
+    "--ray-gpus", min=0.0, help="With --ray: the share of a GPU each task asks Ray for, for "
+    "backends on CUDA (s3fd, deep3d, wav2vec2): 0.25 runs four tasks a GPU.")]
 Force = Annotated[bool, typer.Option(
     "--force", help="Redo outputs made with different settings instead of refusing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
@@ -85,11 +88,11 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _run(stage, work: Path, workers: int, part: str, force: bool, quiet: bool,
-         ray: str | None = None) -> None:
+         ray: str | None = None, ray_gpus: float = 0.0) -> None:
     from .runner import Part, print_summary, run_stage
 
     summary = run_stage(stage, work, workers=workers, part=Part.parse(part), force=force,
-                        progress=not quiet, cluster=ray)
+                        progress=not quiet, cluster=ray, cluster_gpus=ray_gpus)
     if not quiet:
         print_summary(summary)
     if not summary.ok:
@@ -103,14 +106,15 @@ def clip(
     max_seconds: Annotated[float, typer.Option(help="Split longer sources into fragments.")] = 30.0,
     min_seconds: Annotated[float, typer.Option(help="Skip shorter spans.")] = 1.0,
     av_tolerance: Annotated[float, typer.Option(help="Max audio/video duration gap (s).")] = 0.2,
-    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, ray_gpus: RayGpus = 0.0,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Manifest rows -> 25 fps clips with 16 kHz mono audio (WORK/clips)."""
     from .clip import ClipConfig, ClipStage
 
     cfg = ClipConfig(str(manifest.resolve()), max_seconds, min_seconds, av_tolerance)
-    _run(ClipStage(cfg), work, workers, part, force, quiet, ray)
+    _run(ClipStage(cfg), work, workers, part, force, quiet, ray, ray_gpus)
 
 
 @app.command()
@@ -132,7 +136,8 @@ def crop(
     min_face: Annotated[int, typer.Option(help="Drop faces smaller than this (pixels).")] = 64,
     size: Annotated[int, typer.Option(help="Side of the square crops.")] = 256,
     face_model: FaceModel = None, device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, ray_gpus: RayGpus = 0.0,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Clips -> 256x256 face crops with audio, one per face tube (WORK/crops)."""
@@ -143,7 +148,7 @@ def crop(
                      detect_size=detect_size, detect_every=detect_every,
                      iou_with_initial=iou_with_initial, increase=increase,
                      min_frames=min_frames, min_face=min_face, size=size, device=device.value)
-    _run(CropStage(cfg), work, workers, part, force, quiet, ray)
+    _run(CropStage(cfg), work, workers, part, force, quiet, ray, ray_gpus)
 
 
 @app.command()
@@ -168,7 +173,8 @@ def coeffs(
     max_roll: Annotated[float, typer.Option(
         "--max-roll", help="Skip (face_rotated) clips whose face is tilted in-plane by more "
         "than this many degrees (median): sideways cameras, lost rotation metadata.")] = 35.0,
-    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, ray_gpus: RayGpus = 0.0,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Crops -> per-frame expression, pose, identity, landmarks, valid mask (WORK/coeffs)."""
@@ -177,7 +183,7 @@ def coeffs(
     cfg = CoeffsConfig(backend.value, _absolute(face_model), _absolute(deep3d_checkpoint),
                        _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout,
                        max_roll)
-    _run(CoeffsStage(cfg), work, workers, part, force, quiet, ray)
+    _run(CoeffsStage(cfg), work, workers, part, force, quiet, ray, ray_gpus)
 
 
 @app.command()
@@ -201,7 +207,8 @@ def audio(
     av_tolerance: Annotated[float, typer.Option(
         help="Skip crops whose audio and video lengths differ by more (s).")] = 0.2,
     device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, ray_gpus: RayGpus = 0.0,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Crops -> per-frame audio features at 25 fps, float16 (F, D) (WORK/audio)."""
@@ -212,7 +219,7 @@ def audio(
                       wav2vec2=wav2vec2, layer=layer, chunk_seconds=chunk_seconds,
                       context_seconds=context_seconds, batch_size=batch_size,
                       av_tolerance=av_tolerance, device=device.value)
-    _run(AudioStage(cfg), work, workers, part, force, quiet, ray)
+    _run(AudioStage(cfg), work, workers, part, force, quiet, ray, ray_gpus)
 
 
 @app.command()
@@ -297,7 +304,8 @@ def run(
     max_seconds: Annotated[float, typer.Option(help="clip: split longer sources.")] = 30.0,
     split_by: SplitByOpt = SplitBy.auto,
     face_model: FaceModel = None, device: Device = DeviceName.auto,
-    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, force: Force = False,
+    workers: Workers = 1, part: PartOpt = "", ray: RayOpt = None, ray_gpus: RayGpus = 0.0,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Every stage in order: clip, crop, coeffs, audio, shard (shard only without --part).
@@ -331,7 +339,7 @@ def run(
         shard=ShardConfig(split_by=split_by.value),
     )
     summaries = run_all(work, cfg, workers=workers, part=Part.parse(part), force=force,
-                        progress=not quiet, cluster=ray)
+                        progress=not quiet, cluster=ray, cluster_gpus=ray_gpus)
     if any(not s.ok for s in summaries):
         raise typer.Exit(1)
     if not quiet and Part.parse(part).whole:
@@ -366,6 +374,11 @@ def _write_manifest(built, out: Path) -> None:
     if not built.rows:
         detail = "; ".join((built.problems + [f"missing {m}" for m in built.missing])[:5])
         raise PrepError(f"no rows: no annotated video was found ({detail})")
+    base = out.resolve().parent
+    for row in built.rows:  # relative to the manifest when under its folder: the dataset can
+        path = Path(row["path"])  # move with it, or be mounted elsewhere (a container)
+        if path.is_relative_to(base):
+            row["path"] = path.relative_to(base).as_posix()
     write_bytes(out, built.csv_text().encode())
     speakers = len({r["speaker_id"] for r in built.rows if r["speaker_id"]})
     typer.echo(f"{out}: {len(built.rows)} rows, {len({r['video_id'] for r in built.rows})} "

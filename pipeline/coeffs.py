@@ -38,6 +38,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -70,6 +71,8 @@ class CoeffsConfig:
     device: str = "auto"  # "auto" (CUDA when present) | "cpu" | "cuda" (deep3d)
     timeout: float = 600.0  # seconds per clip for decoding, plus MODEL_SECONDS_PER_FRAME a frame
     max_roll: float = 35.0  # degrees: a face whose median in-plane tilt is larger is skipped
+    # outputs made before `max_roll` existed were not checked: they count as made with 180
+    LEGACY: ClassVar[dict] = {"max_roll": 180.0}
 
 
 class CoeffsStage:

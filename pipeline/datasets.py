@@ -5,9 +5,9 @@ reported (how many, the first few) and left out.
 
 - HDTF (github.com/MRzzm/HDTF, `HDTF_dataset/`): `{RD,WDA,WRA}_video_url.txt` ("name url"
   per line) and `{RD,WDA,WRA}_annotion_time.txt` ("name.mp4 mm:ss-mm:ss mm:ss-mm:ss ...":
-  the talking spans of each video). One row per span, key `name_i` (HDTF's own clip names),
-  the speaker from the name without its trailing `_NNN` (`WDA_BarackObama_000` ->
-  `WDA_BarackObama`; every Radio show is its own).
+  the talking spans of each video). One row per span, key `name_i` (HDTF's own clip names).
+  The speaker: a WDA/WRA name without its trailing digits (`AmyKlobuchar0` and
+  `AmyKlobuchar1` are one person); every RD (radio) show is its own.
 - VFHQ (liangbinxie.github.io/projects/vfhq): its meta-info folder, one
   `Clip+VIDEOID+P{pid}+C{clip}+F{start}-{end}.txt` per clip, with `FPS: 25.0` among its
   header lines. One row per clip over VFHQ's frame range (its processing script keeps frames
@@ -20,6 +20,7 @@ reported (how many, the first few) and left out.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -91,8 +92,10 @@ def hdtf(annotations: Path, videos: Path) -> Built:
                         "HDTF_dataset folder")
     found = _videos(Path(videos))
     built = Built()
+    seen: dict[str, Path] = {}
     for f in files:
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        radio = f.name.startswith("RD_")
+        for n, line in enumerate(f.read_text(encoding="utf-8-sig").splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -106,10 +109,14 @@ def hdtf(annotations: Path, videos: Path) -> Built:
             except ValueError as e:
                 built.problems.append(str(e))
                 continue
+            if name in seen:
+                built.problems.append(f"{where}: {name} is also annotated in {seen[name]}")
+                continue
+            seen[name] = f
             if name not in found:
                 built.missing.append(name)
                 continue
-            speaker = re.sub(r"_\d+$", "", name)
+            speaker = name if radio else (re.sub(r"\d+$", "", name) or name)
             for i, (start, end) in enumerate(spans):
                 built.rows.append({"key": safe_key(f"{name}_{i}"), "path": str(found[name]),
                                    "start": f"{start:g}", "end": f"{end:g}",
@@ -181,7 +188,13 @@ def folder(root: Path, speaker_regex: str | None = None) -> Built:
                 continue
         else:
             speaker = rel.parts[0] if len(rel.parts) > 1 else ""
-        key = safe_key(rel.with_suffix("").as_posix().replace("/", "__"))
+        stem = rel.with_suffix("").as_posix().replace("/", "__")
+        try:
+            key = safe_key(stem)
+        except PrepError:
+            key = ""
+        if key != stem:  # characters were replaced: a hash keeps distinct names distinct
+            key = f"{key}_{hashlib.sha1(stem.encode()).hexdigest()[:8]}".lstrip("_")
         if key in keys:
             built.problems.append(f"{rel}: key {key} taken by another file")
             continue

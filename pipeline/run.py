@@ -24,8 +24,8 @@ class RunConfig:
 
 
 def run_all(work: Path, config: RunConfig, workers: int = 1, part: Part = Part(),
-            force: bool = False, progress: bool = True, cluster: str | None = None
-            ) -> list[Summary]:
+            force: bool = False, progress: bool = True, cluster: str | None = None,
+            cluster_gpus: float = 0.0) -> list[Summary]:
     """Run the stages in order; with a `part` of n > 1, stop before `shard` (run it once, when
     every part is done). Returns the stages' summaries."""
     stages = [ClipStage(config.clip), CropStage(config.crop), CoeffsStage(config.coeffs),
@@ -33,7 +33,7 @@ def run_all(work: Path, config: RunConfig, workers: int = 1, part: Part = Part()
     summaries = []
     for stage in stages:
         summary = run_stage(stage, work, workers=workers, part=part, force=force,
-                            progress=progress, cluster=cluster)
+                            progress=progress, cluster=cluster, cluster_gpus=cluster_gpus)
         summaries.append(summary)
         if progress:
             print_summary(summary)

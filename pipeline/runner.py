@@ -153,11 +153,13 @@ def _check_config(stage: Stage, work: Path, force: bool) -> None:
     current = _config_record(stage)
     if path.is_file():
         previous = json.loads(path.read_text())
-        # a setting added since the old outputs were made counts as its default there
+        # a setting added since the old outputs were made: what they were made with is the
+        # config's LEGACY value for it (a check that did not run yet), else its default
         defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(
             stage.config) if f.default is not dataclasses.MISSING}, default=str))
-        previous = {**{k: v for k, v in current.items() if k not in previous
-                       and k in defaults and defaults[k] == v}, **previous}
+        defaults.update(getattr(stage.config, "LEGACY", {}))
+        previous = {**{k: defaults[k] for k in current if k not in previous and k in defaults},
+                    **previous}
         if previous != current and not force:
             diff = {k: (previous.get(k), current.get(k)) for k in set(previous) | set(current)
                     if previous.get(k) != current.get(k)}
@@ -233,11 +235,13 @@ def _write_failures(work: Path, stage: str, failed: list[dict]) -> list[dict]:
 def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
               force: bool = False, progress: bool = True,
               on_result: Callable[[dict], None] | None = None,
-              cluster: str | None = None) -> Summary:
+              cluster: str | None = None, cluster_gpus: float = 0.0) -> Summary:
     """Process every pending item of `stage` in `work`; return the summary (also written).
     `cluster`: run the items as Ray tasks: "local" starts a Ray cluster on this machine with
     `workers` CPUs, "auto" joins the one running here (`ray start`), any other value is a Ray
-    address (e.g. ray://head:10001). The work dir must be shared storage all nodes see."""
+    address (e.g. ray://head:10001). The work dir must be shared storage all nodes see.
+    `cluster_gpus`: the share of a GPU each task asks for (0.25: four tasks a GPU), for the
+    backends that run on CUDA (S3FD, Deep3D, wav2vec2)."""
     from tqdm import tqdm
 
     work = Path(work)
@@ -272,7 +276,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
             close = getattr(stage, "close", None)
             if close:
                 close()
-            _map_ray(stage, pending, work, cluster, workers, account, bar)
+            _map_ray(stage, pending, work, cluster, workers, account, bar, cluster_gpus)
         elif workers <= 1 or len(pending) <= 1:
             if pending:
                 stage.setup()
@@ -366,9 +370,11 @@ def ray_init(cluster: str, workers: int = 1):
              "ray://HOST:10001), or use --ray local")
     if cluster not in ("local", "auto"):
         host, _, port = cluster.removeprefix("ray://").rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except (OSError, ValueError) as e:  # Ray itself would retry for minutes
+        if not host or not port.isdigit():
+            raise PrepError(f"--ray {cluster}: an address is HOST:PORT; {help_}")
+        try:  # Ray itself would retry for minutes
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except OSError as e:
             raise PrepError(f"--ray {cluster}: nothing answers there ({e}); {help_}") from None
     try:
         if cluster == "local":
@@ -381,11 +387,12 @@ def ray_init(cluster: str, workers: int = 1):
 
 
 def _map_ray(stage: Stage, pending: list[Item], work: Path, cluster: str, workers: int,
-             account: Callable[[dict], None], bar) -> None:
+             account: Callable[[dict], None], bar, gpus: float = 0.0) -> None:
     """Every pending item as a Ray task, a bounded number in flight, accounted as they end
     (dynamic: long and short clips balance themselves over the cluster)."""
     ray = ray_init(cluster, workers)
-    task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(_ray_task)
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=RAY_RETRIES,
+                      retry_exceptions=False)(_ray_task)
     stage_ref = ray.put(stage)
     cpus = int(ray.cluster_resources().get("CPU", workers))
     in_flight = max(2, 4 * cpus)
@@ -400,11 +407,15 @@ def _map_ray(stage: Stage, pending: list[Item], work: Path, cluster: str, worker
             it = running.pop(ref)
             try:
                 rec = ray.get(ref)
-            except ray.exceptions.RayError as e:  # lost RAY_RETRIES + 1 times, or no setup
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None)  # RayTaskError: what the task raised
+                if isinstance(e, ray.exceptions.RayTaskError) and cause is not None:
+                    why = f"the task raised {type(cause).__name__}: {cause}"
+                else:  # its worker or node was lost RAY_RETRIES + 1 times
+                    why = (f"{type(e).__name__} after {RAY_RETRIES} retries: "
+                           f"{(str(e).splitlines() or [''])[0]}")
                 rec = {"key": it.key, "stage": stage.name, "inputs": it.payload,
-                       "status": "failed", "traceback": "",
-                       "error": f"Ray could not run it ({type(e).__name__}, after "
-                       f"{RAY_RETRIES} retries for lost workers): {str(e).splitlines()[0]}"}
+                       "status": "failed", "traceback": "", "error": f"Ray could not run it ({why})"}
             account(rec)
             bar.update(1)
 

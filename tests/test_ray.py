@@ -13,6 +13,7 @@ import pytest
 import ray  # install.sh installs it (the `ray` extra)
 from test_runner import CountingStage, _manifest, _tree_hashes
 
+from fd2talk.pipeline import atomic
 from fd2talk.pipeline.clip import ClipConfig, ClipStage
 from fd2talk.pipeline.runner import run_stage
 
@@ -57,11 +58,13 @@ class DyingOnceStage(CountingStage):
     def process(self, item, work):
         n = item.payload["n"]
         marker = work / f"killed_{item.key}"
-        if n == self.config.victim and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            (work / "out" / f"{item.key}.txt.tmp").write_text("half")
-            os.kill(os.getpid(), signal.SIGKILL)
-        (work / "out" / f"{item.key}.txt").write_text(str(n * n))
+        final = work / "out" / f"{item.key}.txt"
+        with atomic.atomic_path(final) as tmp:  # as every real stage writes its outputs
+            tmp.write_text("half")
+            if n == self.config.victim and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-write
+            tmp.write_text(str(n * n))
         return [f"out/{item.key}.txt"]
 
 
@@ -80,7 +83,9 @@ def test_a_killed_ray_worker_has_its_clip_retried(local_cluster, tmp_path):
     s = run_stage(stage, tmp_path, workers=2, progress=False, cluster=local_cluster)
     assert (tmp_path / "killed_k3").exists()  # the worker did die
     assert s.ok and s.done == 6 and s.failed == 0
-    assert (tmp_path / "out" / "k3.txt").read_text() == "9"
+    assert (tmp_path / "out" / "k3.txt").read_text() == "9"  # whole, from the retry
+    assert sorted(p.name for p in (tmp_path / "out").glob("k*")) == [
+        f"k{n}.txt" for n in range(6)]  # no half-written file under a final name
     assert json.loads((tmp_path / "status" / "dying" / "k3.json").read_text())["status"] == "done"
 
 

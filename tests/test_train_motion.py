@@ -158,8 +158,14 @@ def test_torchrun_two_nodes_average_gradients_and_rank_0_alone_writes(demo_work,
          "--lambda-sync", "0", "--val-every", "1", "--log-every", "1", "--device", "cpu", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
         for _ in range(2)]
-    for node in nodes:
-        _, err = node.communicate(timeout=300)
+    try:
+        errs = [node.communicate(timeout=300)[1] for node in nodes]
+    finally:  # a node that failed must not leave the other waiting on the rendezvous
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    for node, err in zip(nodes, errs, strict=True):
         assert node.returncode == 0, err[-3000:]
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["world"] == 2 and state["step"] == 1
