@@ -89,7 +89,9 @@ echo "== face model"
 
 if [ "$demo" = 1 ]; then
   echo "== demo: fd2talk-prep run work/demo --demo"
-  .venv/bin/fd2talk-prep run work/demo --demo
+  # --force: a work/demo left by an older version whose stage settings have since grown is
+  # redone for those stages only (finished stages with the same settings are kept)
+  .venv/bin/fd2talk-prep run work/demo --demo --force
   echo "== demo: fd2talk-train demo (both stages, the demo recipe; about ten minutes on 2 cores)"
   .venv/bin/fd2talk-train demo --work work/demo --runs work/runs --out work/model
   echo "== demo: fd2talk-generate (a held-out portrait with held-out speech)"
