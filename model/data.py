@@ -112,6 +112,15 @@ def _decode(sample: dict, fields: tuple[str, ...]) -> dict:
     return out
 
 
+def _skip_for(sample: dict, fields: tuple[str, ...]) -> bool:
+    """A video-only sample (manifest `audio: no`: stage-2 data, json "audio": false) when the
+    consumer needs speech: the lip expert and the motion transformers pass it by."""
+    if "audio" not in fields or META_KEY not in sample:
+        return False
+    meta = sample[META_KEY]
+    return (json.loads(meta) if isinstance(meta, bytes | str) else meta).get("audio") is False
+
+
 def _tar_samples(urls: list[str]) -> Iterator[dict]:
     import webdataset as wds
 
@@ -123,6 +132,8 @@ def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_
                ) -> Iterator[dict]:
     """Every clip of a split in a fixed order, decoded (the mp4 is never decoded)."""
     for sample in _tar_samples(split_shards(shards, split)):
+        if _skip_for(sample, fields):
+            continue
         if MEDIA_KEY not in fields:
             sample.pop(MEDIA_KEY, None)
         yield _decode(sample, fields)
@@ -130,9 +141,18 @@ def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_
 
 def dataset_info(shards: str | Path, split: str = "train",
                  fields: tuple[str, ...] = MOTION_FIELDS) -> DatasetInfo:
-    """Read the first sample of `split`: check it has `fields`, return what the shards hold."""
-    clip = next(iter_clips(shards, split, fields))
+    """Read the first sample of `split`: check it has `fields`, return what the shards hold
+    (the audio backend from the first sample with speech; "none" and 0 when no sample has
+    any, which only stage 2 accepts)."""
+    clip = next(iter_clips(shards, split, fields), None)
+    if clip is None:
+        raise UserError(f"no clip of split {split!r} in {shards} has speech (every source was "
+                        "marked `audio: no`): the lip expert and the motion transformers need "
+                        "talking videos")
     meta = clip["meta"]
+    if meta.get("audio") is False:
+        meta = next((c["meta"] for c in iter_clips(shards, split, (*fields, "audio"))),
+                    {**meta, "audio_features": "none", "audio_dim": 0})
     try:
         return DatasetInfo(coeffs=meta["coeffs"], exp_dim=int(meta["exp_dim"]),
                            audio_features=meta["audio_features"], audio_dim=int(meta["audio_dim"]))
@@ -249,6 +269,8 @@ def _items_stage(src, fields, make_items, seed, epoch, rank):
     for sample in src:
         if rng is None:
             rng = random.Random(_seed(seed, epoch, rank, _worker()[0], 1))
+        if _skip_for(sample, fields):
+            continue
         if MEDIA_KEY not in fields:
             sample.pop(MEDIA_KEY, None)
         yield from make_items(_decode(sample, fields), rng)

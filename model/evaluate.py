@@ -434,9 +434,10 @@ def run_protocol(model: list[Path], shards: Path, split: str, out: Path, tools: 
     dirs = {k: out / k for k in ("reference", "generated", "own_pose", "poses")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    clips = list(data.iter_clips(shards, split, ("exp", "pose", "valid", "mp4")))
+    clips = [c for c in data.iter_clips(shards, split, ("exp", "pose", "valid", "mp4"))
+             if c["meta"].get("audio") is not False]  # video-only clips have no speech to use
     if not clips:
-        raise UserError(f"no clips in the {split!r} split of {shards}")
+        raise UserError(f"no clips with speech in the {split!r} split of {shards}")
     pipe = None
     timings = {"generate": 0.0, "score": 0.0}
     started = time.perf_counter()

@@ -79,7 +79,10 @@ def check_key(key: str) -> str:
 
 def validate_sample(sample: dict) -> int:
     """Check a decoded sample (arrays as numpy) against the schema; return its frame count F."""
-    missing = [k for k in REQUIRED_KEYS if k not in sample]
+    meta = sample.get(META_KEY)
+    video_only = isinstance(meta, dict) and meta.get("audio") is False  # stage-2 data
+    missing = [k for k in REQUIRED_KEYS if k not in sample
+               and not (video_only and k == "audio.npy")]
     if missing:
         raise SchemaError(f"sample {sample.get('__key__')!r} lacks {missing}")
     check_key(sample["__key__"])
@@ -101,7 +104,6 @@ def validate_sample(sample: dict) -> int:
                 )
     if sample["pose.npy"].shape[1] != POSE_DIM:
         raise SchemaError(f"pose.npy: {sample['pose.npy'].shape[1]} columns, expected {POSE_DIM}")
-    meta = sample[META_KEY]
     if isinstance(meta, dict) and meta.get("frames") not in (None, n_frames):
         raise SchemaError(f"json says {meta['frames']} frames, arrays have {n_frames}")
     return int(n_frames)

@@ -121,14 +121,17 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | No
 def motion_condition(batch: dict, stats: Stats, cache: dict | None, relative_pose: bool = False
                      ) -> torch.Tensor:
     """(N, D_exp + 6) normalised [beta, p]: ground truth, or the stage-1 predictions; with
-    `relative_pose`, p minus the reference frame's true pose (`frames.condition`)."""
+    `relative_pose`, p minus the reference frame's true pose (`frames.condition`). A
+    video-only clip (no speech to predict from) has no prediction: its truth stands in."""
     if cache is None:
         exp, pose = batch["exp"], batch["pose"]
     else:
-        rows = np.stack([cache[k][i] for k, i in zip(batch["key"], batch["index"].tolist(),
-                                                      strict=True)])
         d = stats.dim("exp")
-        exp, pose = torch.from_numpy(rows[:, :d]), torch.from_numpy(rows[:, d:])
+        exp, pose = batch["exp"].clone(), batch["pose"].clone()
+        for j, (k, i) in enumerate(zip(batch["key"], batch["index"].tolist(), strict=True)):
+            if k in cache:
+                row = torch.from_numpy(cache[k][i])
+                exp[j], pose[j] = row[:d], row[d:]
     from .frames import condition
 
     return condition(stats, exp, pose, batch["ref_pose"] if relative_pose else None)

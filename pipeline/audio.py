@@ -143,7 +143,8 @@ class AudioStage:
         self._encoder: LogMel | Wav2Vec2Features | None = None
 
     def items(self, work: Path) -> list[Item]:
-        return crop_items(work)
+        """The crops with speech (video-only crops, manifest `audio: no`, have none)."""
+        return [it for it in crop_items(work, "audio") if it.payload.get("audio") is not False]
 
     def setup(self) -> None:
         if self._encoder is None:

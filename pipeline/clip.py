@@ -54,7 +54,7 @@ def fragments(n_frames: int, max_frames: int) -> list[tuple[int, int]]:
 
 
 def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: float,
-                streams: tuple[int, int] | None = None) -> str:
+                streams: tuple[int, int | None] | None = None, audio: bool = True) -> str:
     """Cut `n_frames` frames at 25 fps from `start` s into `dst` (x264 + AAC 16 kHz mono).
 
     `streams`: the (video, audio) stream indices to take (`media.probe`'s choice,
@@ -64,18 +64,21 @@ def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: floa
     filter), so sample 0 and frame 0 are presented at the same time. The audio
     is padded with silence if the source's ends a little early, so it always
     lasts n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ... and the
-    last frame. Returns ffmpeg's stderr.
+    last frame. `audio=False` (a video-only row): the video alone. Returns ffmpeg's stderr.
     """
     dur = n_frames / FPS
-    video, audio = (f"0:{streams[0]}", f"0:{streams[1]}") if streams else ("0:v:0", "0:a:0")
+    video = f"0:{streams[0]}" if streams else "0:v:0"
+    sound = (f"0:{streams[1]}" if streams and streams[1] is not None else "0:a:0")
+    maps = ["-map", video, "-map", sound] if audio else ["-map", video]
+    audio_args = (["-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0,apad"] if audio
+                  else ["-an"])
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
-           "-i", str(src), "-t", f"{dur:.6f}", "-map", video, "-map", audio,
+           "-i", str(src), "-t", f"{dur:.6f}", *maps,
            # 4:2:0 needs even sides: an odd-sized source loses its last row/column
            "-vf", f"fps={FPS},crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0,setsar=1",
-           "-frames:v", str(n_frames),
-           "-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0,apad", *media.x264_args(KEYINT),
-           "-force_key_frames", f"expr:eq(n,{n_frames - 1})", *media.AAC_ARGS,
-           *media.BITEXACT_ARGS, str(dst)]
+           "-frames:v", str(n_frames), *audio_args, *media.x264_args(KEYINT),
+           "-force_key_frames", f"expr:eq(n,{n_frames - 1})",
+           *(media.AAC_ARGS if audio else []), *media.BITEXACT_ARGS, str(dst)]
     return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
 
 
@@ -115,12 +118,13 @@ class ClipStage:
         cfg = self.config
         row = Row(**item.payload)
         src = Path(row.path)
-        info = media.probe(src, need_audio=True)
-        if abs(info.video_duration - info.audio_duration) > cfg.av_tolerance:
+        info = media.probe(src, need_audio=row.audio)
+        if row.audio and abs(info.video_duration - info.audio_duration) > cfg.av_tolerance:
             raise Skip(SkipReason.AV_MISMATCH,
                        f"video lasts {info.video_duration:.2f} s, audio "
                        f"{info.audio_duration:.2f} s (tolerance {cfg.av_tolerance} s)")
-        length = min(info.video_duration, info.audio_duration)
+        length = (min(info.video_duration, info.audio_duration) if row.audio
+                  else info.video_duration)
         start = row.start or 0.0
         end = min(row.end if row.end is not None else length, length)
         if end - start < cfg.min_seconds:
@@ -135,14 +139,14 @@ class ClipStage:
             t0 = start + f0 / FPS
             with atomic.atomic_path(mp4) as tmp:
                 stderr = encode_clip(src, tmp, t0, f1 - f0, cfg.timeout,
-                                     (info.video_index, info.audio_index))
+                                     (info.video_index, info.audio_index), row.audio)
                 got = media.count_frames(tmp)
                 if got < f1 - f0:
                     raise Skip(SkipReason.TRUNCATED,
                                f"decoded {got} of {f1 - f0} frames from {t0:.2f} s: the source "
                                "is cut short or damaged", stderr)
-                out = media.probe(tmp)
-                if out.audio_duration + media.AV_TOLERANCE < (f1 - f0) / FPS:
+                out = media.probe(tmp, need_audio=row.audio)
+                if row.audio and out.audio_duration + media.AV_TOLERANCE < (f1 - f0) / FPS:
                     raise Skip(SkipReason.TRUNCATED,
                                f"audio ends at {out.audio_duration:.2f} s of "
                                f"{(f1 - f0) / FPS:.2f} s", stderr)
@@ -152,7 +156,7 @@ class ClipStage:
                 "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,
                 "start": round(t0, 6), "frames": f1 - f0, "fps": FPS,
                 "width": out.width, "height": out.height, "sample_rate": SAMPLE_RATE,
-                "keyint": KEYINT, "last_keyframe": True,
+                "keyint": KEYINT, "last_keyframe": True, "audio": row.audio,
                 "source_probe": {"fps": round(info.fps, 4), "width": info.width,
                                  "height": info.height, "video_codec": info.video_codec,
                                  "audio_codec": info.audio_codec,

@@ -113,55 +113,64 @@ def select_tubes(scan: Scan, config: CropConfig) -> list[Tube]:
 
 
 def crop_filter(tubes: Sequence[Tube], boxes: Sequence[tuple[int, int, int, int]],
-                size: int) -> str:
-    """ffmpeg filter_complex: per tube [v<k>] (size x size crop) and [a<k>] (its audio)."""
+                size: int, audio: bool = True) -> str:
+    """ffmpeg filter_complex: per tube [v<k>] (size x size crop) and [a<k>] (its audio; none
+    for a video-only clip)."""
     n = len(tubes)
-    parts = [f"[0:v]split={n}" + "".join(f"[vi{k}]" for k in range(n)),
-             f"[0:a]aresample={SAMPLE_RATE},asplit={n}" + "".join(f"[ai{k}]" for k in range(n))]
+    parts = [f"[0:v]split={n}" + "".join(f"[vi{k}]" for k in range(n))]
+    if audio:
+        parts.append(f"[0:a]aresample={SAMPLE_RATE},asplit={n}"
+                     + "".join(f"[ai{k}]" for k in range(n)))
     for k, (tube, (x0, y0, x1, _)) in enumerate(zip(tubes, boxes, strict=True)):
         side = x1 - x0
         flags = "area" if side >= size else "bicubic"
         parts.append(f"[vi{k}]trim=start_frame={tube.start}:end_frame={tube.end + 1},"
                      f"setpts=PTS-STARTPTS,crop={side}:{side}:{x0}:{y0}:exact=1,"
                      f"scale={size}:{size}:flags={flags},setsar=1[v{k}]")
-        parts.append(f"[ai{k}]apad,atrim=start_sample={tube.start * SAMPLES_PER_FRAME}:"
-                     f"end_sample={(tube.end + 1) * SAMPLES_PER_FRAME},"
-                     f"asetpts=PTS-STARTPTS,asplit=2[a{k}][w{k}]")
+        if audio:
+            parts.append(f"[ai{k}]apad,atrim=start_sample={tube.start * SAMPLES_PER_FRAME}:"
+                         f"end_sample={(tube.end + 1) * SAMPLES_PER_FRAME},"
+                         f"asetpts=PTS-STARTPTS,asplit=2[a{k}][w{k}]")
     return ";".join(parts)
 
 
 def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
                  boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float,
-                 wavs: Sequence[Path] = ()) -> str:
+                 wavs: Sequence[Path] = (), audio: bool = True) -> str:
     """One ffmpeg pass writing every tube's crop to its `dsts` path (and, when `wavs` are
     given, its audio as exact-length 16 kHz mono PCM: F * 640 samples, read by the audio
-    stage without starting a decoder); returns ffmpeg's stderr."""
+    stage without starting a decoder); `audio=False`: video-only crops, no wavs. Returns
+    ffmpeg's stderr."""
     cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(src),
-           "-filter_complex", crop_filter(tubes, boxes, size)]
+           "-filter_complex", crop_filter(tubes, boxes, size, audio)]
     for k, dst in enumerate(dsts):
-        cmd += ["-map", f"[v{k}]", "-map", f"[a{k}]", *media.X264_ARGS, *media.AAC_ARGS,
+        sound = ["-map", f"[a{k}]"] if audio else []
+        cmd += ["-map", f"[v{k}]", *sound, *media.X264_ARGS, *(media.AAC_ARGS if audio else []),
                 *media.BITEXACT_ARGS, str(dst)]
     for k, wav in enumerate(wavs):
         cmd += ["-map", f"[w{k}]", "-c:a", "pcm_s16le", *media.BITEXACT_ARGS, str(wav)]
-    if not wavs:
+    if audio and not wavs:
         cmd[cmd.index("-filter_complex") + 1] += "".join(f";[w{k}]anullsink"
                                                          for k in range(len(dsts)))
     return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
 
 
-def check_crop(path: Path, frames: int, stderr: str) -> None:
+def check_crop(path: Path, frames: int, stderr: str, audio: bool = True) -> None:
     """The crop has exactly `frames` video frames and audio as long as them, else a Skip.
 
     Read from the mp4's index (no process started): the video's packet count and
     the audio's presented duration (the edit list trims AAC's padding, so it is
     exact).
     """
+    has_audio = audio
     tracks = media.mp4_tracks(path)
     video = next((t for t in tracks if t.kind == "video"), None)
     audio = next((t for t in tracks if t.kind == "audio"), None)
     got = video.packets if video else 0
     if got != frames:
         raise Skip(SkipReason.DECODE_ERROR, f"crop has {got} frames, the tube {frames}", stderr)
+    if not has_audio:  # a video-only crop
+        return
     seconds = audio.duration if audio else 0.0
     if abs(seconds - frames / FPS) > AV_TOLERANCE:
         raise Skip(SkipReason.AV_MISMATCH, f"crop audio lasts {seconds:.3f} s, its video "
@@ -182,6 +191,7 @@ def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, i
         "start": round(float(clip.get("start") or 0.0) + tube.start / FPS, 6),
         "start_frame": tube.start, "end_frame": tube.end + 1,  # clip frames [start, end)
         "frames": tube.length, "fps": FPS, "size": config.size, "sample_rate": SAMPLE_RATE,
+        "audio": clip.get("audio", True),
         "box": list(box), "clip_size": [scan.width, scan.height],
         "tube_box": [_r(v) for v in tube.box], "face_size": _r(face_size(tube)),
         "boxes": [[f, *(_r(v) for v in b)] for f, b in sorted(tube.boxes.items())],
@@ -245,7 +255,8 @@ class CropStage:
         if clip.get("width") and clip.get("height"):  # the clip json says: no probe needed
             width, height = int(clip["width"]), int(clip["height"])
         else:
-            info = media.probe(src, need_audio=True, timeout=cfg.timeout)
+            info = media.probe(src, need_audio=bool(clip.get("audio", True)),
+                               timeout=cfg.timeout)
             width, height = info.width, info.height
         scan = scan_faces(src, width, height, cfg, self._detector.detect,
                           keyframes=Keyframes.of_clip(clip))
@@ -253,13 +264,15 @@ class CropStage:
         boxes = [crop_box(t.box, width, height, cfg.increase) for t in tubes]
         keys = [f"{item.key}_t{k}" for k in range(len(tubes))]
         finals = [Path(work) / OUT_DIR / f"{key}.mp4" for key in keys]
-        wav_finals = [f.with_suffix(".wav") for f in finals]
+        audio = bool(clip.get("audio", True))  # False: a video-only row (no wav either)
+        wav_finals = [f.with_suffix(".wav") for f in finals] if audio else []
         with contextlib.ExitStack() as stack:
             tmps = [stack.enter_context(atomic.atomic_path(f)) for f in finals]
             wavs = [stack.enter_context(atomic.atomic_path(f)) for f in wav_finals]
-            stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout, wavs)
-            for tmp, wav, tube in zip(tmps, wavs, tubes, strict=True):
-                check_crop(tmp, tube.length, stderr)
+            stderr = encode_crops(src, tmps, tubes, boxes, cfg.size, cfg.timeout, wavs, audio)
+            for tmp, tube in zip(tmps, tubes, strict=True):
+                check_crop(tmp, tube.length, stderr, audio)
+            for wav, tube in zip(wavs, tubes if audio else [], strict=True):
                 got = len(media.read_wav(wav))  # a damaged wav raises Skip(DECODE_ERROR)
                 if got != tube.length * SAMPLES_PER_FRAME:
                     raise Skip(SkipReason.DECODE_ERROR, f"{wav.name}: {got} samples, the tube "
@@ -268,5 +281,6 @@ class CropStage:
         for k, (key, tube, box) in enumerate(zip(keys, tubes, boxes, strict=True)):
             atomic.write_json(Path(work) / OUT_DIR / f"{key}.json",
                               crop_record(key, item.payload, k, tube, box, scan, cfg))
-            outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.wav", f"{OUT_DIR}/{key}.json"]
+            outputs += [f"{OUT_DIR}/{key}.mp4", *([f"{OUT_DIR}/{key}.wav"] if audio else []),
+                        f"{OUT_DIR}/{key}.json"]
         return outputs

@@ -3,7 +3,10 @@
 Columns: `key` (letters, digits, `_`, `-`), `path` (absolute, or relative to the
 manifest file), optional `start`/`end` (seconds), optional `video_id`, optional
 `speaker_id`, optional `split` (train/val/test; pins the split of the row's group, see
-`split.py`). A malformed row is a `PrepError` naming the file, the line and what is wrong.
+`split.py`), optional `audio` (`no`: a source without usable speech, for stage 2 only: it
+is clipped, cropped and gets coefficients, skips the audio stage and is sharded with
+`"audio": false`; default `yes`). A malformed row is a `PrepError` naming the file, the line
+and what is wrong.
 
 `video_id` defaults to the source file: its resolved path relative to the manifest's
 folder (`sub/b.mkv`), or the absolute path for a file outside that folder. So rows that
@@ -23,7 +26,8 @@ from fd2talk.model.schema import KEY_PATTERN
 from .skip import PrepError
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ("key", "path", "start", "end", "video_id", "speaker_id", "split")
+COLUMNS = ("key", "path", "start", "end", "video_id", "speaker_id", "split", "audio")
+YES, NO = ("", "yes", "true", "1", "y"), ("no", "false", "0", "n", "none")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Row:
     video_id: str = ""
     speaker_id: str = ""
     split: str = ""
+    audio: bool = True  # False: video only (stage 2 data)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,8 +93,14 @@ def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Ro
     if split and split not in SPLITS:
         raise PrepError(f"{where}: row {key!r}: split {split!r} is not one of {SPLITS}")
     video_id = str(raw.get("video_id") or "").strip() or default_video_id(path, base)
+    audio = raw.get("audio", True)
+    if not isinstance(audio, bool):
+        value = str(audio if audio is not None else "").strip().lower()
+        if value not in YES + NO:
+            raise PrepError(f"{where}: row {key!r}: audio {audio!r} is not yes or no")
+        audio = value in YES
     return Row(key, str(path), start, end, video_id,
-               str(raw.get("speaker_id") or "").strip(), split)
+               str(raw.get("speaker_id") or "").strip(), split, audio)
 
 
 def read_manifest(path: Path, check_paths: bool = True) -> list[Row]:

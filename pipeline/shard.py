@@ -83,7 +83,8 @@ def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
     mp4 = work / "crops" / f"{key}.mp4"
     coeffs = work / "coeffs" / f"{key}.npz"
     audio = work / "audio" / f"{key}.npy"
-    for stage, path in (("coeffs", coeffs), ("audio", audio)):
+    has_audio = crop_meta.get("audio", True) is not False  # False: a video-only source
+    for stage, path in (("coeffs", coeffs), ("audio", audio))[:2 if has_audio else 1]:
         if not path.is_file():
             why = _upstream_skip(work, stage, key) or f"{stage}: not run yet for this clip"
             raise Skip(SkipReason.INCOMPLETE, why)
@@ -97,7 +98,8 @@ def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise Skip(SkipReason.DECODE_ERROR, f"{coeffs.name} cannot be read: {e}") from None
     try:
-        sample["audio.npy"] = np.load(audio, allow_pickle=False).astype("float16")
+        if has_audio:
+            sample["audio.npy"] = np.load(audio, allow_pickle=False).astype("float16")
     except (OSError, ValueError, EOFError) as e:
         raise Skip(SkipReason.DECODE_ERROR, f"{audio.name} cannot be read: {e}") from None
     frames = int(crop_meta["frames"])
@@ -109,8 +111,9 @@ def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
         "split": split, "box": crop_meta.get("box"), "detector": crop_meta.get("detector"),
         "coeffs": _stage_config(work, "coeffs").get("backend"),
         "exp_dim": _columns(sample.get("exp.npy")),
-        "audio_features": _stage_config(work, "audio").get("backend"),
-        "audio_dim": _columns(sample["audio.npy"]),
+        "audio": has_audio,
+        "audio_features": _stage_config(work, "audio").get("backend") if has_audio else None,
+        "audio_dim": _columns(sample.get("audio.npy")),
         "pipeline_version": __version__, "schema_version": schema.SCHEMA_VERSION,
     }
     sample[schema.META_KEY] = meta
