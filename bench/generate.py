@@ -248,6 +248,8 @@ def held_out(work: Path, size: int) -> list[dict]:
     out = []
     d = Path(tempfile.mkdtemp())
     for c in data.iter_clips(work / "shards", "test", ("exp", "pose", "valid", "mp4")):
+        if c["meta"].get("audio") is False:  # video-only: no speech to generate from
+            continue
         src = d / f"{c['key']}.mp4"
         src.write_bytes(c["mp4"])
         frames = media.read_frames(src, 256, 256, 600.0)

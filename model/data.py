@@ -145,10 +145,12 @@ def dataset_info(shards: str | Path, split: str = "train",
     (the audio backend from the first sample with speech; "none" and 0 when no sample has
     any, which only stage 2 accepts)."""
     clip = next(iter_clips(shards, split, fields), None)
-    if clip is None:
+    if clip is None and "audio" in fields:
         raise UserError(f"no clip of split {split!r} in {shards} has speech (every source was "
                         "marked `audio: no`): the lip expert and the motion transformers need "
                         "talking videos")
+    if clip is None:
+        raise UserError(f"split {split!r} of {shards} has no clips: {PREP_HINT}")
     meta = clip["meta"]
     if meta.get("audio") is False:
         meta = next((c["meta"] for c in iter_clips(shards, split, (*fields, "audio"))),
@@ -212,6 +214,8 @@ def collate(windows: list[dict]) -> dict:
             out[k] = torch.from_numpy(np.stack([w[k] for w in windows]))
         elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             out[k] = torch.tensor([int(w[k]) for w in windows])  # (N,) e.g. frame indices
+        elif isinstance(v, bool):
+            out[k] = torch.tensor([bool(w[k]) for w in windows])  # (N,) e.g. has speech
     out["key"] = [w["key"] for w in windows]
     return out
 
@@ -283,6 +287,23 @@ def _shuffle_stage(src, bufsize, seed, epoch, rank):
     return wds.shuffle(bufsize, min(bufsize, 32), rng=rng)(src)
 
 
+def with_speech(urls: list[str]) -> list[str]:
+    """The shards holding at least one sample with speech (their stats say so; shards from
+    before that count was kept are all speech): a stream that needs `audio` reads only these,
+    so no worker's slice can be all video-only samples and wait forever."""
+    out = []
+    for url in urls:
+        stats = Path(url).with_suffix(".stats.json")
+        n = json.loads(stats.read_text()).get("speech_samples") if stats.is_file() else None
+        if n is None or n > 0:
+            out.append(url)
+    if not out:
+        raise UserError(f"none of the {len(urls)} shards holds a clip with speech (every source "
+                        "was marked `audio: no`): the lip expert and the motion transformers "
+                        "need talking videos")
+    return out
+
+
 def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
                   epoch: int, rank: int = 0, world: int = 1, make_items=None) -> Iterator[dict]:
     """Exactly `config.epoch_batches` batches of epoch `epoch` for this rank (dicts of tensors).
@@ -294,6 +315,8 @@ def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...]
     import torch.utils.data
     import webdataset as wds
 
+    if "audio" in fields:
+        urls = with_speech(urls)
     workers = config.workers
     per_worker = -(-config.epoch_batches // max(1, workers))
     pipeline = wds.DataPipeline(

@@ -110,8 +110,9 @@ def check_demo(model: str | Path, work: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = FD2TalkPipeline.from_pretrained(model, face_model=face_model)
     s = pipe.image_size
-    clips = list(data.iter_clips(Path(work) / "shards", split,
-                                 ("exp", "pose", "valid", "mp4")))
+    clips = [c for c in data.iter_clips(Path(work) / "shards", split,
+                                         ("exp", "pose", "valid", "mp4"))
+             if c["meta"].get("audio") is not False]  # clips with speech
     if len(clips) < 2:
         raise ValueError(f"need two held-out clips in {split}, found {len(clips)}")
     points = upper_face(face_model)

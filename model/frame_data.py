@@ -143,5 +143,6 @@ class FrameItems:
             x, j0 = jitter([source[ref], source[i]], rng, self.jitter)
             out.append({"ref": x, "frame": j0, "exp": clip["exp"][i],
                         "pose": clip["pose"][i], "ref_exp": clip["exp"][ref],
-                        "ref_pose": clip["pose"][ref], "key": clip["key"], "index": i})
+                        "ref_pose": clip["pose"][ref], "key": clip["key"], "index": i,
+                        "speech": clip["meta"].get("audio") is not False})
         return out

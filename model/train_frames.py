@@ -128,10 +128,12 @@ def motion_condition(batch: dict, stats: Stats, cache: dict | None, relative_pos
     else:
         d = stats.dim("exp")
         exp, pose = batch["exp"].clone(), batch["pose"].clone()
+        speech = batch.get("speech")
         for j, (k, i) in enumerate(zip(batch["key"], batch["index"].tolist(), strict=True)):
-            if k in cache:
-                row = torch.from_numpy(cache[k][i])
-                exp[j], pose[j] = row[:d], row[d:]
+            if speech is not None and not bool(speech[j]):
+                continue  # a video-only clip: no prediction, its truth stands in
+            row = torch.from_numpy(cache[k][i])  # a clip with speech must be in the cache
+            exp[j], pose[j] = row[:d], row[d:]
     from .frames import condition
 
     return condition(stats, exp, pose, batch["ref_pose"] if relative_pose else None)

@@ -79,6 +79,10 @@ def val_batches(shards: str, split: str, fields: tuple[str, ...], window: int, s
     """The validation split cut into consecutive windows, batched (fixed, no randomness)."""
     windows = [w for clip in data_mod.iter_clips(shards, split, fields)
                for w in data_mod.fixed_windows(clip, window)][:limit]
+    if not windows and "audio" in fields:  # else validation would silently report 0
+        raise UserError(f"the {split!r} split of {shards} has no clip with speech to validate "
+                        "on (video-only sources are stage-2 data): use --val-split none or "
+                        "add talking videos to it")
     return [data_mod.collate(windows[i:i + size]) for i in range(0, len(windows), size)]
 
 

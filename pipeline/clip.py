@@ -156,12 +156,14 @@ class ClipStage:
                 "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,
                 "start": round(t0, 6), "frames": f1 - f0, "fps": FPS,
                 "width": out.width, "height": out.height, "sample_rate": SAMPLE_RATE,
-                "keyint": KEYINT, "last_keyframe": True, "audio": row.audio,
+                "keyint": KEYINT, "last_keyframe": True,
                 "source_probe": {"fps": round(info.fps, 4), "width": info.width,
                                  "height": info.height, "video_codec": info.video_codec,
                                  "audio_codec": info.audio_codec,
                                  "sample_rate": info.sample_rate, "channels": info.channels},
             }
+            if not row.audio:
+                meta["audio"] = False  # a video-only clip (only then recorded)
             atomic.write_json(mp4.with_suffix(".json"), meta)
             outputs += [f"{OUT_DIR}/{key}.mp4", f"{OUT_DIR}/{key}.json"]
         return outputs

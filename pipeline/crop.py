@@ -191,7 +191,7 @@ def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, i
         "start": round(float(clip.get("start") or 0.0) + tube.start / FPS, 6),
         "start_frame": tube.start, "end_frame": tube.end + 1,  # clip frames [start, end)
         "frames": tube.length, "fps": FPS, "size": config.size, "sample_rate": SAMPLE_RATE,
-        "audio": clip.get("audio", True),
+        **({"audio": False} if clip.get("audio") is False else {}),  # video-only
         "box": list(box), "clip_size": [scan.width, scan.height],
         "tube_box": [_r(v) for v in tube.box], "face_size": _r(face_size(tube)),
         "boxes": [[f, *(_r(v) for v in b)] for f, b in sorted(tube.boxes.items())],

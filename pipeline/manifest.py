@@ -42,7 +42,10 @@ class Row:
     audio: bool = True  # False: video only (stage 2 data)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.audio:  # recorded only for video-only rows: other records stay as they were
+            del out["audio"]
+        return out
 
 
 def _seconds(value: object, name: str, where: str) -> float | None:

@@ -146,6 +146,15 @@ def _complete(rec: dict | None) -> bool:
     return rec is not None and rec.get("reason") != "timeout"
 
 
+def _pending(rec: dict | None, item: Item) -> bool:
+    """Not complete, or skipped for inputs that have changed since (e.g. a manifest row now
+    marked `audio: no` that was a `no_audio_stream` skip): a skip is a verdict on its inputs."""
+    if not _complete(rec):
+        return True
+    return rec["status"] == "skipped" and "inputs" in rec and rec["inputs"] != json.loads(
+        json.dumps(item.payload))
+
+
 def _check_config(stage: Stage, work: Path, force: bool) -> None:
     """Refuse to mix outputs of different configs (nanoGPT-style resume check)."""
     sdir = status_dir(work, stage.name)
@@ -253,7 +262,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
         atomic.clean_tmp(work / stage.out_dir)
     items = [it for it in all_items if part.owns(it.group or it.key)]
     summary = Summary(stage.name, total=len(items))
-    pending = [it for it in items if not _complete(read_status(work, stage.name, it.key))]
+    pending = [it for it in items if _pending(read_status(work, stage.name, it.key), it)]
     summary.already = len(items) - len(pending)
     failed: list[dict] = []
 

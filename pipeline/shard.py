@@ -111,7 +111,7 @@ def build_sample(work: Path, crop_meta: dict, split: str) -> dict:
         "split": split, "box": crop_meta.get("box"), "detector": crop_meta.get("detector"),
         "coeffs": _stage_config(work, "coeffs").get("backend"),
         "exp_dim": _columns(sample.get("exp.npy")),
-        "audio": has_audio,
+        **({} if has_audio else {"audio": False}),  # video-only (only then recorded)
         "audio_features": _stage_config(work, "audio").get("backend") if has_audio else None,
         "audio_dim": _columns(sample.get("audio.npy")),
         "pipeline_version": __version__, "schema_version": schema.SCHEMA_VERSION,
@@ -210,6 +210,7 @@ class _Writer:
         self._tar.write(encoded)
         meta = sample[schema.META_KEY]
         cur["samples"] += 1
+        cur["speech_samples"] = cur.get("speech_samples", 0) + ("audio.npy" in sample)
         cur["bytes"] += size
         cur["frames"] += meta["frames"]
         cur["valid_frames"] += int(np.count_nonzero(sample["valid.npy"]))

@@ -240,8 +240,9 @@ def test_deep3d_backend(tmp_path):
     frames = moving_face(6)
     frames[2] = GREY
     make_crop(tmp_path, "d3d_f000_t0", frames)
+    # max_roll 180: the R-Net's weights are random, so are its angles
     cfg = dict(backend="deep3d", deep3d_checkpoint=str(ckpt), bfm_dir=str(bfm), batch_size=4,
-               device="cpu", max_invalid=0.2)
+               device="cpu", max_invalid=0.2, max_roll=180.0)
     run(tmp_path, **cfg)
     z = load(tmp_path, "d3d_f000_t0")
     f = 6

@@ -12,10 +12,12 @@ import torch
 
 from fd2talk.model import data
 from fd2talk.model.frame_data import AE_FIELDS
+from fd2talk.model.frames import condition
 from fd2talk.model.normalize import Stats
 from fd2talk.model.train_frames import motion_condition
-from fd2talk.pipeline.clip import ClipConfig
+from fd2talk.pipeline.clip import ClipConfig, ClipStage
 from fd2talk.pipeline.run import RunConfig, run_all
+from fd2talk.pipeline.runner import run_stage
 
 
 def test_video_only_sources_reach_stage_2_and_not_stage_1(shared_media, tmp_path):
@@ -35,6 +37,13 @@ def test_video_only_sources_reach_stage_2_and_not_stage_1(shared_media, tmp_path
     summaries = {s.stage: s for s in run_all(work, RunConfig(
         clip=ClipConfig(str(tmp_path / "m.csv"))), progress=False)}
     assert dict(summaries["clip"].skipped) == {"no_audio_stream": 1}
+    # marking the skipped silent source `audio: no` afterwards redoes it (a skip is a verdict
+    # on the row it saw); the rest is not redone
+    marked = tmp_path / "m2.csv"
+    marked.write_text((tmp_path / "m.csv").read_text().replace(f"nosound,{mute},,train",
+                                                                 f"nosound,{mute},no,train"))
+    again = run_stage(ClipStage(ClipConfig(str(marked))), work, progress=False)
+    assert (again.done, again.already, sum(again.skipped.values())) == (1, 3, 0)
     assert summaries["coeffs"].done == 3
     assert summaries["audio"].total == 1  # the video-only crops are not the audio stage's
     assert not list((work / "crops").glob("mute*.wav"))
@@ -64,24 +73,38 @@ def test_video_only_sources_reach_stage_2_and_not_stage_1(shared_media, tmp_path
     info = data.dataset_info(shards, "train", ("exp", "pose", "valid"))
     assert info.audio_features == "logmel" and info.audio_dim == 80
 
-    # the stage-1 stream never yields a video-only window
+    # the stage-1 stream never yields a video-only window (and reads only shards with speech)
     stream = data.StreamConfig(batch_size=2, epoch_batches=6)
-    seen = set()
     for batch in data.train_batches(data.split_shards(shards, "train"), stream,
                                     data.MOTION_FIELDS, 0, 0):
-        seen.add(tuple(batch["audio"].shape))
-    assert seen and all(shape[-1] == 80 for shape in seen)
+        assert all(k.startswith("talk") for k in batch["key"]), batch["key"]
+    # ... while the frame UNet's stream yields all three, each saying whether it has speech
+    from fd2talk.model.frame_data import FrameItems
 
-    # frames trained on stage-1 predictions: a video-only clip conditions on its truth
-    clips = list(data.iter_clips(shards, "train", ("exp", "pose", "valid")))
-    stats = Stats.compute(iter(clips), ("exp", "pose"))
-    talk_key = next(c["key"] for c in clips if c["key"].startswith("talk"))
-    mute_clip = next(c for c in clips if c["key"].startswith("mute_"))
-    d = clips[0]["exp"].shape[1]
-    cache = {talk_key: np.zeros((100, d + 6), np.float32)}
-    batch = {"key": [talk_key, mute_clip["key"]], "index": torch.tensor([3, 4]),
-             "exp": torch.from_numpy(np.stack([clips[0]["exp"][3], mute_clip["exp"][4]])),
-             "pose": torch.from_numpy(np.stack([clips[0]["pose"][3], mute_clip["pose"][4]]))}
-    truth = motion_condition(batch, stats, None)
+    maker = FrameItems(2)
+    seen = {}
+    for batch in data.train_batches(data.split_shards(shards, "train"), data.StreamConfig(
+            batch_size=2, epoch_batches=12), maker.fields(), 0, 0, make_items=maker):
+        for k, sp in zip(batch["key"], batch["speech"].tolist(), strict=True):
+            seen[k.split("_f")[0]] = sp
+    assert seen == {"talk": True, "mute": False, "muted": False}
+
+    # frames trained on stage-1 predictions: a video-only clip conditions on its truth, a clip
+    # with speech on its prediction
+    clips = {c["key"].split("_f")[0]: c for c in data.iter_clips(shards, "train",
+                                                                   ("exp", "pose", "valid"))}
+    stats = Stats.compute(iter(clips.values()), ("exp", "pose"))
+    talk, mute = clips["talk"], clips["mute"]
+    d = talk["exp"].shape[1]
+    cache = {talk["key"]: np.arange(100 * (d + 6), dtype=np.float32).reshape(100, d + 6)}
+    batch = {"key": [talk["key"], mute["key"]], "index": torch.tensor([3, 4]),
+             "speech": torch.tensor([True, False]),
+             "exp": torch.from_numpy(np.stack([talk["exp"][3], mute["exp"][4]])),
+             "pose": torch.from_numpy(np.stack([talk["pose"][3], mute["pose"][4]]))}
+    before = batch["exp"].clone()
     mixed = motion_condition(batch, stats, cache)
-    assert torch.equal(mixed[1], truth[1]) and not torch.equal(mixed[0], truth[0])
+    truth = motion_condition(batch, stats, None)
+    predicted = condition(stats, torch.from_numpy(cache[talk["key"]][3:4, :d]),
+                          torch.from_numpy(cache[talk["key"]][3:4, d:]), None)
+    assert torch.equal(mixed[1], truth[1]) and torch.allclose(mixed[0], predicted[0])
+    assert torch.equal(batch["exp"], before)  # the batch itself is not written
