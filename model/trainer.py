@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .configs import RESUMABLE, RunConfig
+from .configs import RESUMABLE, RunConfig, defaults
 from .device import resolve_device
 from .errors import UserError
 
@@ -353,9 +353,7 @@ def start_run(cfg: RunConfig, kind: str, resume: bool, presets: dict | None = No
     state = None
     if resume:
         state = load_checkpoint(ckpt, kind)
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg)
-                    if f.default is not dataclasses.MISSING}
-        check_resumable(state["config"], config, RESUMABLE, ckpt, defaults)
+        check_resumable(state["config"], config, RESUMABLE, ckpt, defaults(type(cfg)))
         if state["world"] != d.world and d.main:
             print(f"note: {ckpt} was trained by {state['world']} processes, this run has "
                   f"{d.world}: the steps, the models, EMAs and optimizers continue exactly, "

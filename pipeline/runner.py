@@ -36,6 +36,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
 
+from fd2talk.model.configs import defaults as config_defaults
+
 from . import atomic
 from .skip import PrepError, Skip
 
@@ -164,8 +166,7 @@ def _check_config(stage: Stage, work: Path, force: bool) -> None:
         previous = json.loads(path.read_text())
         # a setting added since the old outputs were made: what they were made with is the
         # config's LEGACY value for it (a check that did not run yet), else its default
-        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(
-            stage.config) if f.default is not dataclasses.MISSING}, default=str))
+        defaults = json.loads(json.dumps(config_defaults(type(stage.config)), default=str))
         defaults.update(getattr(stage.config, "LEGACY", {}))
         previous = {**{k: defaults[k] for k in current if k not in previous and k in defaults},
                     **previous}
@@ -218,6 +219,19 @@ def _process_one(stage: Stage, item: Item, work: Path) -> dict:
     if rec["status"] != "failed":
         atomic.write_json(status_dir(work, stage.name) / f"{item.key}.json", rec)
     return rec
+
+
+def _close(stage: Stage) -> None:
+    close = getattr(stage, "close", None)
+    if close:
+        close()
+
+
+def _check_setup(stage: Stage) -> None:
+    """Set the stage up once here before any worker does: a missing or bad weight file is then
+    one clear error, not a broken pool or a failed task per item."""
+    stage.setup()
+    _close(stage)
 
 
 def _worker_process(item: Item, work: Path) -> dict:
@@ -281,10 +295,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
                dynamic_ncols=True)
     try:
         if cluster is not None and pending:
-            stage.setup()  # a missing weight file: a clear error here, not a failed task each
-            close = getattr(stage, "close", None)
-            if close:
-                close()
+            _check_setup(stage)
             _map_ray(stage, pending, work, cluster, workers, account, bar, cluster_gpus)
         elif workers <= 1 or len(pending) <= 1:
             if pending:
@@ -293,12 +304,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
                 account(_process_one(stage, it, work))
                 bar.update(1)
         else:
-            # Set up once here first: a missing or bad weight file is then a clear error,
-            # not a broken pool.
-            stage.setup()
-            close = getattr(stage, "close", None)
-            if close:
-                close()
+            _check_setup(stage)
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                      initializer=_init_worker,
@@ -329,9 +335,7 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
                         bar.update(1)
     finally:
         bar.close()
-        close = getattr(stage, "close", None)
-        if close:
-            close()
+        _close(stage)
     summary.failures = _write_failures(work, stage.name, failed)
     summary.seconds = round(time.perf_counter() - t0, 2)
     if part.whole:
@@ -344,24 +348,21 @@ def run_stage(stage: Stage, work: Path, workers: int = 1, part: Part = Part(),
 RAY_RETRIES = 3  # times Ray reruns a task whose worker process or node died
 RAY_OBJECT_STORE = 256 * 2**20  # bytes, a local cluster's object store: items are small
 
-# Ray worker-process state: stages set up in this process, by name and settings.
-_RAY_STAGES: dict[str, Stage] = {}
+# Ray worker-process state: the settings of the stage `_WORKER_STAGE` was set up with.
+_RAY_KEY: str | None = None
 
 
 def _ray_task(stage: Stage, item: Item, work: str) -> dict:
-    """One item in a Ray worker: the stage is set up once per worker process."""
+    """One item in a Ray worker: a stage is set up once per worker process (one CPU a task),
+    as the process pool's workers are."""
+    global _RAY_KEY
     key = stage.name + json.dumps(_config_record(stage), sort_keys=True)
-    if key not in _RAY_STAGES:
-        for old in _RAY_STAGES.values():
-            close = getattr(old, "close", None)
-            if close:
-                close()
-        _RAY_STAGES.clear()
-        stage.setup()
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)  # one CPU per task
-        _RAY_STAGES[key] = stage
-    return _process_one(_RAY_STAGES[key], item, Path(work))
+    if key != _RAY_KEY:
+        if _WORKER_STAGE is not None:
+            _close(_WORKER_STAGE)
+        _init_worker(stage, 1)
+        _RAY_KEY = key
+    return _worker_process(item, Path(work))
 
 
 def ray_init(cluster: str, workers: int = 1):
