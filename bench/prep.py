@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 
 from fd2talk.model.schema import CROP_SIZE
@@ -114,9 +115,10 @@ def ffmpeg_limit_crop(clips: list[Path], tmp: Path) -> float:
     """Decode each clip, crop a centred square, scale to 256, encode like the crop stage."""
     t0 = time.perf_counter()
     for src in clips:
-        cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(src), "-vf",
-               f"crop=ih:ih,scale={CROP_SIZE}:{CROP_SIZE}", *media.X264_ARGS, *media.AAC_ARGS,
-               *media.BITEXACT_ARGS, str(tmp / "limit.mp4")]
+        source = ffmpeg.input(str(src))
+        video = source.video.filter("crop", "ih", "ih").filter("scale", CROP_SIZE, CROP_SIZE)
+        cmd = media.command(ffmpeg.output(video, source.audio, str(tmp / "limit.mp4"),
+                                          **media.X264, **media.AAC, **media.BITEXACT))
         media.run_tool(cmd, 600, "ffmpeg")
     return time.perf_counter() - t0
 
@@ -132,15 +134,24 @@ def _per_call(detect, frame: np.ndarray, n: int = 3) -> float:
 def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, frames: int,
                   tmp: Path) -> dict:
     """The paper's S3FD detector in place of BlazeFace, ESTIMATED: measured per-call cost of
-    both detectors (S3FD with random weights: the same network and cost; random boxes would
+    both detectors (face-alignment's S3FD with random weights and background-only score heads:
+    the same network and cost; random boxes would
     make a real sparse run meaningless) swapped into the measured stage times, with the
     detector-call counts of the real sparse run and of every-frame detection."""
     import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd as s3fd_net
 
-    from fd2talk.pipeline.detect import MediaPipeDetector, S3FDDetector, s3fd_class
+    from fd2talk.pipeline.detect import MediaPipeDetector, S3FDDetector
     from fd2talk.pipeline.scan import detect_dims
 
-    torch.save(s3fd_class()().state_dict(), tmp / "s3fd-random.pth")
+    # random weights, except that the score heads say "background" everywhere: the same network
+    # cost, and few candidate boxes to decode, as with the published weights on one face
+    state = s3fd_net().state_dict()
+    for name in [k for k in state if "_mbox_conf" in k]:
+        state[name].zero_()
+        if name.endswith(".bias"):
+            state[name][:-1] = 10.0
+    torch.save(state, tmp / "s3fd-random.pth")
     info = media.probe(clips[0])
     full = media.read_frames(clips[0], info.width, info.height, 600)[0]
     small = media.read_frames(clips[0], *detect_dims(info.width, info.height, 320), 600)[0]

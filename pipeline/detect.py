@@ -10,13 +10,10 @@ Boxes are in the given frame's pixels. Two backends:
   whole face (the extent of MediaPipe's 478 landmarks, forehead included) by
   `MEDIAPIPE_BOX_TO_FACE`, so that FOMM's 0.1 enlargement leaves a margin around
   the face as it does with S3FD's boxes.
-- `s3fd` (the paper's pipeline, via first-order-model): face-alignment's S3FD
-  network, loading the published state dict `s3fd-619a316812.pth` from a local
-  path (`--s3fd-weights` or $FD2TALK_S3FD_WEIGHTS); nothing is downloaded. The
-  network definition and its pre/post-processing are vendored from
-  face-alignment (https://github.com/1adrianb/face-alignment, BSD-3-Clause:
-  face_alignment/detection/sfd/net_s3fd.py, detect.py, bbox.py, sfd_detector.py),
-  with the same parameter names so the published weights load unchanged.
+- `s3fd` (the paper's pipeline, via first-order-model): the face-alignment
+  library's own S3FD detector (network, decoding, NMS), given the published state
+  dict `s3fd-619a316812.pth` from a local path (`--s3fd-weights` or
+  $FD2TALK_S3FD_WEIGHTS) as its `path_to_detector`, so it never downloads.
 
 Use a detector as a context manager (or call `close()`): MediaPipe objects that
 are not closed print tracebacks at interpreter exit.
@@ -24,7 +21,6 @@ are not closed print tracebacks at interpreter exit.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Protocol
 
@@ -51,10 +47,6 @@ MEDIAPIPE_BOX_TO_FACE = (0.03, 0.20, 0.03, 0.05)
 S3FD_FILE = "s3fd-619a316812.pth"
 S3FD_ENV = "FD2TALK_S3FD_WEIGHTS"
 S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
-S3FD_MEAN_BGR = (104.0, 117.0, 123.0)  # the network takes BGR minus this mean
-S3FD_PRE_SCORE = 0.05  # anchors scoring below this are not decoded
-S3FD_NMS_IOU = 0.3
-S3FD_VARIANCES = (0.1, 0.2)  # SSD box-coding variances (centre, size)
 
 
 class Detector(Protocol):
@@ -131,171 +123,55 @@ def s3fd_weights_path(flag: str | Path | None = None) -> Path:
         alternative="--detector mediapipe")
 
 
-# S3FD = VGG-16 body + extra layers; (name, in, out, kernel, stride, padding); "pool" = 2x2 max.
-_S3FD_BODY = (
-    ("conv1_1", 3, 64, 3, 1, 1), ("conv1_2", 64, 64, 3, 1, 1), "pool",
-    ("conv2_1", 64, 128, 3, 1, 1), ("conv2_2", 128, 128, 3, 1, 1), "pool",
-    ("conv3_1", 128, 256, 3, 1, 1), ("conv3_2", 256, 256, 3, 1, 1),
-    ("conv3_3", 256, 256, 3, 1, 1), "pool",
-    ("conv4_1", 256, 512, 3, 1, 1), ("conv4_2", 512, 512, 3, 1, 1),
-    ("conv4_3", 512, 512, 3, 1, 1), "pool",
-    ("conv5_1", 512, 512, 3, 1, 1), ("conv5_2", 512, 512, 3, 1, 1),
-    ("conv5_3", 512, 512, 3, 1, 1), "pool",
-    ("fc6", 512, 1024, 3, 1, 3), ("fc7", 1024, 1024, 1, 1, 0),
-    ("conv6_1", 1024, 256, 1, 1, 0), ("conv6_2", 256, 512, 3, 2, 1),
-    ("conv7_1", 512, 128, 1, 1, 0), ("conv7_2", 128, 256, 3, 2, 1),
-)
-# The six detection sources, strides 4..128: (feature, channels, L2-norm scale or None, classes).
-_S3FD_HEADS = (
-    ("conv3_3", 256, 10.0, 4),  # 4 classes: 3 background scores max-pooled into one
-    ("conv4_3", 512, 8.0, 2), ("conv5_3", 512, 5.0, 2),
-    ("fc7", 1024, None, 2), ("conv6_2", 512, None, 2), ("conv7_2", 256, None, 2),
-)
-
-
-@functools.cache
-def s3fd_class() -> type:
-    """The S3FD network class (defined on first use so that torch loads only when needed)."""
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-    from torch import nn
-
-    class L2Norm(nn.Module):
-        """Channel-wise L2 normalisation with a learned per-channel scale."""
-
-        def __init__(self, channels: int, scale: float):
-            super().__init__()
-            self.weight = nn.Parameter(torch.full((channels,), scale))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-            norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
-            return x / norm * self.weight.view(1, -1, 1, 1)
-
-    class S3FD(nn.Module):
-        """Single Shot Scale-invariant Face Detector (Zhang et al. 2017), face-alignment layout."""
-
-        def __init__(self):
-            super().__init__()
-            for layer in _S3FD_BODY:
-                if layer != "pool":
-                    name, cin, cout, k, s, p = layer
-                    setattr(self, name, nn.Conv2d(cin, cout, k, s, p))
-            for feat, ch, scale, classes in _S3FD_HEADS:
-                src = f"{feat}_norm" if scale is not None else feat
-                if scale is not None:
-                    setattr(self, src, L2Norm(ch, scale))
-                setattr(self, f"{src}_mbox_conf", nn.Conv2d(ch, classes, 3, 1, 1))
-                setattr(self, f"{src}_mbox_loc", nn.Conv2d(ch, 4, 3, 1, 1))
-
-        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-            """x: (B, 3, H, W) BGR minus mean -> [cls1, loc1, ..., cls6, loc6];
-            cls_i: (B, 2, H/s_i, W/s_i) logits, loc_i: (B, 4, H/s_i, W/s_i), s_i = 4..128."""
-            feats = {}
-            h = x
-            for layer in _S3FD_BODY:
-                if layer == "pool":
-                    h = F.max_pool2d(h, 2, 2)
-                else:
-                    h = F.relu(getattr(self, layer[0])(h))
-                    feats[layer[0]] = h
-            out = []
-            for feat, _, scale, classes in _S3FD_HEADS:
-                f = feats[feat]
-                src = f"{feat}_norm" if scale is not None else feat
-                if scale is not None:
-                    f = getattr(self, src)(f)
-                cls = getattr(self, f"{src}_mbox_conf")(f)
-                if classes == 4:  # max-out background label
-                    c = torch.chunk(cls, 4, 1)
-                    cls = torch.cat([torch.max(torch.max(c[0], c[1]), c[2]), c[3]], dim=1)
-                out += [cls, getattr(self, f"{src}_mbox_loc")(f)]
-            return out
-
-    return S3FD
-
-
-def nms(dets: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy non-maximum suppression of (N, 5) [x0, y0, x1, y1, score] (face-alignment's)."""
-    x0, y0, x1, y1, scores = dets.T
-    areas = (x1 - x0 + 1) * (y1 - y0 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(int(i))
-        w = np.maximum(0.0, np.minimum(x1[i], x1[order[1:]]) - np.maximum(x0[i], x0[order[1:]]) + 1)
-        h = np.maximum(0.0, np.minimum(y1[i], y1[order[1:]]) - np.maximum(y0[i], y0[order[1:]]) + 1)
-        overlap = w * h / (areas[i] + areas[order[1:]] - w * h)
-        order = order[1:][overlap <= iou_threshold]
-    return keep
-
-
-def decode_s3fd(outputs: list, min_score: float = MIN_SCORE) -> list[Detection]:
-    """S3FD's outputs for ONE image -> boxes after NMS (face-alignment's get_predictions)."""
-    import torch
-
-    rows = []
-    var_c, var_s = S3FD_VARIANCES
-    for level in range(len(outputs) // 2):
-        cls = torch.softmax(outputs[2 * level].float(), dim=1)[0, 1].cpu().numpy()  # (H, W)
-        loc = outputs[2 * level + 1].float()[0].cpu().numpy()  # (4, H, W)
-        stride = 2 ** (level + 2)  # 4, 8, ..., 128
-        anchor = 4.0 * stride  # square anchor side
-        ys, xs = np.nonzero(cls > S3FD_PRE_SCORE)
-        if ys.size == 0:
-            continue
-        cx = stride / 2 + xs * stride + loc[0, ys, xs] * var_c * anchor
-        cy = stride / 2 + ys * stride + loc[1, ys, xs] * var_c * anchor
-        w = anchor * np.exp(loc[2, ys, xs] * var_s)
-        h = anchor * np.exp(loc[3, ys, xs] * var_s)
-        rows.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cls[ys, xs]], 1))
-    if not rows:
-        return []
-    dets = np.concatenate(rows).astype(np.float64)  # (N, 5)
-    dets = dets[nms(dets, S3FD_NMS_IOU)]
-    return [tuple(float(v) for v in d) for d in dets if d[4] > min_score]
-
-
 class S3FDDetector:
-    """face-alignment's S3FD from a local state dict, on CUDA when present."""
+    """face-alignment's S3FD (its own network and decoding) from a local state dict, on CUDA
+    when present."""
 
     name = "s3fd"
 
     def __init__(self, weights_path: str | Path | None = None, device: str = "auto",
                  min_score: float = MIN_SCORE):
-        import torch
-
         path = s3fd_weights_path(weights_path)
         self.device = resolve_device(device)
         self.min_score = min_score
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = s3fd_class()()
-        missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
-        if missing or unexpected:
-            raise PrepError(
-                f"{path} is not face-alignment's S3FD state dict ({S3FD_FILE}): missing "
-                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; get it from {S3FD_URL}")
-        net.load_state_dict(state)
-        self.net = net.to(self.device).eval()
-        self._mean = torch.tensor(S3FD_MEAN_BGR, device=self.device).view(1, 3, 1, 1)
+        self._detector = load_s3fd(path, self.device, min_score)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)  # (H, W, 3) RGB
-        x = x.permute(2, 0, 1)[None].flip(1).float() - self._mean  # (1, 3, H, W) BGR - mean
-        with torch.inference_mode():
-            outputs = self.net(x)
-        return decode_s3fd(outputs, self.min_score)
+        boxes = self._detector.detect_from_image(np.ascontiguousarray(frame))  # RGB in
+        return [tuple(float(v) for v in b[:5]) for b in boxes]
 
     def close(self) -> None:
-        pass
+        self._detector = None
 
     def __enter__(self) -> S3FDDetector:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What `torch.load` + `load_state_dict` raise on a file that is no such state dict
+    (garbage, truncated, another network's), so it becomes a PrepError naming the file."""
+    import pickle
+    import struct
+    import zipfile
+
+    return (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, AttributeError,
+            ValueError, TypeError, struct.error, zipfile.BadZipFile)
+
+
+def load_s3fd(path: Path, device: str, min_score: float = MIN_SCORE):
+    """face-alignment's `SFDDetector` with the state dict at `path` (never its download); a file
+    that is no S3FD state dict is a PrepError naming it and where to get the right one."""
+    from face_alignment.detection.sfd.sfd_detector import SFDDetector
+
+    try:
+        return SFDDetector(device, path_to_detector=str(path), filter_threshold=min_score)
+    except load_errors() as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PrepError(f"{path} is not face-alignment's S3FD state dict ({S3FD_FILE}): "
+                        f"{first[:300]}; get it from {S3FD_URL}") from None
 
 
 def check_detector(name: str, face_model: str | Path | None = None,

@@ -75,6 +75,41 @@ def frames_to_video(path: Path, frames: np.ndarray, fps: float = 25,
     return path
 
 
+def s3fd_standin(path: Path, level: int = 5, logit: float = 10.0,
+                 loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> Path:
+    """Save a stand-in for face-alignment's s3fd-619a316812.pth (its own network class, so the
+    published layout): every weight zero, so the output does not depend on the image; every
+    anchor is background except those of detection level `level` (0-5: strides 4-128), whose
+    face logit is `logit` and whose box offsets are `loc` (SSD coding: centre += 0.1 anchor
+    d, size *= exp(0.2 d))."""
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+
+    state = s3fd().state_dict()
+    heads = ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2")
+    for name, value in state.items():
+        if not name.endswith("_norm.weight"):  # the L2Norm scales keep their values
+            value.zero_()
+    for k, head in enumerate(heads):
+        conf = state[f"{head}_mbox_conf.bias"]  # level 0: 3 background labels + face
+        conf[:-1] = 0.0 if k == level else 10.0
+        conf[-1] = logit if k == level else 0.0
+    state[f"{heads[level]}_mbox_loc.bias"][:] = torch.tensor(loc)
+    torch.save(state, path)
+    return path
+
+
+def fan_standin(path: Path, seed: int = 0) -> Path:
+    """Save a stand-in for face-alignment's 2DFAN4-11f355bf06.pth.tar: its own FAN-4 network
+    with random weights (seeded), the state dict as published."""
+    import torch
+    from face_alignment.models import FAN
+
+    torch.manual_seed(seed)
+    torch.save(FAN(4).state_dict(), path)
+    return path
+
+
 def start_then_kill(cmd: list[str], ready, delay: float = 0.0, timeout: float = 60.0) -> bool:
     """Start `cmd` (in REPO, its own process group), wait until `ready()` is true (or it
     exits, or `timeout`), then `delay` more seconds, then kill -9 the whole group.

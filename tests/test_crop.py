@@ -15,7 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import SHARED_CLIPS, ffmpeg_video, frames_to_video
+from conftest import SHARED_CLIPS, ffmpeg_video, frames_to_video, s3fd_standin
 from typer.testing import CliRunner
 
 from fd2talk.model.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -28,8 +28,6 @@ from fd2talk.pipeline.detect import (
     S3FD_URL,
     MediaPipeDetector,
     S3FDDetector,
-    decode_s3fd,
-    s3fd_class,
 )
 from fd2talk.pipeline.runner import run_stage
 from fd2talk.pipeline.scan import Keyframes, scan_faces
@@ -380,7 +378,7 @@ def test_keyframe_scan_equals_streaming_scan(tmp_path):
     clip = tmp_path / "clip.mp4"  # the clip stage's encoding: keyframes 0, 5, ..., 55, 59
     encode_clip(src, clip, 0.0, n, 60)
     no_last = tmp_path / "no_last.mp4"  # keyframes 0, 5, ..., 55: the last frame is sought
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), *media.x264_args(5),
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), *media.as_args(media.x264(5)),
                     "-an", str(no_last)], check=True)
     assert media.count_frames(clip) == media.count_frames(no_last) == n
 
@@ -489,27 +487,32 @@ S3FD_KEYS = ({f"{n}.{p}" for n in S3FD_LAYERS for p in ("weight", "bias")}
              | {"conv3_3_norm.weight", "conv4_3_norm.weight", "conv5_3_norm.weight"})
 
 
-def test_s3fd_loads_a_saved_state_dict(tmp_path, monkeypatch):
+def test_s3fd_runs_face_alignment_on_a_local_state_dict(tmp_path, monkeypatch):
+    """The detector is face-alignment's own S3FD, given a local file: a stand-in of the
+    published layout whose only faces are the stride-128 level's anchors (512 px), moved by
+    the box offsets in the file: the library's decoding and NMS give exactly those boxes."""
     import torch
 
-    torch.manual_seed(0)
-    net = s3fd_class()()
-    state = net.state_dict()
+    path = s3fd_standin(tmp_path / S3FD_FILE, level=5, loc=(1.0, -1.0, np.log(0.5) / 0.2, 0.0))
+    state = torch.load(path, weights_only=True)
     assert set(state) == S3FD_KEYS and len(state) == 65
     assert state["conv3_3_norm_mbox_conf.weight"].shape == (4, 256, 3, 3)
     assert state["fc6.weight"].shape == (1024, 512, 3, 3)
-    assert float(state["conv4_3_norm.weight"][0]) == 8.0
-    path = tmp_path / S3FD_FILE
-    torch.save(state, path)
     monkeypatch.setenv("FD2TALK_S3FD_WEIGHTS", str(path))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     with S3FDDetector(device="cpu") as det:  # the path from the environment
         assert det.device == "cpu"
-        for name, value in det.net.state_dict().items():
-            assert torch.equal(value, state[name]), name
-        frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        loaded = det._detector.face_detector.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in loaded.items())
         dets = det.detect(frame)
-    for d in dets:  # random weights: any boxes, but well-formed
-        assert len(d) == 5 and all(np.isfinite(d)) and 0.5 < d[4] <= 1 and d[2] > d[0]
+    # anchors at (64 + 128 i, 64 + 128 j), 512 wide; centre + (51.2, -51.2), width halved,
+    # height kept; overlapping boxes are suppressed (IoU > 0.3), the rest kept
+    assert dets, "the stride-128 anchors score 1.0"
+    for x0, y0, x1, y1, score in dets:
+        assert score == pytest.approx(1.0, abs=1e-4)
+        assert (x1 - x0, y1 - y0) == pytest.approx((256.0, 512.0), abs=1e-3)
+        cx, cy = (x0 + x1) / 2 - 51.2 - 64, (y0 + y1) / 2 + 51.2 - 64
+        assert (cx / 128, cy / 128) == pytest.approx((round(cx / 128), round(cy / 128)), abs=1e-5)
     # Missing or wrong files are user errors that say what to do.
     monkeypatch.delenv("FD2TALK_S3FD_WEIGHTS")
     with pytest.raises(PrepError, match="FD2TALK_S3FD_WEIGHTS"):
@@ -519,27 +522,15 @@ def test_s3fd_loads_a_saved_state_dict(tmp_path, monkeypatch):
     torch.save({k: v for k, v in state.items() if not k.startswith("fc7")}, tmp_path / "bad.pth")
     with pytest.raises(PrepError, match="not face-alignment's S3FD"):
         S3FDDetector(tmp_path / "bad.pth", device="cpu")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(PrepError, match="not face-alignment's S3FD"):
+        S3FDDetector(tmp_path / "text.pth", device="cpu")
 
 
-def test_s3fd_decoding_geometry():
-    """One confident anchor with zero offsets decodes to that anchor's box (SSD coding)."""
-    import torch
-
-    outputs = []
-    for level in range(6):
-        size = 64 // 2 ** (level + 2)  # a 64 x 64 input: feature maps 16, 8, 4, 2, 1, 1
-        cls = torch.zeros(1, 2, max(size, 1), max(size, 1))
-        cls[:, 0] = 10.0  # background everywhere
-        outputs += [cls, torch.zeros(1, 4, max(size, 1), max(size, 1))]
-    outputs[2][0, :, 3, 5] = torch.tensor([0.0, 10.0])  # level 1 (stride 8), row 3, col 5
-    loc = outputs[3]
-    dets = decode_s3fd(outputs)
-    assert len(dets) == 1 and dets[0] == pytest.approx((28.0, 12.0, 60.0, 44.0, 1.0), abs=1e-3)
-    # Offsets move the centre by 0.1 x anchor per unit and scale the size by exp(0.2 x d).
-    loc[0, :, 3, 5] = torch.tensor([1.0, -1.0, 0.0, np.log(2) / 0.2])
-    x0, y0, x1, y1, _ = decode_s3fd(outputs)[0]
-    assert ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0) == pytest.approx(
-        (44 + 3.2, 28 - 3.2, 32, 64), abs=1e-3)
+def test_s3fd_stand_in_with_no_face_finds_none(tmp_path):
+    path = s3fd_standin(tmp_path / S3FD_FILE, logit=-10.0)  # every anchor background
+    with S3FDDetector(path, device="cpu") as det:
+        assert det.detect(np.zeros((64, 64, 3), np.uint8)) == []
 
 
 @pytest.mark.slow
