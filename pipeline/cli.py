@@ -55,6 +55,11 @@ class Detector(StrEnum):
     s3fd = "s3fd"
 
 
+class LandmarksName(StrEnum):
+    mediapipe = "mediapipe"
+    fan = "fan"
+
+
 class CoeffsBackend(StrEnum):
     mediapipe = "mediapipe"
     deep3d = "deep3d"
@@ -167,6 +172,16 @@ def coeffs(
     max_invalid: Annotated[float, typer.Option(
         help="Skip clips with a larger share of frames without a face.")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="R-Net batch size (deep3d).")] = 32,
+    landmarks: Annotated[LandmarksName, typer.Option(
+        help="deep3d: align with MediaPipe's landmarks, or face-alignment's 2D-FAN 68 points "
+        "(the paper's; needs --fan-weights and --s3fd-weights; lm.npy then holds the 68).")
+    ] = LandmarksName.mediapipe,
+    fan_weights: Annotated[str | None, typer.Option(
+        help="face-alignment's 2DFAN4-11f355bf06.pth.tar (default: $FD2TALK_FAN_WEIGHTS).")
+    ] = None,
+    s3fd_weights: Annotated[str | None, typer.Option(
+        help="--landmarks fan: face-alignment's s3fd-619a316812.pth, its face detector "
+        "(default: $FD2TALK_S3FD_WEIGHTS).")] = None,
     device: Device = DeviceName.auto,
     timeout: Annotated[float, typer.Option(
         help="Seconds per clip for decoding (plus 1 s a frame for the model).")] = 600.0,
@@ -182,7 +197,8 @@ def coeffs(
 
     cfg = CoeffsConfig(backend.value, _absolute(face_model), _absolute(deep3d_checkpoint),
                        _absolute(bfm_dir), max_invalid, batch_size, device.value, timeout,
-                       max_roll)
+                       max_roll, landmarks.value, _absolute(fan_weights),
+                       _absolute(s3fd_weights))
     _run(CoeffsStage(cfg), work, workers, part, force, quiet, ray, ray_gpus)
 
 

@@ -8,7 +8,8 @@ F = the crop's frame count exactly. Two backends:
   transformation matrix, id = the mean pose-removed (canonical) landmarks over
   the valid frames, flattened (478 * 3).
 - `deep3d` (the paper's): Deep3D's R-Net (pipeline/deep3d.py) on the 224x224
-  crop aligned with 5 points taken from MediaPipe's landmarks: exp 64,
+  crop aligned with 5 points taken from the landmarks (`landmarks`: MediaPipe's 478,
+  or, as in the paper, face-alignment's 2D-FAN 68 (pipeline/fan.py)): exp 64,
   pose = angles 224:227 + trans 254:257, id 80 and tex 80 = means over the
   valid frames, gamma (F, 27). Batched, on CUDA when present.
 
@@ -20,9 +21,9 @@ neighbour):
 | exp     | float32 | (F, 52 / 64) | blendshapes / Deep3D expression                     |
 | pose    | float32 | (F, 6)       | pitch, yaw, roll (rad), tx, ty, tz                  |
 | id      | float32 | (1434 / 80,) | mean canonical landmarks (cm) / Deep3D identity     |
-| lm      | float32 | (F, 478, 2)  | MediaPipe landmarks, crop pixels (both backends)    |
+| lm      | float32 | (F, 478|68, 2) | MediaPipe landmarks, or FAN's 68 (--landmarks fan), crop pixels |
 | lm3d    | float16 | (F, 478, 3)  | canonical (pose-removed) landmarks, cm              |
-| valid   | bool    | (F,)         | a face was found in the frame                       |
+| valid   | bool    | (F,)         | a face was found in the frame (fan: by both)        |
 | tex     | float32 | (80,)        | deep3d only: mean texture                           |
 | gamma   | float32 | (F, 27)      | deep3d only: illumination (SH)                      |
 | meta    | str     | ()           | JSON: backend, dims, conventions, frame counts      |
@@ -44,7 +45,7 @@ import numpy as np
 
 from fd2talk.model.schema import CROP_SIZE, FPS
 
-from . import atomic, deep3d, landmarker, media
+from . import atomic, deep3d, fan, landmarker, media
 from .crop import OUT_DIR as CROPS_DIR
 from .crop import crop_items
 from .runner import Item
@@ -52,6 +53,7 @@ from .skip import PrepError, Skip, SkipReason
 
 OUT_DIR = "coeffs"
 BACKENDS = ("mediapipe", "deep3d")
+LANDMARKS = ("mediapipe", "fan")  # what deep3d aligns with (lm.npy: 478 or 68 points)
 # deep3d: a face with its eyes closer than this (pixels) is too small to align (Deep3D would
 # upscale the whole frame by 102 / its size) and counts as no face.
 MIN_EYE_DISTANCE = 8.0
@@ -71,6 +73,9 @@ class CoeffsConfig:
     device: str = "auto"  # "auto" (CUDA when present) | "cpu" | "cuda" (deep3d)
     timeout: float = 600.0  # seconds per clip for decoding, plus MODEL_SECONDS_PER_FRAME a frame
     max_roll: float = 35.0  # degrees: a face whose median in-plane tilt is larger is skipped
+    landmarks: str = "mediapipe"  # deep3d: "mediapipe" | "fan" (face-alignment's 2D-FAN)
+    fan_weights: str | None = None  # 2DFAN4-11f355bf06.pth.tar (None: $FD2TALK_FAN_WEIGHTS)
+    s3fd_weights: str | None = None  # fan: S3FD's s3fd-619a316812.pth ($FD2TALK_S3FD_WEIGHTS)
     # outputs made before `max_roll` existed were not checked: they count as made with 180
     LEGACY: ClassVar[dict] = {"max_roll": 180.0}
 
@@ -86,6 +91,11 @@ class CoeffsStage:
             raise PrepError(f"unknown coeffs backend {config.backend!r}; choose one of {BACKENDS}")
         if not 0.0 <= config.max_invalid <= 1.0:
             raise PrepError(f"--max-invalid {config.max_invalid}: expected a fraction in [0, 1]")
+        if config.landmarks not in LANDMARKS:
+            raise PrepError(f"unknown landmarks {config.landmarks!r}; choose one of {LANDMARKS}")
+        if config.landmarks == "fan" and config.backend != "deep3d":
+            raise PrepError("--landmarks fan aligns Deep3D's input: use it with --backend deep3d "
+                            "(the mediapipe backend's coefficients come with its own landmarks)")
         if config.batch_size < 1:
             raise PrepError(f"--batch-size {config.batch_size}: expected at least 1")
         self.config = config
@@ -95,9 +105,12 @@ class CoeffsStage:
         if config.backend == "deep3d":
             deep3d.checkpoint_path(config.deep3d_checkpoint)
             deep3d.lm3d_path(config.bfm_dir)
+        if config.landmarks == "fan":
+            fan.check_weights(config.fan_weights, config.s3fd_weights)
         self._face_bytes: bytes | None = None
         self._canonical: landmarker.CanonicalFace | None = None
         self._net = None
+        self._fan: fan.FanLandmarker | None = None
         self._lm3d: np.ndarray | None = None
 
     def items(self, work: Path) -> list[Item]:
@@ -115,9 +128,12 @@ class CoeffsStage:
         if cfg.backend == "deep3d":
             self._net = deep3d.load_rnet(cfg.deep3d_checkpoint, cfg.device)
             self._lm3d = deep3d.load_lm3d(cfg.bfm_dir)
+        if cfg.landmarks == "fan":
+            self._fan = fan.FanLandmarker(cfg.fan_weights, cfg.s3fd_weights, cfg.device)
 
     def close(self) -> None:
         self._net = None
+        self._fan = None
         self._face_bytes = None  # a later call sets up again
 
     # ---- the work ---------------------------------------------------------------------------
@@ -130,13 +146,19 @@ class CoeffsStage:
         self.setup()
         use_rnet = self.config.backend == "deep3d"
         results: list[landmarker.Frame] = []
+        points: list[np.ndarray | None] = []  # fan: each frame's 68 points (None: no face)
         pending: list[np.ndarray] = []  # aligned (224, 224, 3) crops waiting for a batch
         outputs = []  # (B, 257) tensors, possibly still running on the GPU
         with landmarker.Landmarker(self._face_bytes, origin=self._face_model) as lmk:
             for i, frame in enumerate(frames):
                 res = lmk.detect(frame, i)
+                if self._fan is not None:  # FAN's points align; MediaPipe's still give lm3d
+                    points.append(self._fan.landmarks(frame) if res.found else None)
+                    if points[-1] is None:
+                        res = landmarker.Frame.empty()
                 if use_rnet and res.found:
-                    p5 = landmarker.five_points(res.landmarks)  # (5, 2)
+                    p5 = (fan.five_points(points[-1]) if self._fan is not None
+                          else landmarker.five_points(res.landmarks))  # (5, 2)
                     if np.linalg.norm(p5[1] - p5[0]) < MIN_EYE_DISTANCE:
                         res = landmarker.Frame.empty()  # too small to align: no usable face
                 results.append(res)
@@ -154,7 +176,13 @@ class CoeffsStage:
         lm3d = landmarker.canonical_landmarks(track.landmarks, self._canonical)  # (F, 478, 3)
         with np.errstate(over="ignore"):  # an overflow to inf is skipped by check_finite
             lm3d16 = lm3d.astype(np.float16)
-        arrays = {"valid": valid, "lm": track.landmarks[..., :2].copy(), "lm3d": lm3d16}
+        lm = track.landmarks[..., :2].copy()
+        if self._fan is not None:
+            lm = np.zeros((n, fan.N_POINTS, 2), np.float32)
+            rows = np.flatnonzero(valid)
+            if len(rows):
+                lm[rows] = np.stack([points[i] for i in rows])
+        arrays = {"valid": valid, "lm": lm, "lm3d": lm3d16}
         if use_rnet:
             import torch
 
@@ -178,7 +206,7 @@ class CoeffsStage:
             "backend": backend, "fps": FPS, "frames": int(len(arrays["valid"])),
             "valid_frames": int(arrays["valid"].sum()),
             "exp_dim": int(arrays["exp"].shape[1]), "id_dim": int(arrays["id"].shape[0]),
-            "lm_points": landmarker.N_LANDMARKS, "lm": "MediaPipe landmarks, crop pixels",
+            "lm_points": int(arrays["lm"].shape[1]), "lm": "MediaPipe landmarks, crop pixels",
             "lm3d": "MediaPipe landmarks with the similarity transform removed "
                     "(canonical face model frame, cm)",
             "pose": POSE_CONVENTION,
@@ -193,6 +221,9 @@ class CoeffsStage:
                         gamma="Deep3D SH illumination", pose_translation="Deep3D translation",
                         coeff_slices={k: [s.start, s.stop] for k, s in
                                       deep3d.COEFF_SLICES.items()})
+            if self.config.landmarks == "fan":
+                meta.update(landmarks="fan", lm="face-alignment 2D-FAN-4 landmarks (68, iBUG "
+                            "300-W order), crop pixels; valid: FAN and MediaPipe found the face")
         return meta
 
     def bare_inference(self, frames: np.ndarray):
