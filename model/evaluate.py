@@ -99,7 +99,7 @@ def read_video(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         if size is None:
             p = media.probe(path, need_audio=False)
             size = (p.width, p.height)
-        return np.stack(list(media.iter_frames(path, size[0], size[1], READ_TIMEOUT, "fps=25")))
+        return np.stack(list(media.iter_frames(path, size[0], size[1], READ_TIMEOUT, [("fps", 25)])))
     except Skip as e:
         raise UserError(f"cannot read {path} as a video: {e.detail}") from None
     except ValueError:

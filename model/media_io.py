@@ -162,17 +162,32 @@ class VideoWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.width, self.height, self.frames = width, height, 0
         self.tmp = self.out.parent / f".{self.out.stem}.partial{self.out.suffix}"
-        scale = []
-        if size and tuple(size) != (width, height):
-            scale = ["-vf", f"scale={size[0]}:{size[1]}:flags=lanczos"]
-        cmd = [_ffmpeg("ffmpeg"), "-v", "error", "-nostdin", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(FPS),
-               "-i", "-", "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", *scale,
-               "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-c:a", "aac", "-b:a", "128k", "-ar", "48000",
-               "-movflags", "+faststart", str(self.tmp)]
+        cmd = self.command(width, height, audio, self.tmp, size, crf)
         self._err = tempfile.TemporaryFile()  # a pipe nobody reads could fill and block
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._err)
+
+    @staticmethod
+    def command(width: int, height: int, audio: str | Path, out: Path,
+                size: tuple[int, int] | None = None, crf: int = 18) -> list[str]:
+        """ffmpeg's argument list (built with ffmpeg-python): raw RGB frames from stdin, the
+        first audio stream of `audio`, H.264 + AAC into `out`."""
+        import ffmpeg
+
+        from fd2talk.pipeline import media
+        from fd2talk.pipeline.skip import PrepError
+
+        video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24",
+                             s=f"{width}x{height}", r=FPS)["v:0"]
+        if size and tuple(size) != (width, height):
+            video = video.filter("scale", size[0], size[1], flags="lanczos")
+        output = ffmpeg.output(
+            video, ffmpeg.input(str(audio))["a:0"], str(out), preset="medium", crf=crf,
+            pix_fmt="yuv420p", ar=48000, movflags="+faststart",
+            **{"c:v": "libx264", "c:a": "aac", "b:a": "128k"})
+        try:
+            return media.command(output)
+        except PrepError as e:  # no ffmpeg
+            raise UserError(str(e)) from None
 
     def write(self, frames: np.ndarray) -> None:
         """(n, H, W, 3) uint8 RGB frames, in order."""

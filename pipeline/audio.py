@@ -209,12 +209,14 @@ def make_long_crop(work: Path, key: str, seconds: float, timeout: float = 600.0)
     frames = round(seconds * FPS)
     mp4 = Path(work) / CROPS_DIR / f"{key}.mp4"
     mp4.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
-           f"color=c=gray:size=32x32:rate={FPS}", "-f", "lavfi", "-i",
-           f"anoisesrc=color=pink:amplitude=0.2:seed=1:sample_rate={SAMPLE_RATE}",
-           "-frames:v", str(frames), "-t", f"{frames / FPS:.6f}",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *media.AAC_ARGS,
-           str(mp4)]
+    import ffmpeg
+
+    video = ffmpeg.input(f"color=c=gray:size=32x32:rate={FPS}", format="lavfi")
+    noise = ffmpeg.input(f"anoisesrc=color=pink:amplitude=0.2:seed=1:sample_rate={SAMPLE_RATE}",
+                         format="lavfi")
+    cmd = media.command(ffmpeg.output(
+        video, noise, str(mp4), t=f"{frames / FPS:.6f}", preset="ultrafast", pix_fmt="yuv420p",
+        **{"frames:v": frames, "c:v": "libx264"}, **media.AAC))
     media.run_tool(cmd, timeout, "ffmpeg making a long test crop")
     atomic.write_json(mp4.with_suffix(".json"), {"key": key, "frames": frames, "fps": FPS})
     return frames

@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import ffmpeg
+
 from fd2talk.model.schema import FPS, SAMPLE_RATE
 
 from . import atomic, media
@@ -66,19 +68,21 @@ def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: floa
     lasts n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ... and the
     last frame. `audio=False` (a video-only row): the video alone. Returns ffmpeg's stderr.
     """
-    dur = n_frames / FPS
-    video = f"0:{streams[0]}" if streams else "0:v:0"
-    sound = (f"0:{streams[1]}" if streams and streams[1] is not None else "0:a:0")
-    maps = ["-map", video, "-map", sound] if audio else ["-map", video]
-    audio_args = (["-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0,apad"] if audio
-                  else ["-an"])
-    cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-ss", f"{start:.6f}",
-           "-i", str(src), "-t", f"{dur:.6f}", *maps,
-           # 4:2:0 needs even sides: an odd-sized source loses its last row/column
-           "-vf", f"fps={FPS},crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0,setsar=1",
-           "-frames:v", str(n_frames), *audio_args, *media.x264_args(KEYINT),
-           "-force_key_frames", f"expr:eq(n,{n_frames - 1})",
-           *(media.AAC_ARGS if audio else []), *media.BITEXACT_ARGS, str(dst)]
+    source = ffmpeg.input(str(src), ss=f"{start:.6f}")
+    video = (source[str(streams[0]) if streams else "v:0"]
+             .filter("fps", FPS)
+             # 4:2:0 needs even sides: an odd-sized source loses its last row/column
+             .filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
+             .filter("setsar", 1))
+    outputs = [video]
+    options = {"t": f"{n_frames / FPS:.6f}", "frames:v": n_frames, **media.x264(KEYINT),
+               "force_key_frames": f"expr:eq(n,{n_frames - 1})", **media.BITEXACT}
+    if audio:
+        sound = str(streams[1]) if streams and streams[1] is not None else "a:0"
+        outputs.append(source[sound].filter("aresample", SAMPLE_RATE, first_pts=0,
+                                            **{"async": 1}).filter("apad"))
+        options.update(media.AAC)
+    cmd = media.command(ffmpeg.output(*outputs, str(dst), **options))
     return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
 
 

@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ffmpeg
+
 from fd2talk.model.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 from . import atomic, media
@@ -112,46 +114,43 @@ def select_tubes(scan: Scan, config: CropConfig) -> list[Tube]:
     return big
 
 
-def crop_filter(tubes: Sequence[Tube], boxes: Sequence[tuple[int, int, int, int]],
-                size: int, audio: bool = True) -> str:
-    """ffmpeg filter_complex: per tube [v<k>] (size x size crop) and [a<k>] (its audio; none
-    for a video-only clip)."""
-    n = len(tubes)
-    parts = [f"[0:v]split={n}" + "".join(f"[vi{k}]" for k in range(n))]
-    if audio:
-        parts.append(f"[0:a]aresample={SAMPLE_RATE},asplit={n}"
-                     + "".join(f"[ai{k}]" for k in range(n)))
-    for k, (tube, (x0, y0, x1, _)) in enumerate(zip(tubes, boxes, strict=True)):
-        side = x1 - x0
-        flags = "area" if side >= size else "bicubic"
-        parts.append(f"[vi{k}]trim=start_frame={tube.start}:end_frame={tube.end + 1},"
-                     f"setpts=PTS-STARTPTS,crop={side}:{side}:{x0}:{y0}:exact=1,"
-                     f"scale={size}:{size}:flags={flags},setsar=1[v{k}]")
-        if audio:
-            parts.append(f"[ai{k}]apad,atrim=start_sample={tube.start * SAMPLES_PER_FRAME}:"
-                         f"end_sample={(tube.end + 1) * SAMPLES_PER_FRAME},"
-                         f"asetpts=PTS-STARTPTS,asplit=2[a{k}][w{k}]")
-    return ";".join(parts)
-
-
 def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
                  boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float,
                  wavs: Sequence[Path] = (), audio: bool = True) -> str:
     """One ffmpeg pass writing every tube's crop to its `dsts` path (and, when `wavs` are
     given, its audio as exact-length 16 kHz mono PCM: F * 640 samples, read by the audio
     stage without starting a decoder); `audio=False`: video-only crops, no wavs. Returns
-    ffmpeg's stderr."""
-    cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(src),
-           "-filter_complex", crop_filter(tubes, boxes, size, audio)]
-    for k, dst in enumerate(dsts):
-        sound = ["-map", f"[a{k}]"] if audio else []
-        cmd += ["-map", f"[v{k}]", *sound, *media.X264_ARGS, *(media.AAC_ARGS if audio else []),
-                *media.BITEXACT_ARGS, str(dst)]
-    for k, wav in enumerate(wavs):
-        cmd += ["-map", f"[w{k}]", "-c:a", "pcm_s16le", *media.BITEXACT_ARGS, str(wav)]
-    if audio and not wavs:
-        cmd[cmd.index("-filter_complex") + 1] += "".join(f";[w{k}]anullsink"
-                                                         for k in range(len(dsts)))
+    ffmpeg's stderr.
+
+    The graph: the video split once per tube, each branch trimmed to the tube's frames,
+    cropped to its box and scaled to `size`; the audio resampled, split the same way, padded
+    and trimmed to the same frames (split again for the wav)."""
+    source = ffmpeg.input(str(src))
+    videos = source.video.split()
+    sounds = source.audio.filter("aresample", SAMPLE_RATE).asplit() if audio else None
+    outputs, wav_outputs = [], []  # mp4s first, then wavs, as the options' order
+    for k, (tube, (x0, y0, x1, _)) in enumerate(zip(tubes, boxes, strict=True)):
+        side = x1 - x0
+        video = (videos[k].trim(start_frame=tube.start, end_frame=tube.end + 1)
+                 .setpts("PTS-STARTPTS")
+                 .filter("crop", side, side, x0, y0, exact=1)
+                 .filter("scale", size, size, flags="area" if side >= size else "bicubic")
+                 .filter("setsar", 1))
+        if not audio:
+            outputs.append(ffmpeg.output(video, str(dsts[k]), **media.X264, **media.BITEXACT))
+            continue
+        sound = (sounds[k].filter("apad")
+                 .filter("atrim", start_sample=tube.start * SAMPLES_PER_FRAME,
+                         end_sample=(tube.end + 1) * SAMPLES_PER_FRAME)
+                 .filter("asetpts", "PTS-STARTPTS"))
+        if wavs:
+            both = sound.asplit()
+            sound = both[0]
+            wav_outputs.append(ffmpeg.output(both[1], str(wavs[k]), **{"c:a": "pcm_s16le"},
+                                             **media.BITEXACT))
+        outputs.append(ffmpeg.output(video, sound, str(dsts[k]), **media.X264, **media.AAC,
+                                     **media.BITEXACT))
+    cmd = media.command(ffmpeg.merge_outputs(*outputs, *wav_outputs))
     return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
 
 

@@ -57,6 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 
 from fd2talk.model.schema import FPS, SAMPLE_RATE
@@ -413,18 +414,17 @@ def make_video(out_dir: Path, cfg: DemoConfig, index: int) -> Path:
     atomic.write_npy(out_dir / f"{v.name}.opening.npy", gt)
 
     audio = speech[:, None] * (np.array([1.0, 0.8]) if v.channels == 2 else np.ones(1))
-    aac = list(media.AAC_ARGS)
-    aac[aac.index("-ac") + 1], aac[aac.index("-ar") + 1] = str(v.channels), str(v.sample_rate)
+    aac = {**media.AAC, "ac": v.channels, "ar": v.sample_rate}
     image = portrait(v)
     warp = MouthWarp(image, v.face, v.flip)
     dst = out_dir / f"{v.name}.mp4"
     with tempfile.TemporaryDirectory() as tmp, atomic.atomic_path(dst) as tmp_mp4:
         wav = Path(tmp) / "speech.wav"
         wav.write_bytes(_wav_bytes(audio, v.sample_rate))
-        cmd = [media.tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-f", "rawvideo",
-               "-pix_fmt", "rgb24", "-s", f"{cfg.size}x{cfg.size}", "-r", str(v.fps), "-i", "-",
-               "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0", *media.X264_ARGS, *aac,
-               *media.BITEXACT_ARGS, str(tmp_mp4)]
+        frames_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24",
+                                 s=f"{cfg.size}x{cfg.size}", r=v.fps)
+        cmd = media.command(ffmpeg.output(frames_in["v:0"], ffmpeg.input(str(wav))["a:0"],
+                                          str(tmp_mp4), **media.X264, **aac, **media.BITEXACT))
         with open(Path(tmp) / "stderr", "w+b") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
             # A stalled ffmpeg would block a pipe write forever: kill it at the timeout.

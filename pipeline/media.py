@@ -1,8 +1,12 @@
 """ffmpeg and ffprobe, with timeouts, typed skips and their stderr kept.
 
-Every external call goes through `run_tool`, so every one has a timeout and a
-failure keeps the tool's stderr for `failures.jsonl`. Frames are read through
-an ffmpeg pipe (rawvideo rgb24), audio as 16 kHz mono float32.
+ffmpeg command lines are built with ffmpeg-python's graph API (`ffmpeg.input(...)`,
+`.filter(...)`, `ffmpeg.output(...)`) and compiled by `command`; they run through
+`run_tool` (or a pipe with a kill timer), never through ffmpeg-python's own `run`, which
+has no timeout. So every call has a timeout, and a failure keeps the tool's stderr for
+`failures.jsonl`. Frames are read through an ffmpeg pipe (rawvideo rgb24), audio as
+16 kHz mono float32. Encoder settings are dicts of ffmpeg output options (`X264`, `AAC`,
+`BITEXACT`), given to `ffmpeg.output` as keywords.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 
 from fd2talk.model.schema import FPS, SAMPLE_RATE
@@ -33,23 +38,35 @@ AV_TOLERANCE = 1.5 / FPS  # seconds an encoded AAC track may differ from its vid
 # sliced threading with a fixed thread count does not) so a resumed run equals an
 # uninterrupted one.
 X264_PARAMS = "sliced-threads=1"
-X264_ARGS = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-             "-threads", "2", "-x264-params", X264_PARAMS]
-AAC_ARGS = ["-c:a", "aac", "-b:a", "96k", "-ac", "1", "-ar", str(SAMPLE_RATE)]
-BITEXACT_ARGS = ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-                 "-flags:a", "+bitexact"]
+X264 = {"c:v": "libx264", "preset": "veryfast", "crf": 18, "pix_fmt": "yuv420p", "threads": 2,
+        "x264-params": X264_PARAMS}
+AAC = {"c:a": "aac", "b:a": "96k", "ac": 1, "ar": SAMPLE_RATE}
+BITEXACT = {"map_metadata": -1, "fflags": "+bitexact", "flags:v": "+bitexact",
+            "flags:a": "+bitexact"}
 
 
-def x264_args(keyint: int | None = None) -> list[str]:
-    """`X264_ARGS`; with `keyint`, a keyframe (IDR) exactly every `keyint` frames.
+def x264(keyint: int | None = None) -> dict[str, object]:
+    """`X264`; with `keyint`, a keyframe (IDR) exactly every `keyint` frames.
 
     Scene-cut detection is off, so the keyframes are frames 0, keyint, 2 keyint, ...
     whatever the content (`ffmpeg -skip_frame nokey` then decodes just those).
     """
     if keyint is None:
-        return list(X264_ARGS)
-    params = f"{X264_PARAMS}:keyint={keyint}:min-keyint={keyint}:scenecut=0"
-    return [*X264_ARGS[:-1], params]
+        return dict(X264)
+    return {**X264, "x264-params": f"{X264_PARAMS}:keyint={keyint}:min-keyint={keyint}:scenecut=0"}
+
+
+def as_args(options: dict[str, object]) -> list[str]:
+    """Output options as command-line words (`{"crf": 18}` -> `["-crf", "18"]`), in
+    ffmpeg-python's order, for commands written out by hand (tests, benchmarks)."""
+    return [w for k, v in sorted(options.items()) for w in (f"-{k}", str(v))]
+
+
+def command(stream, overwrite: bool = True) -> list[str]:
+    """The ffmpeg argument list of an ffmpeg-python output `stream` (quiet, never reading
+    stdin, overwriting its outputs unless `overwrite` is False)."""
+    head = [tool("ffmpeg"), "-v", "error", "-nostdin", *(["-y"] if overwrite else [])]
+    return stream.compile(cmd=head)
 
 
 def tool(name: str) -> str:
@@ -138,8 +155,9 @@ def probe(path: Path, need_audio: bool = True, timeout: float = PROBE_TIMEOUT) -
     path = Path(path)
     if path.stat().st_size == 0:
         raise Skip(SkipReason.EMPTY_FILE, f"{path} has 0 bytes")
-    cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
-           "-show_streams", str(path)]
+    # ffmpeg.probe's own argument list; its `probe` has no timeout, so run_tool runs it
+    cmd = [tool("ffprobe"), "-show_format", "-show_streams", "-of", "json", "-v", "error",
+           str(path)]
     try:
         proc = run_tool(cmd, timeout, "ffprobe")
     except Skip as skip:
@@ -324,19 +342,23 @@ def mp4_tracks(path: Path) -> list[Mp4Track]:
 
 
 def iter_frames(path: Path, width: int, height: int, timeout: float,
-                vf: str | None = None, *, input_args: Sequence[str] = (),
-                output_args: Sequence[str] = ()) -> Iterator[np.ndarray]:
+                filters: Sequence[tuple] = (), *, input_kwargs: dict | None = None,
+                output_kwargs: dict | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of `path` as (height, width, 3) uint8 RGB, scaled by ffmpeg.
 
-    `vf` is an extra filter chain applied before the scale. `input_args` go before
-    `-i` (e.g. `-ss T` to seek, `-skip_frame nokey` to decode keyframes only),
-    `output_args` after it (e.g. `-frames:v N`, `-fps_mode passthrough`). The read
-    is bounded by `timeout` seconds in total; a failing decode raises
+    `filters`: video filters applied before the scale, each `(name, *arguments)`, e.g.
+    `[("fps", 25), ("crop", w, h, x, y)]`. `input_kwargs` are input options (e.g.
+    `{"ss": T}` to seek, `{"skip_frame": "nokey"}` to decode keyframes only),
+    `output_kwargs` output options (e.g. `{"frames:v": N, "fps_mode": "passthrough"}`).
+    The read is bounded by `timeout` seconds in total; a failing decode raises
     `Skip(DECODE_ERROR)`.
     """
-    chain = f"{vf + ',' if vf else ''}scale={width}:{height}:flags=area"
-    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", *input_args, "-i", str(path), "-an",
-           "-vf", chain, *output_args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    video = ffmpeg.input(str(path), **(input_kwargs or {}))["v:0"]
+    for name, *args in filters:
+        video = video.filter(name, *args)
+    video = video.filter("scale", width, height, flags="area")
+    cmd = command(ffmpeg.output(video, "pipe:", format="rawvideo", pix_fmt="rgb24",
+                                **(output_kwargs or {})), overwrite=False)
     frame_bytes = width * height * 3
     # stderr goes to a file, not a pipe: a damaged file makes ffmpeg print an error per
     # frame, and an unread pipe would fill up and block it (and us, reading its stdout).
@@ -406,8 +428,8 @@ def read_audio(path: Path, timeout: float, sample_rate: int = SAMPLE_RATE,
                limit: float | None = None) -> np.ndarray:
     """The first audio stream of `path` as float32 mono samples in [-1, 1] at `sample_rate`
     (its first `limit` seconds only, when given: memory bounded whatever the file holds)."""
-    cut = ["-t", f"{limit:g}"] if limit is not None else []
-    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-vn", *cut, "-ac", "1",
-           "-ar", str(sample_rate), "-f", "f32le", "-"]
+    cut = {"t": f"{limit:g}"} if limit is not None else {}
+    cmd = command(ffmpeg.output(ffmpeg.input(str(path))["a:0"], "pipe:", format="f32le", ac=1,
+                                ar=sample_rate, **cut), overwrite=False)
     out = run_tool(cmd, timeout, f"decoding the audio of {path}").stdout
     return np.frombuffer(out, np.float32).copy()

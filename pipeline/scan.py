@@ -171,9 +171,9 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
 
     def seek(first: int, n: int) -> list[tuple[int, np.ndarray]]:  # frames [first, first + n)
         start = f"{(first - 0.5) / keyframes.fps:.6f}"  # half a frame early: no rounding issue
-        frames = list(media.iter_frames(path, dw, dh, remaining(), input_args=["-ss", start],
-                                        output_args=["-frames:v", str(n),
-                                                     "-fps_mode", "passthrough"]))
+        frames = list(media.iter_frames(path, dw, dh, remaining(), input_kwargs={"ss": start},
+                                        output_kwargs={"frames:v": n,
+                                                       "fps_mode": "passthrough"}))
         if len(frames) != n:
             raise _NotAsSaid(f"seeking to frame {first} gave {len(frames)} of {n} frames")
         scanner.read += n
@@ -183,8 +183,8 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
         first = scanner.builder.last_frame + 1
         return lambda: seek(first, i - first)
 
-    stream = media.iter_frames(path, dw, dh, remaining(), input_args=["-skip_frame", "nokey"],
-                               output_args=["-fps_mode", "passthrough"])
+    stream = media.iter_frames(path, dw, dh, remaining(), input_kwargs={"skip_frame": "nokey"},
+                               output_kwargs={"fps_mode": "passthrough"})
     n = 0
     with contextlib.closing(stream):
         for n, frame in enumerate(stream, 1):

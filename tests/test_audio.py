@@ -46,7 +46,7 @@ def make_crop(work, key, frames, audio=None, pad_audio=True):
         cmd += ["-i", str(write_wav(work / f"{key}.wav", audio))]
         if pad_audio:
             cmd += ["-af", "apad"]
-        cmd += [*media.AAC_ARGS]
+        cmd += media.as_args(media.AAC)
     cmd += ["-frames:v", str(frames), "-t", f"{frames / FPS:.6f}", "-c:v", "libx264",
             "-preset", "ultrafast",
             "-pix_fmt", "yuv420p", str(mp4)]
@@ -199,7 +199,7 @@ def test_real_clip(shared_media, tmp_path, name):
     crops.mkdir()
     mp4 = crops / "talk10.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(shared_media / name),
-                    "-vf", "scale=256:256,fps=25", *media.X264_ARGS, *media.AAC_ARGS, str(mp4)],
+                    "-vf", "scale=256:256,fps=25", *media.as_args(media.X264), *media.as_args(media.AAC), str(mp4)],
                    check=True, timeout=120)
     frames = media.count_frames(mp4)
     (crops / "talk10.json").write_text(json.dumps({"key": "talk10", "frames": frames, "fps": 25}))
