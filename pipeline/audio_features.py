@@ -66,33 +66,16 @@ def fit_length(samples: np.ndarray, n_frames: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- log-mel
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
-    f = np.asarray(f, np.float64)
-    lin = f / (200.0 / 3)
-    log = 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log, lin)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    lin = m * (200.0 / 3)
-    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
-    return np.where(m >= 15.0, log, lin)
-
-
 def mel_filterbank(n_mels: int = MEL_BANDS, n_fft: int = MEL_WINDOW, sr: int = SAMPLE_RATE,
                    fmin: float = MEL_FMIN, fmax: float = MEL_FMAX) -> np.ndarray:
-    """Triangular, area-normalised (Slaney) mel filters: (n_mels, n_fft // 2 + 1) float32."""
-    fft_freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
-    return weights.astype(np.float32)
+    """Triangular, area-normalised (Slaney) mel filters on Slaney's mel scale (librosa's
+    default): (n_mels, n_fft // 2 + 1) float32, from transformers' `mel_filter_bank`."""
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels,
+                           min_frequency=fmin, max_frequency=fmax, sampling_rate=sr,
+                           norm="slaney", mel_scale="slaney")  # (bins, n_mels) float64
+    return np.ascontiguousarray(bank.T, np.float32)
 
 
 class LogMel:

@@ -257,36 +257,32 @@ def pose_from_matrix(matrix: np.ndarray) -> np.ndarray:
 
 # ---- canonical (pose-removed) landmarks -----------------------------------------------------
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
+@functools.cache
+def _geometry_message() -> type:
+    """The protobuf message class of MediaPipe's GeometryPipelineMetadata as this bundle's file
+    lays it out (mediapipe/modules/face_geometry/protos; MediaPipe's wheel ships no Python
+    classes for it): {1: canonical mesh {3: vertex_buffer (x y z u v)...}, 2: procrustes
+    basis {1: landmark_id, 2: weight}}; other fields are kept as unknown ones."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-
-def _proto_fields(buf: bytes) -> list[tuple[int, int, object]]:
-    """Decode one protobuf message's wire format into (field, wire type, value)."""
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _read_varint(buf, i)
-        elif wire == 5:
-            value, i = struct.unpack_from("<f", buf, i)[0], i + 4
-        elif wire == 1:
-            value, i = struct.unpack_from("<d", buf, i)[0], i + 8
-        elif wire == 2:
-            n, i = _read_varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        out.append((field, wire, value))
-    return out
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="fd2talk/geometry_pipeline_metadata.proto", package="fd2talk.geometry",
+        syntax="proto2")
+    mesh = proto.message_type.add(name="Mesh3d")
+    mesh.field.add(name="vertex_buffer", number=3, type=f.TYPE_FLOAT, label=f.LABEL_REPEATED)
+    ref = proto.message_type.add(name="WeightedLandmarkRef")
+    ref.field.add(name="landmark_id", number=1, type=f.TYPE_UINT32, label=f.LABEL_OPTIONAL)
+    ref.field.add(name="weight", number=2, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
+    meta = proto.message_type.add(name="GeometryPipelineMetadata")
+    meta.field.add(name="canonical_mesh", number=1, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                   type_name=".fd2talk.geometry.Mesh3d")
+    meta.field.add(name="procrustes_landmark_basis", number=2, type=f.TYPE_MESSAGE,
+                   label=f.LABEL_REPEATED, type_name=".fd2talk.geometry.WeightedLandmarkRef")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("fd2talk.geometry.GeometryPipelineMetadata"))
 
 
 @dataclass(frozen=True)
@@ -300,25 +296,23 @@ class CanonicalFace:
 
 def parse_geometry_metadata(data: bytes) -> CanonicalFace:
     """GeometryPipelineMetadata {canonical_mesh = 1 {vertex_buffer = 3 (x y z u v)...},
-    procrustes_landmark_basis = 2 {landmark_id = 1, weight = 2}}."""
-    vertices, ids, wts = [], [], []
-    for field, wire, value in _proto_fields(data):
-        if field == 1 and wire == 2:
-            for f, w, v in _proto_fields(value):
-                if f == 3 and w == 5:
-                    vertices.append(v)
-                elif f == 3 and w == 2:  # packed encoding
-                    vertices += list(struct.unpack(f"<{len(v) // 4}f", v))
-        elif field == 2 and wire == 2:
-            entry = dict((f, v) for f, _, v in _proto_fields(value))
-            ids.append(int(entry.get(1, 0)))
-            wts.append(float(entry.get(2, 0.0)))
-    if len(vertices) != 468 * 5 or not ids or len(ids) != len(wts):
+    procrustes_landmark_basis = 2 {landmark_id = 1, weight = 2}}, decoded by protobuf; bytes
+    that are no such message raise ValueError."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        meta = _geometry_message().FromString(data)
+    except DecodeError as e:
+        raise ValueError(f"not a GeometryPipelineMetadata message: {e}") from None
+    vertices = list(meta.canonical_mesh.vertex_buffer)
+    ids = [b.landmark_id for b in meta.procrustes_landmark_basis]
+    wts = [b.weight for b in meta.procrustes_landmark_basis]
+    if len(vertices) != 468 * 5 or not ids:
         raise ValueError(f"expected 468 canonical vertices (x y z u v) and a Procrustes basis, "
                          f"got {len(vertices)} values and {len(ids)} basis points")
     mesh = np.asarray(vertices, np.float64).reshape(-1, 5)[:, :3]
     ids_arr = np.asarray(ids, np.int64)
-    if ids_arr.min() < 0 or ids_arr.max() >= len(mesh):
+    if ids_arr.max() >= len(mesh):
         raise ValueError("Procrustes basis landmark ids outside the canonical mesh")
     return CanonicalFace(mesh, ids_arr, np.asarray(wts, np.float64))
 

@@ -112,6 +112,21 @@ def test_logmel_frame_count_is_exact(n, delta):
     assert f.shape == (n, 80) and f.dtype == np.float32 and np.isfinite(f).all()
 
 
+def test_mel_filterbank_is_slaney_triangles():
+    """transformers' filters as librosa's defaults make them: 80 triangles with area 1 (Slaney
+    normalisation), centres rising, linear spacing below 1 kHz and logarithmic above."""
+    fb = mel_filterbank()
+    assert fb.shape == (80, 641) and fb.dtype == np.float32 and (fb >= 0).all()
+    bin_hz = SR / 2 / 640
+    wide = (fb > 0).sum(1) >= 12  # triangles spanning enough bins to integrate
+    np.testing.assert_allclose(fb[wide].sum(1) * bin_hz, 1.0, rtol=0.1)
+    centres = np.argmax(fb, 1) * bin_hz
+    assert (np.diff(centres) >= 0).all()
+    steps = np.diff(centres)
+    assert steps[centres[1:] < 900].std() < 2 * bin_hz  # even steps (linear part)
+    assert steps[-1] > 5 * steps[0]  # growing steps (logarithmic part)
+
+
 def test_logmel_tone_lands_in_its_band():
     fb = mel_filterbank()
     freqs = np.linspace(0, SR / 2, fb.shape[1])
