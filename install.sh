@@ -81,7 +81,11 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # OpenCV's cv2: install it without them, then the few it needs for the tasks API.
 "${pip[@]}" -c constraints.txt --no-deps mediapipe==1.2.2
 "${pip[@]}" -c constraints.txt absl-py certifi flatbuffers matplotlib
-.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, webdataset, transformers, gradio, ray" \
+# face-alignment (the paper's S3FD and 2D-FAN) likewise: it requires the GUI opencv-python, which
+# would overwrite the same cv2 (ARCHITECTURE.md, "One OpenCV"); its other requirements (numba,
+# scikit-image, scipy, tqdm, packaging) are fd2talk's own.
+"${pip[@]}" -c constraints.txt --no-deps face-alignment==1.5.0
+.venv/bin/python -c "import torch, torchvision, cv2, mediapipe, face_alignment, ffmpeg, webdataset, transformers, gradio, ray" \
   || { echo "install.sh: the environment does not import; see the messages above" >&2; exit 1; }
 
 echo "== face model"

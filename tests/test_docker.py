@@ -257,6 +257,27 @@ def test_mediapipe_installed_without_deps_then_its_needed_deps():
     assert not names & {"opencv-contrib-python", "opencv-python"}, "one OpenCV: the headless"
 
 
+def test_face_alignment_installed_without_deps_and_one_opencv():
+    """face-alignment requires the GUI opencv-python; it is installed --no-deps (Dockerfile and
+    install.sh, same pin) so that the headless OpenCV stays the only one, here too."""
+    import importlib.metadata as md
+
+    installs = _pip_installs()
+    fa = [a for a in installs if any(re.match(r"face-alignment(\W|$)", w) for w in a)]
+    assert fa and all("--no-deps" in argv for argv in fa), fa
+    setup = re.findall(r"--no-deps face-alignment==(\S+)", (REPO / "install.sh").read_text())
+    assert setup and _pins(fa[0]).get("face-alignment") == setup[0]
+    opencvs = []
+    for name in ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                 "opencv-contrib-python-headless"):
+        try:
+            opencvs.append((name, md.version(name)))
+        except md.PackageNotFoundError:
+            pass
+    assert [n for n, _ in opencvs] == ["opencv-python-headless"], opencvs
+    assert md.version("face-alignment") == setup[0]
+
+
 OPTIONS_WITH_VALUE = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url",
                       "--extra-index-url", "-f", "--find-links"}
 
