@@ -49,6 +49,19 @@ S3FD_ENV = "FD2TALK_S3FD_WEIGHTS"
 S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
 
 
+class ClosedOnExit:
+    """`with obj:` closes it at the end (subclasses define `close`)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Detector(Protocol):
     name: str
 
@@ -57,9 +70,7 @@ class Detector(Protocol):
     def close(self) -> None: ...
 
 
-
-
-class MediaPipeDetector:
+class MediaPipeDetector(ClosedOnExit):
     """BlazeFace (short range) from `face_landmarker.task`; CPU, about 3 ms a frame."""
 
     name = "mediapipe"
@@ -107,12 +118,6 @@ class MediaPipeDetector:
                 self._detector.close()
             self._detector = None
 
-    def __enter__(self) -> MediaPipeDetector:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def s3fd_weights_path(flag: str | Path | None = None) -> Path:
     """Resolve S3FD's weights: `flag`, else $FD2TALK_S3FD_WEIGHTS; a missing file is a PrepError."""
@@ -123,7 +128,7 @@ def s3fd_weights_path(flag: str | Path | None = None) -> Path:
         alternative="--detector mediapipe")
 
 
-class S3FDDetector:
+class S3FDDetector(ClosedOnExit):
     """face-alignment's S3FD (its own network and decoding) from a local state dict, on CUDA
     when present."""
 
@@ -142,12 +147,6 @@ class S3FDDetector:
 
     def close(self) -> None:
         self._detector = None
-
-    def __enter__(self) -> S3FDDetector:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def load_errors() -> tuple[type[BaseException], ...]:

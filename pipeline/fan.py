@@ -33,7 +33,7 @@ import numpy as np
 
 from fd2talk.model.device import resolve_device
 
-from .detect import S3FD_FILE, S3FD_URL, load_errors, s3fd_weights_path
+from .detect import S3FD_FILE, S3FD_URL, ClosedOnExit, load_errors, s3fd_weights_path
 from .skip import PrepError
 from .weights import local_weight
 
@@ -89,7 +89,7 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([lm[..., list(ids), :].mean(-2) for ids in FIVE_POINT_IDS], -2)
 
 
-class FanLandmarker:
+class FanLandmarker(ClosedOnExit):
     """face-alignment's `FaceAlignment` (2D, FAN-4, S3FD) from local files, on CUDA when present."""
 
     def __init__(self, fan_weights: str | Path | None = None,
@@ -126,8 +126,3 @@ class FanLandmarker:
     def close(self) -> None:
         self._fa = None
 
-    def __enter__(self) -> FanLandmarker:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
