@@ -117,7 +117,7 @@ def ffmpeg_limit_crop(clips: list[Path], tmp: Path) -> float:
     for src in clips:
         source = ffmpeg.input(str(src))
         video = source.video.filter("crop", "ih", "ih").filter("scale", CROP_SIZE, CROP_SIZE)
-        cmd = media.command(ffmpeg.output(video, source.audio, str(tmp / "limit.mp4"),
+        cmd = media.command(ffmpeg.output(video, source["a:0"], str(tmp / "limit.mp4"),
                                           **media.X264, **media.AAC, **media.BITEXACT))
         media.run_tool(cmd, 600, "ffmpeg")
     return time.perf_counter() - t0

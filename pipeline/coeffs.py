@@ -58,6 +58,9 @@ LANDMARKS = ("mediapipe", "fan")  # what deep3d aligns with (lm.npy: 478 or 68 p
 # upscale the whole frame by 102 / its size) and counts as no face.
 MIN_EYE_DISTANCE = 8.0
 MODEL_SECONDS_PER_FRAME = 1.0  # added to the per-clip timeout: inference runs while decoding
+# --landmarks fan adds S3FD + FAN-4 with its flip test per frame: ~0.65 s a face for FAN alone
+# on 2 CPU cores (stand-in weights), so the budget grows by this much a frame
+FAN_SECONDS_PER_FRAME = 4.0
 POSE_CONVENTION = ("pitch, yaw, roll in radians with R = Rz(roll) @ Ry(yaw) @ Rx(pitch) "
                    "(x right, y up, z towards the camera), then tx, ty, tz")
 
@@ -111,6 +114,7 @@ class CoeffsStage:
         self._canonical: landmarker.CanonicalFace | None = None
         self._net = None
         self._fan: fan.FanLandmarker | None = None
+        self._uses_fan = config.landmarks == "fan"
         self._lm3d: np.ndarray | None = None
 
     def items(self, work: Path) -> list[Item]:
@@ -246,7 +250,8 @@ class CoeffsStage:
             raise Skip(SkipReason.INCOMPLETE, f"{mp4} is missing beside its json")
         expected = int(item.payload["frames"])
         size = int(item.payload.get("size") or CROP_SIZE)  # crops made with --size decode at it
-        timeout = cfg.timeout + expected * MODEL_SECONDS_PER_FRAME
+        per_frame = MODEL_SECONDS_PER_FRAME + (FAN_SECONDS_PER_FRAME if self._uses_fan else 0.0)
+        timeout = cfg.timeout + expected * per_frame
         arrays = self.coefficients(media.iter_frames(mp4, size, size, timeout))
         check_valid(arrays["valid"], expected, cfg.max_invalid)
         check_upright(arrays["pose"], arrays["valid"], cfg.max_roll)

@@ -160,17 +160,28 @@ def load_errors() -> tuple[type[BaseException], ...]:
             ValueError, TypeError, struct.error, zipfile.BadZipFile)
 
 
+def check_state_dict(path: Path, net, name: str, url: str) -> None:
+    """`path` loads (on the CPU) into `net` (face-alignment's class for it), else a PrepError
+    naming the file and where to get the right one. Checked before the library builds its
+    model, so that errors of the device (CUDA memory, no driver) are not blamed on the file."""
+    import torch
+
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (*load_errors(), OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PrepError(f"{path} is not face-alignment's {name}: {first[:300]}; get it "
+                        f"from {url}") from None
+
+
 def load_s3fd(path: Path, device: str, min_score: float = MIN_SCORE):
     """face-alignment's `SFDDetector` with the state dict at `path` (never its download); a file
     that is no S3FD state dict is a PrepError naming it and where to get the right one."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.detection.sfd.sfd_detector import SFDDetector
 
-    try:
-        return SFDDetector(device, path_to_detector=str(path), filter_threshold=min_score)
-    except load_errors() as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PrepError(f"{path} is not face-alignment's S3FD state dict ({S3FD_FILE}): "
-                        f"{first[:300]}; get it from {S3FD_URL}") from None
+    check_state_dict(path, s3fd(), f"S3FD state dict ({S3FD_FILE})", S3FD_URL)
+    return SFDDetector(device, path_to_detector=str(path), filter_threshold=min_score)
 
 
 def check_detector(name: str, face_model: str | Path | None = None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import threading
-import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +32,7 @@ import numpy as np
 
 from fd2talk.model.device import resolve_device
 
-from .detect import S3FD_FILE, S3FD_URL, ClosedOnExit, load_errors, s3fd_weights_path
-from .skip import PrepError
+from .detect import S3FD_FILE, S3FD_URL, ClosedOnExit, check_state_dict, s3fd_weights_path
 from .weights import local_weight
 
 N_POINTS = 68
@@ -97,20 +95,17 @@ class FanLandmarker(ClosedOnExit):
         fan, s3fd = check_weights(fan_weights, s3fd_weights)
         self.device = resolve_device(device)
         import face_alignment
+        from face_alignment.detection.sfd.net_s3fd import s3fd as s3fd_net
+        from face_alignment.models import FAN
 
-        try:
-            with _hub_dir_holding(fan), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # its compile notice
-                self._fa = face_alignment.FaceAlignment(
-                    face_alignment.LandmarksType.TWO_D, device=self.device, face_detector="sfd",
-                    face_detector_kwargs={"path_to_detector": str(s3fd)},
-                    compile=self.device.startswith("cuda"))
-        except load_errors() as e:
-            in_s3fd = any("sfd" in f.filename for f in traceback.extract_tb(e.__traceback__))
-            path, name, url = (s3fd, S3FD_FILE, S3FD_URL) if in_s3fd else (fan, FAN_FILE, FAN_URL)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise PrepError(f"{path} is not face-alignment's {name}: {first[:300]}; get it "
-                            f"from {url}") from None
+        check_state_dict(s3fd, s3fd_net(), S3FD_FILE, S3FD_URL)  # a bad file: a PrepError
+        check_state_dict(fan, FAN(4), FAN_FILE, FAN_URL)
+        with _hub_dir_holding(fan), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its compile notice
+            self._fa = face_alignment.FaceAlignment(
+                face_alignment.LandmarksType.TWO_D, device=self.device, face_detector="sfd",
+                face_detector_kwargs={"path_to_detector": str(s3fd)},
+                compile=self.device.startswith("cuda"))
 
     def landmarks(self, frame: np.ndarray) -> np.ndarray | None:
         """The 68 points (float32 pixels) of the largest face S3FD finds in the RGB `frame`."""

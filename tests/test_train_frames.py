@@ -143,13 +143,19 @@ def _fresh_again(out) -> None:
 def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_path):
     """The UNet is conditioned on exactly the cached stage-1 predictions: replaced by the
     ground truth, a run's weights and validation loss equal a ground-truth run's, and with the
-    predictions they differ (2 steps; the untrained UNet ignores its conditions: zero-init)."""
+    predictions its weights differ (2 steps)."""
     gt = tmp_path / "gt"
     train_frames(_small(demo_work, ae_run, gt, steps=2), progress=False)
     out = tmp_path / "pred"
     pred = dict(motion=str(motion_run), motion_steps=5)
     train_frames(_small(demo_work, ae_run, out, steps=2, **pred), progress=False)
-    assert _last_val_loss(out) != _last_val_loss(gt)
+    def unet(run):
+        return torch.load(run / "checkpoint.pt", weights_only=False)["models"]["unet"]
+
+    # the predictions reach the UNet: its conditioning weights' gradients differ (its val loss
+    # may agree to the 6 logged decimals after 2 steps: the zero-initialised path is small)
+    a, b = unet(out), unet(gt)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
     with np.load(out / MOTION_CACHE) as z:
         cache = {k: z[k] for k in z.files}
     clips = {c["key"]: c for split in ("train", "val")
@@ -163,8 +169,7 @@ def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_p
     _fresh_again(out)
     train_frames(_small(demo_work, ae_run, out, steps=2, **pred), progress=False)
     assert _last_val_loss(out) == _last_val_loss(gt)
-    a, b = (torch.load(run / "checkpoint.pt", weights_only=False)["models"]["unet"]
-            for run in (out, gt))
+    a, b = unet(out), unet(gt)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
