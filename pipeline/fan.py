@@ -32,6 +32,7 @@ import numpy as np
 
 from fd2talk.model.device import resolve_device
 
+from . import landmarker
 from .detect import S3FD_FILE, S3FD_URL, ClosedOnExit, check_state_dict, s3fd_weights_path
 from .weights import local_weight
 
@@ -83,8 +84,7 @@ def _hub_dir_holding(fan: Path) -> Iterator[None]:
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
     """(..., 68, >=2) FAN landmarks -> (..., 5, 2) Deep3D alignment points (same pixels)."""
-    lm = np.asarray(landmarks)[..., :2]
-    return np.stack([lm[..., list(ids), :].mean(-2) for ids in FIVE_POINT_IDS], -2)
+    return landmarker.five_points(landmarks, FIVE_POINT_IDS)
 
 
 class FanLandmarker(ClosedOnExit):

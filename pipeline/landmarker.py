@@ -389,10 +389,12 @@ def canonical_landmarks(landmarks: np.ndarray, face: CanonicalFace | None = None
 
 # ---- Deep3D's five points -------------------------------------------------------------------
 
-def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 478, >=2) landmarks -> (..., 5, 2) Deep3D alignment points (same pixel frame)."""
+def five_points(landmarks: np.ndarray,
+                point_ids: tuple[tuple[int, ...], ...] = FIVE_POINT_IDS) -> np.ndarray:
+    """(..., N, >=2) landmarks -> (..., 5, 2) Deep3D alignment points (same pixel frame): the
+    mean of each group of `point_ids` (MediaPipe's 478 by default)."""
     lm = np.asarray(landmarks)[..., :2]
-    return np.stack([lm[..., list(ids), :].mean(-2) for ids in FIVE_POINT_IDS], -2)
+    return np.stack([lm[..., list(ids), :].mean(-2) for ids in point_ids], -2)
 
 
 def lip_gap(landmarks: np.ndarray) -> np.ndarray:
