@@ -87,6 +87,8 @@ def _config(cls, options: dict):
             continue
         if isinstance(value, Path):
             value = str(value.resolve())
+        elif isinstance(value, list):  # a repeated path option
+            value = tuple(str(Path(v).resolve()) for v in value)
         elif isinstance(value, Enum):
             value = value.value
         values[name] = value
@@ -163,6 +165,12 @@ def motion(shards: Shards, out: Out,
            single_dit: Annotated[bool, typer.Option(
                "--single-dit", help="The paper's Table 2 ablation: one transformer denoises "
                "expression and pose jointly.")] = MOT["single_dit"],
+           fold: Annotated[str | None, typer.Option(
+               "--fold", metavar="K/N",
+               help="Leave out fold K of N of the training clips (every N-th in key order "
+               "from the K-th): train one run per K = 0..N-1 and give them to `fd2talk-train "
+               "frames --motion-fold`, so the frame UNet learns from predictions for speech "
+               "stage 1 never heard (cross-fitting; the bundled demo does).")] = MOT["fold"],
            ema_decay: EmaDecay = MOT["ema_decay"],
            val_split: ValSplit = MOT["val_split"], val_every: Every = MOT["val_every"],
            save_every: Every = MOT["save_every"], log_every: Every = MOT["log_every"],
@@ -244,6 +252,14 @@ def frames(shards: Shards, out: Out,
                "coefficients.")] = FR["motion"],
            motion_steps: Annotated[int, typer.Option(help="Sampler steps for --motion.")
                                    ] = FR["motion_steps"],
+           motion_folds: Annotated[list[Path] | None, typer.Option(
+               "--motion-fold",
+               help="Repeat once per K: the `fd2talk-train motion --fold K/N` runs. Each "
+               "training clip's expression is then predicted by the fold model that never "
+               "heard it (the pose stays --motion's): on a small dataset stage 1 knows its "
+               "training clips by heart, and the UNet would not learn to render what it makes "
+               "of new speech, e.g. a mouth range that is not the person's. Not the paper's; "
+               "the bundled demo's recipe uses 2 folds.")] = FR["motion_folds"],
            cond: Annotated[Cond, typer.Option(help="dual: separate motion and reference "
                                               "cross-attentions (paper); concat: the ablation.")
                            ] = FR["cond"],
@@ -281,7 +297,7 @@ def frames(shards: Shards, out: Out,
             accumulate: Accumulate = FR["accumulate"],
            resume: Resume = False, quiet: Quiet = False) -> None:
     """Train the dual cross-attention frame UNet (stage 2) on (J0, t, beta, p, x) tuples."""
-    options = dict(locals())
+    options = dict(locals(), motion_folds=list(motion_folds or ()))
     from .train_frames import train_frames
 
     train_frames(_config(C.FramesTrainConfig, options), resume=resume, progress=not quiet)

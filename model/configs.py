@@ -248,6 +248,10 @@ class MotionTrainConfig(RunConfig):
     # the paper's Table 2 ablation: one transformer denoises [beta, p] jointly (its loss
     # weighted by lambda_exp) instead of the Exp and Pose Transformers
     single_dit: bool = False
+    # "K/N": leave out fold K of N of the train split's clips (data.fold_keys), so that a frame
+    # UNet can be trained on predictions for speech this model never heard (cross-fitting,
+    # `fd2talk-train frames --motion-fold`); None: every training clip
+    fold: str | None = None
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     diffusion_steps: int = 1000
@@ -275,6 +279,9 @@ class FramesTrainConfig(RunConfig):
     autoencoder: str | None = None  # `fd2talk-train autoencoder` output (RUN/autoencoder)
     motion: str | None = None  # stage-1 checkpoint: condition on its predictions (paper)
     motion_steps: int = 50  # sampler steps for those predictions
+    # `fd2talk-train motion --fold K/N` runs, one per K (cross-fitting, not the paper's): each
+    # training clip's expression is predicted by the fold model that never heard it
+    motion_folds: tuple[str, ...] = ()
     cond: str = "dual"  # "dual" (phi1, phi2) or "concat" (the paper's ablation)
     lr: float = 1e-4
     items_per_clip: int = 8

@@ -6,7 +6,13 @@ the clip's first frame (the reference), [beta~, p~] that frame's motion, either 
 (default) or predicted by a stage-1 model (`motion=...`, the paper's choice: every train and
 val clip's motion is sampled once from its audio at start, split over the ranks under DDP, and
 cached in the run dir with a record of the model, sampler, steps, seed and shards that made it;
-a cache made otherwise is sampled again). The
+a cache made otherwise is sampled again). With `motion_folds` (cross-fitting, not the
+paper's), each training clip's *expression* comes instead from the stage-1 model trained
+without that clip (`fd2talk-train motion --fold K/N`): a small dataset's stage 1 has learnt its
+training clips by heart, so the UNet would otherwise never see what stage 1 makes of speech
+it has not heard, such as a mouth range that is not this person's. The pose stays the full
+model's (head motion is not predictable from speech: a pose unrelated to the frame's would
+teach the UNet to ignore pose). The
 loss is `Diffusion.loss` (x0 prediction) on J0. Latents come from the shards' latent cache
 when it was made by this run's autoencoder (`fd2talk-prep latents`), else the frozen encoder
 runs on the decoded frames every step; a cache made by another autoencoder is an error.
@@ -35,7 +41,7 @@ from .diffusion import Diffusion, DiffusionConfig
 from .errors import UserError
 from .frame_data import FrameItems
 from .normalize import Stats
-from .schema import CROP_SIZE
+from .schema import CROP_SIZE, POSE_DIM
 
 MOTION_CACHE = "predicted_motion.npz"
 CACHE_META = "fd2talk.meta"  # the cache's record of what made it (no clip key has a dot)
@@ -77,27 +83,56 @@ def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
 
 
 def predicted_motion(model, shards: str, splits: tuple[str, ...], steps: int, seed: int,
-                     d: trainer.Dist, progress: bool = True) -> dict[str, np.ndarray]:
+                     d: trainer.Dist, progress: bool = True, keys=None) -> dict[str, np.ndarray]:
     """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 `MotionModel` from each
-    clip's audio; under DDP each rank samples every world-th clip and all ranks receive the
-    whole dict."""
+    clip's audio (only the clips in `keys`, when given); under DDP each rank samples every
+    world-th clip and all ranks receive the whole dict."""
     from tqdm import tqdm
 
     from . import motion as motion_mod
 
     out = {}
-    clips = [c for split in splits for c in data_mod.iter_clips(shards, split)][d.rank::d.world]
+    clips = [c for split in splits for c in data_mod.iter_clips(shards, split)
+             if keys is None or c["key"] in keys][d.rank::d.world]
     for clip in tqdm(clips, desc="stage-1 motion", leave=False, disable=not progress):
         m = motion_mod.sample(model, clip["audio"], steps=steps, seed=seed)
         out[clip["key"]] = np.concatenate([m["exp"], m["pose"]], 1).astype(np.float32)
     return {k: v for share in trainer.gather(d, out) for k, v in share.items()}
 
 
+def fold_parts(sources: tuple[str, ...], shards: str) -> list:
+    """The stage-1 fold models of `frames --motion-fold` (`motion --fold K/N` runs), checked:
+    one per fold K of the same N, each leaving out the clips its fold holds in these shards."""
+    from . import pretrained
+
+    parts, folds = [], {}
+    for source in sources:
+        part = pretrained.require(pretrained.load_parts([source]), "motion", [source])
+        fold = part.config.get("fold")
+        if fold is None:
+            raise UserError(f"--motion-fold {source} was not trained with `fd2talk-train motion "
+                            "--fold K/N`: pass the fold runs, one per K")
+        k, n = data_mod.parse_fold(fold["fold"])
+        if k in folds or (folds and n != len(sources)):
+            raise UserError(f"--motion-fold: {', '.join(sources)} are not the N runs of one "
+                            f"--fold K/N split, K = 0..N-1 (got {fold['fold']})")
+        if fold["held_out"] != data_mod.fold_keys(shards, k, n):
+            raise UserError(f"--motion-fold {source} left out other clips than fold {k}/{n} of "
+                            f"{shards} holds: train the fold runs on these shards")
+        folds[k] = part
+        parts.append(part)
+    if sorted(folds) != list(range(len(sources))) or len(sources) < 2:
+        raise UserError(f"--motion-fold needs one run per fold K = 0..N-1 of one --fold K/N "
+                        f"split (got {len(sources)})")
+    return [folds[k] for k in range(len(sources))]
+
+
 def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | None,
-                 progress: bool) -> dict[str, np.ndarray] | None:
+                 progress: bool, folds: list | None = None) -> dict[str, np.ndarray] | None:
     """The stage-1 predictions training conditions on (None: ground truth), by the stage-1
-    `part`. Kept in the run directory with what made them (`meta`), and sampled again when any
-    of that changed."""
+    `part`, with each training clip's expression by the fold model of `folds` that left it
+    out (when given). Kept in the run directory with what made them (`meta`), and sampled
+    again when any of that changed."""
     if meta is None:
         return None
     d, path = run.d, Path(cfg.out) / MOTION_CACHE
@@ -109,6 +144,13 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | No
         with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
             cache = predicted_motion(from_part(part, d.device), cfg.shards, splits,
                                      cfg.motion_steps, cfg.seed, d, progress and d.main)
+            for fold in folds or []:
+                held = set(fold.config["fold"]["held_out"])
+                out = predicted_motion(from_part(fold, d.device), cfg.shards, ("train",),
+                                       cfg.motion_steps, cfg.seed, d, progress and d.main, held)
+                for key, row in out.items():  # its expression, the full model's pose
+                    pose = cache[key][:, -POSE_DIM:]
+                    cache[key] = np.concatenate([row[:, :-POSE_DIM], pose], 1)
         run.open()  # every check has passed: the run directory may be written now
         if d.main:
             tmp = path.with_name(f".{path.name}.tmp.npz")
@@ -201,7 +243,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     stats = (Stats.from_state_dict(run.extras["stats"]) if run.state else
              Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
                            streams=("exp", "pose")))
-    part = meta = None
+    part = meta = folds = None
     if cfg.motion:  # the stage-1 model is read once: for its record and, if need be, sampling
         from . import pretrained
 
@@ -209,6 +251,12 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
         meta = motion_cache_meta(part, cfg.motion, cfg.shards, splits, cfg.motion_steps,
                                  cfg.seed, info)
+        if cfg.motion_folds:
+            folds = fold_parts(cfg.motion_folds, cfg.shards)
+            meta["folds"] = [pretrained.fingerprint(f) for f in folds]
+    elif cfg.motion_folds:
+        raise UserError("--motion-fold needs --motion: the stage-1 model trained on every clip "
+                        "(the pose, the validation clips and generation use it)")
     if run.state:
         run.refuse(None if run.extras["dataset"] == dataclasses.asdict(info) else
                    f"trained on {run.extras['dataset']} but the shards hold "
@@ -216,7 +264,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         run.refuse(None if run.extras.get("motion_cache") == meta else
                    f"conditioned on the stage-1 model {cfg.motion} as it was when the run "
                    "started, and that model has changed since: start a new run")
-    cache = motion_cache(cfg, run, part, meta, progress)
+    cache = motion_cache(cfg, run, part, meta, progress, folds)
     unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
                                       latent_channels=ae.latent_channels,
                                       ref_input=cfg.ref_input)

@@ -94,11 +94,16 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     # data and statistics
     info = data_mod.dataset_info(cfg.shards, "train")
     urls = data_mod.split_shards(cfg.shards, "train")
+    held = data_mod.fold_keys(cfg.shards, *data_mod.parse_fold(cfg.fold)) if cfg.fold else []
     if run.state:
         run.refuse(dims_problem(info, run.extras["dims"]))
+        run.refuse(None if run.extras.get("fold", {}).get("held_out", []) == held else
+                   f"--fold {cfg.fold} now leaves out other clips than when the run started "
+                   "(the shards changed): start a new run")
         stats = Stats.from_state_dict(run.extras["stats"])
     else:
-        stats = Stats.compute(data_mod.iter_clips(cfg.shards, "train"))
+        stats = Stats.compute(c for c in data_mod.iter_clips(cfg.shards, "train")
+                              if c["key"] not in held)
     val = []
     if cfg.val_split:
         from .train_lipsync import val_batches
@@ -119,14 +124,17 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
+    windows = data_mod.RandomWindows(stream.window, stream.min_valid)
     batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed,
-                                    step * cfg.accumulate, d.rank, d.world)
+                                    step * cfg.accumulate, d.rank, d.world,
+                                    make_items=data_mod.HoldOut(windows, held) if held else None)
     weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose, "joint": cfg.lambda_exp}
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "audio_config": data_mod.audio_stage_config(cfg.shards),
               "dims": {"exp": info.exp_dim, "pose": POSE_DIM, "audio": info.audio_dim},
               "model_config": dataclasses.asdict(next(iter(nets.values())).config),
               "single_dit": cfg.single_dit,
+              **({"fold": {"fold": cfg.fold, "held_out": held}} if cfg.fold else {}),
               "diffusion": dataclasses.asdict(diffusion.config)}
 
     loop = trainer.RunLoop(run, step, parts, extras,

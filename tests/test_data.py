@@ -150,3 +150,20 @@ def test_bad_inputs_are_clear_errors(shards, tmp_path):
     with pytest.raises(UserError, match="no 'exp_dim' in its json"):
         data.dataset_info(rewrite_shards(shards, tmp_path / "nodim", old_json))
     assert npy(np.zeros(2)).startswith(b"\x93NUMPY")
+
+
+def test_folds_split_the_training_clips_and_a_held_out_fold_never_reaches_a_batch(shards):
+    keys = sorted(c["key"] for c in data.iter_clips(shards, "train", ("valid", "audio")))
+    folds = [data.fold_keys(shards, k, 2) for k in range(2)]
+    assert sorted(folds[0] + folds[1]) == keys and not set(folds[0]) & set(folds[1])
+    assert folds[0] == keys[0::2] and data.parse_fold("1/2") == (1, 2)
+    urls, cfg = _stream(shards, epoch_batches=12)
+    held = data.HoldOut(data.RandomWindows(cfg.window, cfg.min_valid), folds[0])
+    seen = {k for b in data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0,
+                                          make_items=held) for k in b["key"]}
+    assert seen and seen <= set(folds[1])
+    for bad in ("2/2", "1", "a/b", "0/1"):
+        with pytest.raises(UserError, match="--fold"):
+            data.parse_fold(bad)
+    with pytest.raises(UserError, match="fewer than folds"):
+        data.fold_keys(shards, 0, len(keys) + 1)

@@ -5,6 +5,8 @@ uses or refuses the latent cache."""
 import json
 import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,6 +209,66 @@ def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_
     train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(other), motion_steps=4),
                  progress=False)
     assert meta()["motion"] != first["motion"]
+
+
+def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
+        demo_work, ae_run, motion_run, tmp_path):
+    """With --motion-fold, a training clip's expression is its fold model's prediction and its
+    pose the full model's; validation clips keep the full model's. Fold runs that are not one
+    whole K/N split, or folds without --motion, are refused."""
+    from fd2talk.model import motion as motion_mod
+    from fd2talk.model.configs import MotionTrainConfig
+    from fd2talk.model.pretrained import load_parts
+    from fd2talk.model.train_frames import predicted_motion
+    from fd2talk.model.train_motion import train_motion
+    from fd2talk.model.trainer import setup_distributed
+
+    shards = demo_work / "shards"
+    folds = [tmp_path / f"fold{k}" for k in range(2)]
+    for k, out in enumerate(folds):
+        train_motion(MotionTrainConfig(shards=str(shards), out=str(out), steps=2, batch_size=4,
+                                       lambda_sync=0, val_split=None, device="cpu",
+                                       fold=f"{k}/2"), progress=False)
+    out = tmp_path / "run"
+    pred = dict(motion=str(motion_run), motion_steps=3, motion_folds=tuple(map(str, folds)))
+    train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
+    with np.load(out / MOTION_CACHE) as z:
+        cache = {k: z[k] for k in z.files}
+    assert len(json.loads(str(cache.pop(CACHE_META)))["folds"]) == 2
+    d = setup_distributed("cpu")
+
+    def sampled(run, keys):
+        part = load_parts([str(run)])["motion"]
+        return predicted_motion(motion_mod.from_part(part, "cpu"), str(shards),
+                                ("train", "val"), 3, 0, d, False, keys)
+
+    full = sampled(motion_run, None)
+    for k, run in enumerate(folds):
+        held = data.fold_keys(shards, k, 2)
+        own = sampled(run, set(held))
+        for key in held:
+            np.testing.assert_array_equal(cache[key][:, :-6], own[key][:, :-6])
+            np.testing.assert_array_equal(cache[key][:, -6:], full[key][:, -6:])
+            assert not np.array_equal(cache[key][:, :-6], full[key][:, :-6])
+    val = [c["key"] for c in data.iter_clips(shards, "val", ("valid",))]
+    assert val and all(np.array_equal(cache[key], full[key]) for key in val)
+    for bad, match in (((str(folds[0]),), "one run per fold"),
+                       ((str(folds[0]), str(folds[0])), "not the N runs"),
+                       ((str(folds[0]), str(motion_run)), "not trained with")):
+        with pytest.raises(UserError, match=match):
+            train_frames(_small(demo_work, ae_run, tmp_path / "bad", steps=0,
+                                **{**pred, "motion_folds": bad}), progress=False)
+    with pytest.raises(UserError, match="--motion-fold needs --motion"):
+        train_frames(_small(demo_work, ae_run, tmp_path / "bad", steps=0,
+                            motion_folds=pred["motion_folds"]), progress=False)
+    r = subprocess.run([sys.executable, "-c", "from fd2talk.model.cli import train_main; "
+                        "train_main()", "frames", "--shards", str(shards), "--out",
+                        str(tmp_path / "cli"), "--autoencoder", str(ae_run / "autoencoder"),
+                        "--motion", str(motion_run), "--motion-fold", str(folds[1]),
+                        "--motion-fold", str(folds[1]), "--image-size", "64", "--steps", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "not the N runs" in r.stderr and str(folds[1]) in r.stderr
 
 
 def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):

@@ -309,3 +309,37 @@ def test_single_dit_ablation_trains_exports_and_samples(demo_work, lip_expert, t
     with pytest.raises(UserError, match=r"other settings \(single_dit: True -> False\)"):
         train_motion(MotionTrainConfig(out=str(out), steps=8, **{**base, "single_dit": False}),
                      resume=True, progress=False)
+
+
+def test_a_fold_run_leaves_its_fold_out(demo_work, tmp_path):
+    """`--fold K/N` trains on the other folds' clips only (statistics too) and records which
+    it left out; a resume on shards whose fold holds other clips is refused."""
+    shards = demo_work / "shards"
+    base = dict(shards=str(shards), steps=2, batch_size=4, device="cpu", val_every=100,
+                lambda_sync=0, fold="1/2")
+    out = tmp_path / "fold"
+    train_motion(MotionTrainConfig(out=str(out), **base), progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    held = data.fold_keys(shards, 1, 2)
+    assert state["extras"]["fold"] == {"fold": "1/2", "held_out": held}
+    from fd2talk.model.normalize import Stats
+
+    kept = [c for c in data.iter_clips(shards, "train") if c["key"] not in held]
+    want, full = (Stats.compute(c).state_dict() for c in (kept, data.iter_clips(shards, "train")))
+    got = state["extras"]["stats"]
+    assert got["frames"] == want["frames"] != full["frames"]
+    for k, v in got["mean"].items():
+        np.testing.assert_allclose(v, want["mean"][k], rtol=1e-5, atol=1e-6)
+    own = rewrite_shards(shards, tmp_path / "own", lambda sample: None)
+    run = tmp_path / "moved"
+    train_motion(MotionTrainConfig(out=str(run), **{**base, "shards": str(own)}), progress=False)
+    first = sorted(c["key"] for c in kept)[0]
+
+    def last(sample):  # renamed to sort last: every fold's clips shift
+        if sample["__key__"] == first:
+            sample["__key__"] = "zz" + first
+
+    rewrite_shards(shards, own, last)
+    with pytest.raises(UserError, match="leaves out other clips"):
+        train_motion(MotionTrainConfig(out=str(run), **{**base, "shards": str(own), "steps": 3}),
+                     resume=True, progress=False)
