@@ -23,8 +23,8 @@ minutes on 2 cores, with the tiny presets and 64-px frames:
    it opened it wider than she ever does, blurred it, and MediaPipe lost her face;
 
 and exports both stages as one model folder. Each run resumes from its checkpoint when it has
-one, so a killed install goes on where it stopped; a run an older recipe made is trained again. ARCHITECTURE.md has the measurements
-behind every number here.
+one, so a killed install goes on where it stopped; a run an older recipe made is trained
+again. ARCHITECTURE.md has the measurements behind every number here.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _stale(cfg) -> bool:
     path = Path(cfg.out) / RUN_CONFIG
     if not path.is_file():
         return False
+
     def as_json(d: dict) -> dict:  # as config.json records it (tuples as lists)
         return json.loads(json.dumps(d))
 

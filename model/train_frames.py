@@ -105,7 +105,7 @@ def fold_parts(sources: tuple[str, ...], shards: str) -> list:
     one per fold K of the same N, each leaving out the clips its fold holds in these shards."""
     from . import pretrained
 
-    parts, folds = [], {}
+    folds = {}
     for source in sources:
         part = pretrained.require(pretrained.load_parts([source]), "motion", [source])
         fold = part.config.get("fold")
@@ -120,7 +120,6 @@ def fold_parts(sources: tuple[str, ...], shards: str) -> list:
             raise UserError(f"--motion-fold {source} left out other clips than fold {k}/{n} of "
                             f"{shards} holds: train the fold runs on these shards")
         folds[k] = part
-        parts.append(part)
     if sorted(folds) != list(range(len(sources))) or len(sources) < 2:
         raise UserError(f"--motion-fold needs one run per fold K = 0..N-1 of one --fold K/N "
                         f"split (got {len(sources)})")

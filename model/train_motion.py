@@ -124,10 +124,9 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     ddp = {k: trainer.wrap_ddp(m, d) for k, m in nets.items()}
     stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
                                    epoch_batches=cfg.epoch_batches)
-    windows = data_mod.RandomWindows(stream.window, stream.min_valid)
+    windows = data_mod.HoldOut(data_mod.RandomWindows(stream.window, stream.min_valid), held)
     batches = data_mod.batches_from(urls, stream, data_mod.MOTION_FIELDS, cfg.seed,
-                                    step * cfg.accumulate, d.rank, d.world,
-                                    make_items=data_mod.HoldOut(windows, held) if held else None)
+                                    step * cfg.accumulate, d.rank, d.world, make_items=windows)
     weights = {"exp": cfg.lambda_exp, "pose": cfg.lambda_pose, "joint": cfg.lambda_exp}
     extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
               "audio_config": data_mod.audio_stage_config(cfg.shards),
