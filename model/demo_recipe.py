@@ -45,20 +45,27 @@ FOLDS = 2  # stage-1 fold models for the frame UNet's cross-fitted expression
 
 
 def _stale(cfg) -> bool:
-    """Whether cfg.out holds a run made with other settings (an older recipe's)."""
-    from .trainer import RESUMABLE, RUN_CONFIG, config_dict
+    """Whether cfg.out holds a run made with other settings (an older recipe's): the resume
+    check's own comparison, on config.json (tuples recorded as lists)."""
+    from dataclasses import MISSING
+
+    from .errors import UserError
+    from .trainer import RESUMABLE, RUN_CONFIG, check_resumable, config_dict
 
     path = Path(cfg.out) / RUN_CONFIG
     if not path.is_file():
         return False
 
-    def as_json(d: dict) -> dict:  # as config.json records it (tuples as lists)
+    def as_json(d: dict) -> dict:
         return json.loads(json.dumps(d))
 
-    # a setting the run does not record (newer than it) counts as its default, as on resume
-    saved = {**as_json(C.defaults(type(cfg))), **json.loads(path.read_text())["config"]}
-    now = as_json(config_dict(cfg))
-    return any(saved.get(k) != v for k, v in now.items() if k not in RESUMABLE)
+    defaults = {k: v for k, v in C.defaults(type(cfg)).items() if v is not MISSING}
+    try:
+        check_resumable(json.loads(path.read_text())["config"], as_json(config_dict(cfg)),
+                        RESUMABLE, path, as_json(defaults))
+    except UserError:
+        return True
+    return False
 
 
 def _train(name: str, cfg, progress: bool, restart: bool) -> bool:

@@ -271,6 +271,47 @@ def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
     assert "not the N runs" in r.stderr and str(folds[1]) in r.stderr
 
 
+def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_run,
+                                                                 motion_run, tmp_path):
+    """`fd2talk-train demo` resumes a run its own recipe made (config.json, tuples recorded
+    as lists, a setting newer than the run counting as its default) and trains one that an
+    older recipe made again, and every run after it."""
+    import dataclasses
+
+    from fd2talk.model.configs import MotionTrainConfig
+    from fd2talk.model.demo_recipe import _stale, _train
+
+    folds = [MotionTrainConfig(shards=str(demo_work / "shards"), out=str(tmp_path / f"fold{k}"),
+                               steps=2, batch_size=4, lambda_sync=0, val_split=None,
+                               device="cpu", fold=f"{k}/2") for k in range(2)]
+    fold = folds[0]
+    assert not _stale(fold)  # nothing there yet
+    for cfg in folds:
+        assert _train("motion", cfg, progress=False, restart=False) is False
+    frames = _small(demo_work, ae_run, tmp_path / "frames", steps=0, motion=str(motion_run),
+                    motion_steps=3, motion_folds=tuple(cfg.out for cfg in folds))
+    assert _train("frames", frames, progress=False, restart=False) is False
+    assert not _stale(frames)  # the folds' tuple against config.json's list
+    assert _stale(dataclasses.replace(frames, motion_folds=frames.motion_folds[::-1]))
+
+    assert not _stale(fold) and not _stale(dataclasses.replace(fold, steps=5, log_every=3))
+    assert _stale(dataclasses.replace(fold, fold="1/2"))
+    assert _stale(dataclasses.replace(fold, lr=fold.lr / 2))
+    record = tmp_path / "fold0" / "config.json"
+    doc = json.loads(record.read_text())
+    doc["config"].pop("fold")  # a run from before --fold existed: it trained on every clip
+    record.write_text(json.dumps(doc))
+    assert _stale(fold) and not _stale(dataclasses.replace(fold, fold=None))
+
+    marker = tmp_path / "fold0" / "older"
+    marker.touch()
+    assert _train("motion", fold, progress=False, restart=False) is True  # older: again
+    assert not marker.exists() and not _stale(fold)
+    marker.touch()  # a run after one that started again starts again
+    assert _train("motion", fold, progress=False, restart=True) is True
+    assert not marker.exists()
+
+
 def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
     with pytest.raises(UserError, match="--autoencoder is required"):
         train_frames(_small(demo_work, ae_run, tmp_path / "a", autoencoder=None), progress=False)
