@@ -306,7 +306,8 @@ class FD2TalkPipeline:
             dw, dh = max(2, round(p.width * k / 2) * 2), max(2, round(p.height * k / 2) * 2)
             boxes = []
             with MediaPipeDetector(self.face_model) as det:
-                for im in media.iter_frames(path, dw, dh, 600.0, [("fps", 25)]):
+                for im in media.iter_frames(path, dw, dh, 600.0, [("fps", 25)],
+                                            stream=p.video_index):
                     faces = det.detect(im)
                     if faces:
                         b = max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
@@ -318,7 +319,8 @@ class FD2TalkPipeline:
             box = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
             x0, y0, x1, y1 = crop_box(box, p.width, p.height)
             crops = media.iter_frames(path, CROP_SIZE, CROP_SIZE, 600.0,
-                                      [("fps", 25), ("crop", x1 - x0, y1 - y0, x0, y0)])
+                                      [("fps", 25), ("crop", x1 - x0, y1 - y0, x0, y0)],
+                                      stream=p.video_index)
             stage = _coeffs_stage(self.motion_model.info.coeffs, self.face_model)
             arrays = stage.coefficients(crops)
             stage.close()

@@ -343,8 +343,11 @@ def mp4_tracks(path: Path) -> list[Mp4Track]:
 
 def iter_frames(path: Path, width: int, height: int, timeout: float,
                 filters: Sequence[tuple] = (), *, input_kwargs: dict | None = None,
-                output_kwargs: dict | None = None) -> Iterator[np.ndarray]:
-    """Yield the frames of `path` as (height, width, 3) uint8 RGB, scaled by ffmpeg.
+                output_kwargs: dict | None = None, stream: int | None = None
+                ) -> Iterator[np.ndarray]:
+    """Yield the frames of `path` as (height, width, 3) uint8 RGB, scaled by ffmpeg: of
+    stream index `stream` (`probe(...).video_index` for a file from outside, which may carry
+    cover art before its video), else of the first video stream (fd2talk's own files).
 
     `filters`: video filters applied before the scale, each `(name, *arguments)`, e.g.
     `[("fps", 25), ("crop", w, h, x, y)]`. `input_kwargs` are input options (e.g.
@@ -353,7 +356,8 @@ def iter_frames(path: Path, width: int, height: int, timeout: float,
     The read is bounded by `timeout` seconds in total; a failing decode raises
     `Skip(DECODE_ERROR)`.
     """
-    video = ffmpeg.input(str(path), **(input_kwargs or {}))["v:0"]
+    video = ffmpeg.input(str(path), **(input_kwargs or {}))[
+        str(stream) if stream is not None else "v:0"]
     for name, *args in filters:
         video = video.filter(name, *args)
     video = video.filter("scale", width, height, flags="area")

@@ -18,6 +18,10 @@ from fd2talk.model.errors import UserError
 from fd2talk.model.schema import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
+# `--pose from:VIDEO` against the pose fd2talk-prep stored for the same video (measured on
+# four demo videos: rotation within 0.027 rad; translation r >= 0.98, offset by the framing)
+ROTATION_ERR = 0.06  # rad, largest |difference| per frame
+TRANSLATION_R = 0.95  # correlation over frames, per axis
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> Path:
@@ -320,6 +324,37 @@ def test_pose_modes_and_scales(pipe, inputs, tmp_path):
     np.savez(tmp_path / "bad.npz", exp=track)
     with pytest.raises(UserError, match="has no `pose` array"):
         pipe(image, audio, options=G.Options(steps=2, pose=f"from:{tmp_path / 'bad.npz'}"))
+
+
+def test_pose_from_a_video_is_what_prep_reads_from_its_face(pipe, demo_work, tmp_path):
+    """`--pose from:VIDEO` frames the video's face with the crop stage's box rule and reads
+    the pose with the model's coefficient backend: on a demo source video, the pose that
+    `fd2talk-prep` stored for its clip. The translation follows it with an offset: the crop
+    here is the union of every frame's box, prep's of every fifth frame's (2 % narrower on
+    demo004). Cover art changes nothing."""
+    from fd2talk.model import data
+
+    src = demo_work / "demo_src" / "demo004.mp4"
+    stored = next(c["pose"] for split in ("train", "val", "test")
+                  for c in data.iter_clips(demo_work / "shards", split, ("pose",))
+                  if c["key"] == "demo004_f000_t0")
+    pose = pipe.video_pose(src)
+    assert pose.shape == stored.shape
+    assert np.abs(pose[:, :3] - stored[:, :3]).max() < ROTATION_ERR
+    r = [np.corrcoef(pose[:, i], stored[:, i])[0, 1] for i in range(3, 6)]
+    assert min(r) > TRANSLATION_R, r
+    cover = tmp_path / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", "1", str(cover))
+    covered = tmp_path / "covered.mp4"
+    ffmpeg("-i", str(cover), "-i", str(src), "-map", "0", "-map", "1:v", "-map", "1:a", "-c",
+           "copy", "-disposition:v:0", "attached_pic", str(covered))
+    assert [x["disposition"]["attached_pic"] for x in ffprobe(covered)["streams"]
+            if x["codec_type"] == "video"] == [0, 1]
+    np.testing.assert_array_equal(pipe.video_pose(covered), pose)
+    blank = tmp_path / "blank.mp4"
+    ffmpeg("-loop", "1", "-i", str(cover), "-t", "1", "-pix_fmt", "yuv420p", str(blank))
+    with pytest.raises(UserError, match="no face found in the video"):
+        pipe.video_pose(blank)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -23,6 +23,24 @@ def _damaged(tmp_path):
     return bad
 
 
+def test_frames_of_a_stream_chosen_by_its_index(tmp_path):
+    """`stream` reads the video stream of that absolute index (probe's `video_index`, never
+    cover art); without it, the first video stream."""
+    import subprocess
+
+    base = ffmpeg_video(tmp_path / "base.mp4", seconds=1.0, size="64x48", audio=False)
+    still = ffmpeg_video(tmp_path / "still.mp4", seconds=0.4, size="64x48", audio=False,
+                         source="color")  # black
+    src = tmp_path / "two.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(still), "-i", str(base), "-map",
+                    "0", "-map", "1", "-c", "copy", str(src)], check=True, timeout=60)
+    video = list(media.iter_frames(src, 64, 48, 60, stream=1))
+    assert len(video) == 25
+    np.testing.assert_array_equal(video, list(media.iter_frames(base, 64, 48, 60)))
+    first = list(media.iter_frames(src, 64, 48, 60))
+    assert len(first) == 10 and np.max(first) < 20 < video[0].mean()
+
+
 def test_damaged_file_does_not_hang(tmp_path):
     bad = _damaged(tmp_path)
     out = {}
