@@ -5,7 +5,7 @@ clip's own motion against copying the reference, colour, identity), and per figu
 clip and seed: the end-to-end test's bars (tests/test_demo_e2e.py) sit below those with margin.
 
 Usage: .venv/bin/python bench/demo_quality.py [--work work/demo] [--seeds 0 1 2]
-(about 12 minutes a seed on 2 cores; the demo is prepared first when `--work` has no shards).
+(about 10 minutes a seed on 2 cores; the demo is prepared first when `--work` has no shards).
 """
 
 from __future__ import annotations

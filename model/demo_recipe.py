@@ -70,8 +70,10 @@ def _stale(cfg) -> bool:
 
 def _train(name: str, cfg, progress: bool, restart: bool) -> bool:
     """Train (or resume) one run of the recipe; a run an older recipe made, or any run after
-    one that had to start again (`restart`), starts again. Returns whether later runs must."""
+    one whose weights changed (`restart`), starts again. Returns whether later runs must:
+    whether this run trained a step (anew, or resumed to more steps than it had)."""
     from . import train_autoencoder, train_frames, train_lipsync, train_motion
+    from .trainer import load_checkpoint
 
     fn = {"lipsync": train_lipsync.train_lipsync, "motion": train_motion.train_motion,
           "autoencoder": train_autoencoder.train_autoencoder,
@@ -82,11 +84,17 @@ def _train(name: str, cfg, progress: bool, restart: bool) -> bool:
               "again", flush=True)
         shutil.rmtree(out)
         restart = True
-    resume = (out / "checkpoint.pt").is_file()
+    ckpt = out / "checkpoint.pt"
+
+    def step() -> int | None:
+        return int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
+
+    before = step()
     if progress:
-        print(f"== demo: {name}{' (resuming)' if resume else ''} -> {cfg.out}", flush=True)
-    fn(cfg, resume=resume, progress=progress)
-    return restart
+        print(f"== demo: {name}{' (resuming)' if before is not None else ''} -> {cfg.out}",
+              flush=True)
+    fn(cfg, resume=before is not None, progress=progress)
+    return restart or step() != before
 
 
 def train_demo(work: str | Path, runs: str | Path, model: str | Path,

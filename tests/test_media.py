@@ -24,17 +24,18 @@ def _damaged(tmp_path):
 
 
 def test_frames_of_a_stream_chosen_by_its_index(tmp_path):
-    """`stream` reads the video stream of that absolute index (probe's `video_index`, never
-    cover art); without it, the first video stream."""
+    """`stream` reads the stream of that absolute index (probe's `video_index`, never cover
+    art), not the n-th video stream; without it, the first video stream."""
     import subprocess
 
     base = ffmpeg_video(tmp_path / "base.mp4", seconds=1.0, size="64x48", audio=False)
-    still = ffmpeg_video(tmp_path / "still.mp4", seconds=0.4, size="64x48", audio=False,
-                         source="color")  # black
-    src = tmp_path / "two.mp4"
+    still = ffmpeg_video(tmp_path / "still.mp4", seconds=0.4, size="64x48", audio=True,
+                         source="color")  # black, with a tone
+    src = tmp_path / "three.mp4"  # 0: the black video, 1: its audio, 2: the test pattern
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(still), "-i", str(base), "-map",
-                    "0", "-map", "1", "-c", "copy", str(src)], check=True, timeout=60)
-    video = list(media.iter_frames(src, 64, 48, 60, stream=1))
+                    "0:v", "-map", "0:a", "-map", "1:v", "-c", "copy", str(src)], check=True,
+                   timeout=60)
+    video = list(media.iter_frames(src, 64, 48, 60, stream=2))
     assert len(video) == 25
     np.testing.assert_array_equal(video, list(media.iter_frames(base, 64, 48, 60)))
     first = list(media.iter_frames(src, 64, 48, 60))

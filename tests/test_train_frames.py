@@ -275,7 +275,7 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_r
                                                                  motion_run, tmp_path):
     """`fd2talk-train demo` resumes a run its own recipe made (config.json, tuples recorded
     as lists, a setting newer than the run counting as its default) and trains one that an
-    older recipe made again, and every run after it."""
+    older recipe made again; so is every run after one whose weights changed."""
     import dataclasses
 
     from fd2talk.model.configs import MotionTrainConfig
@@ -287,29 +287,42 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_r
     fold = folds[0]
     assert not _stale(fold)  # nothing there yet
     for cfg in folds:
-        assert _train("motion", cfg, progress=False, restart=False) is False
-    frames = _small(demo_work, ae_run, tmp_path / "frames", steps=0, motion=str(motion_run),
+        assert _train("motion", cfg, progress=False, restart=False) is True  # trained
+    frames = _small(demo_work, ae_run, tmp_path / "frames", steps=1, motion=str(motion_run),
                     motion_steps=3, motion_folds=tuple(cfg.out for cfg in folds))
-    assert _train("frames", frames, progress=False, restart=False) is False
+    assert _train("frames", frames, progress=False, restart=False) is True
     assert not _stale(frames)  # the folds' tuple against config.json's list
     assert _stale(dataclasses.replace(frames, motion_folds=frames.motion_folds[::-1]))
+    # the same recipe again: every run resumes, finished, and nothing after it starts again
+    assert _train("motion", fold, progress=False, restart=False) is False
+    assert _train("frames", frames, progress=False, restart=False) is False
 
     assert not _stale(fold) and not _stale(dataclasses.replace(fold, steps=5, log_every=3))
     assert _stale(dataclasses.replace(fold, fold="1/2"))
     assert _stale(dataclasses.replace(fold, lr=fold.lr / 2))
     record = tmp_path / "fold0" / "config.json"
     doc = json.loads(record.read_text())
-    doc["config"].pop("fold")  # a run from before --fold existed: it trained on every clip
+    for name in ("fold", "epoch_batches"):  # settings newer than the run: their defaults
+        doc["config"].pop(name)
     record.write_text(json.dumps(doc))
     assert _stale(fold) and not _stale(dataclasses.replace(fold, fold=None))
+    doc["config"]["fold"] = fold.fold
+    record.write_text(json.dumps(doc))
+    assert not _stale(fold)  # epoch_batches: the run had the default, as the recipe
+    assert _stale(dataclasses.replace(fold, epoch_batches=7))
 
     marker = tmp_path / "fold0" / "older"
     marker.touch()
-    assert _train("motion", fold, progress=False, restart=False) is True  # older: again
-    assert not marker.exists() and not _stale(fold)
-    marker.touch()  # a run after one that started again starts again
+    assert _train("motion", dataclasses.replace(fold, lr=fold.lr / 2), progress=False,
+                  restart=False) is True  # an older recipe's: trained again
+    assert not marker.exists()
+    marker.touch()  # a run after one whose weights changed starts again
     assert _train("motion", fold, progress=False, restart=True) is True
     assert not marker.exists()
+    # more steps than the run has: it resumes, and the runs after it must start again
+    assert _train("motion", dataclasses.replace(fold, steps=3), progress=False,
+                  restart=False) is True
+    assert not _stale(fold)
 
 
 def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
