@@ -47,8 +47,6 @@ FOLDS = 2  # stage-1 fold models for the frame UNet's cross-fitted expression
 def _stale(cfg) -> bool:
     """Whether cfg.out holds a run made with other settings (an older recipe's): the resume
     check's own comparison, on config.json (tuples recorded as lists)."""
-    from dataclasses import MISSING
-
     from .errors import UserError
     from .trainer import RESUMABLE, RUN_CONFIG, check_resumable, config_dict
 
@@ -59,10 +57,9 @@ def _stale(cfg) -> bool:
     def as_json(d: dict) -> dict:
         return json.loads(json.dumps(d))
 
-    defaults = {k: v for k, v in C.defaults(type(cfg)).items() if v is not MISSING}
     try:
         check_resumable(json.loads(path.read_text())["config"], as_json(config_dict(cfg)),
-                        RESUMABLE, path, as_json(defaults))
+                        RESUMABLE, path, as_json(C.defaults(type(cfg))))
     except UserError:
         return True
     return False
@@ -108,12 +105,12 @@ def train_demo(work: str | Path, runs: str | Path, model: str | Path,
     common = {"seed": seed}
     out = {k: str(runs / k) for k in ("lipsync", "motion", "autoencoder", "frames")}
     folds = [str(runs / f"motion_fold{k}") for k in range(FOLDS)]
+    motion_runs = [(out["motion"], None)] + [(f, f"{k}/{FOLDS}") for k, f in enumerate(folds)]
     configs = [
         ("lipsync", C.LipsyncTrainConfig(shards=shards, out=out["lipsync"], **LIPSYNC, **common)),
         *[("motion", C.MotionTrainConfig(shards=shards, out=path, lip_expert=out["lipsync"],
                                           fold=fold, **MOTION, **common))
-          for path, fold in [(out["motion"], None),
-                             *[(f, f"{k}/{FOLDS}") for k, f in enumerate(folds)]]],
+          for path, fold in motion_runs],
         ("autoencoder", C.AutoencoderTrainConfig(shards=shards, out=out["autoencoder"],
                                                  **AUTOENCODER, **common)),
         ("frames", C.FramesTrainConfig(shards=shards, out=out["frames"],
