@@ -57,7 +57,7 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! comman
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     ffmpeg espeak-ng libegl1 libgles2 $venv_pkg >/dev/null
 fi
-# a headless Chromium and its driver for tests/test_app.py (the web page in a real browser);
+# a headless Chromium and its driver for tests/model/app/test_web.py (the web page in a real browser);
 # Debian packages them; elsewhere (Ubuntu's is a snap) install them yourself
 if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
   sudo=""
@@ -65,7 +65,7 @@ if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null ||
   echo "== apt: chromium chromium-driver (the web app's browser test)"
   { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       --no-install-recommends chromium chromium-driver >/dev/null; } \
-    || echo "install.sh: could not apt-get install chromium chromium-driver; tests/test_app.py needs them" >&2
+    || echo "install.sh: could not apt-get install chromium chromium-driver; tests/model/app/test_web.py needs them" >&2
 fi
 
 echo "== venv (.venv) with $($py --version)"

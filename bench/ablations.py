@@ -1,5 +1,5 @@
 """The paper's ablations (Tables 2 and 3) at demo scale on the CPU: each variant trained with
-the demo recipe (model/demo_recipe.py) on the bundled demo, for several seeds, and scored on
+the demo recipe (model/demo/recipe.py) on the bundled demo, for several seeds, and scored on
 the demo's held-out clips with the offline metrics (no third-party weights needed).
 
 Stage-1 variants (Table 2's single DiT, Table 3's w/o alignment mask and w/o L_sync) are
@@ -39,12 +39,12 @@ LOWER_IS_BETTER = {"lmd"}
 
 def stage1_scores(model_dir: Path, work: Path) -> dict[str, float]:
     """Offline motion metrics of a stage-1 model on the held-out clips (means over clips)."""
-    from fd2talk.model import data
-    from fd2talk.model import metrics as M
-    from fd2talk.model.generate import speech_envelope
-    from fd2talk.model.motion import load_motion, sample
-    from fd2talk.pipeline import media
-    from fd2talk.pipeline.landmarker import JAW_OPEN
+    from fd2talk.core import media
+    from fd2talk.model.data import loader as data
+    from fd2talk.model.evaluation import metrics as M
+    from fd2talk.model.generation.motion import load_motion, sample
+    from fd2talk.model.generation.pipeline import speech_envelope
+    from fd2talk.pipeline.backends.landmarker import JAW_OPEN
 
     model = load_motion(model_dir, "cpu")
     rows = []
@@ -65,9 +65,9 @@ def stage1_scores(model_dir: Path, work: Path) -> dict[str, float]:
 
 def train_stage1(work: Path, root: Path, seed: int, change: dict) -> Path:
     from fd2talk.model import configs as C
-    from fd2talk.model import demo_recipe as R
-    from fd2talk.model.train_lipsync import train_lipsync
-    from fd2talk.model.train_motion import train_motion
+    from fd2talk.model.demo import recipe as R
+    from fd2talk.model.training.lipsync import train_lipsync
+    from fd2talk.model.training.motion import train_motion
 
     shards = str(work.resolve() / "shards")
     lip = root / f"seed{seed}" / "lipsync"
@@ -87,10 +87,10 @@ def train_stage1(work: Path, root: Path, seed: int, change: dict) -> Path:
 def train_stage2(work: Path, root: Path, seed: int, motion_run: Path, cond: str) -> Path:
     """Autoencoder (once a seed) and a frame UNet with `cond`; the model folder."""
     from fd2talk.model import configs as C
-    from fd2talk.model import demo_recipe as R
-    from fd2talk.model.pretrained import export
-    from fd2talk.model.train_autoencoder import train_autoencoder
-    from fd2talk.model.train_frames import train_frames
+    from fd2talk.model.demo import recipe as R
+    from fd2talk.model.store.folder import export
+    from fd2talk.model.training.autoencoder import train_autoencoder
+    from fd2talk.model.training.frames import train_frames
 
     shards = str(work.resolve() / "shards")
     ae = root / f"seed{seed}" / "autoencoder"
@@ -107,7 +107,7 @@ def train_stage2(work: Path, root: Path, seed: int, motion_run: Path, cond: str)
 
 
 def stage2_scores(model: Path, work: Path, out: Path) -> dict[str, float]:
-    from fd2talk.model import evaluate as E
+    from fd2talk.model.evaluation import scoring as E
 
     rows, _ = E.run_protocol([model], work / "shards", "test", out, E.Tools(), progress=False)
     s = E.summarize(rows)

@@ -1,8 +1,8 @@
-"""The demo's video over training seeds: `fd2talk-train demo`'s recipe (model/demo_recipe.py)
-trained with each seed on the bundled demo, then every figure of `model/demo_check.py` on the
+"""The demo's video over training seeds: `fd2talk-train demo`'s recipe (model/demo/recipe.py)
+trained with each seed on the bundled demo, then every figure of `model/demo/check.py` on the
 two held-out clips (face found, jawOpen r with its speech and with other speech, PSNR with the
 clip's own motion against copying the reference, colour, identity), and per figure the worst
-clip and seed: the end-to-end test's bars (tests/test_demo_e2e.py) sit below those with margin.
+clip and seed: the end-to-end test's bars (tests/model/demo/test_e2e.py) sit below those with margin.
 
 Usage: .venv/bin/python bench/demo_quality.py [--work work/demo] [--seeds 0 1 2]
 (about 10 minutes a seed on 2 cores; the demo is prepared first when `--work` has no shards).
@@ -23,8 +23,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from motion_seams import demo_work
 
-    from fd2talk.model.demo_check import check_demo
-    from fd2talk.model.demo_recipe import train_demo
+    from fd2talk.model.demo.check import check_demo
+    from fd2talk.model.demo.recipe import train_demo
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(REPO / "work" / "demo"))

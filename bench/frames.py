@@ -1,4 +1,4 @@
-"""Benchmark of the stage-2 frame UNet (model/frame_unet.py) on this machine.
+"""Benchmark of the stage-2 frame UNet (model/nets/frame_unet.py) on this machine.
 
 In one run it prints, for the `tiny` and `paper` FrameUNet presets:
 
@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fd2talk.model.diffusion import Diffusion, DiffusionConfig
-from fd2talk.model.frame_unet import PRESETS, DualCrossAttention, FrameUNet
+from fd2talk.model.nets.frame_unet import PRESETS, DualCrossAttention, FrameUNet
 
 MOTION_DIM = 58  # 52 mediapipe blendshapes + 6 pose (deep3d: 70)
 D = 3  # VQ-f4 latent channels

@@ -1,4 +1,4 @@
-"""Benchmark of generation (model/generate.py, `fd2talk-generate`) on this machine, one run:
+"""Benchmark of generation (model/generation/pipeline.py, `fd2talk-generate`) on this machine, one run:
 
 1. seconds of compute per second of video, split into motion / frames / decode / encode, for
    the tiny preset (the demo's trained model, `--model`) and the paper preset (random weights
@@ -49,16 +49,16 @@ def best(fn, repeat: int = 2) -> float:
 
 def paper_models():
     """Motion and frame models of the paper's sizes with random weights (speed only)."""
-    from fd2talk.model.autoencoder import PRESETS as AE
-    from fd2talk.model.autoencoder import RefAutoencoder
     from fd2talk.model.configs import MOTION_PRESETS, UNET_PRESETS
-    from fd2talk.model.data import DatasetInfo
+    from fd2talk.model.data.loader import DatasetInfo
+    from fd2talk.model.data.normalize import Stats
     from fd2talk.model.diffusion import Diffusion, DiffusionConfig
-    from fd2talk.model.frame_unet import FrameUNet
-    from fd2talk.model.frames import FrameModel
-    from fd2talk.model.motion import MotionModel
-    from fd2talk.model.motion_dit import MotionDiT
-    from fd2talk.model.normalize import Stats
+    from fd2talk.model.generation.frames import FrameModel
+    from fd2talk.model.generation.motion import MotionModel
+    from fd2talk.model.nets.autoencoder import PRESETS as AE
+    from fd2talk.model.nets.autoencoder import RefAutoencoder
+    from fd2talk.model.nets.frame_unet import FrameUNet
+    from fd2talk.model.nets.motion_dit import MotionDiT
 
     torch.manual_seed(0)
     dims = {"exp": 52, "pose": 6, "audio": 80}
@@ -81,9 +81,9 @@ def paper_models():
 def stage_costs(name: str, motion, frames, frame_steps: int, scale_steps: int,
                 seconds: float = 4.0) -> dict:
     """Seconds of compute per second of video per stage."""
-    from fd2talk.model.frames import iter_frames
-    from fd2talk.model.media_io import VideoWriter
-    from fd2talk.model.motion import sample
+    from fd2talk.core.media_io import VideoWriter
+    from fd2talk.model.generation.frames import iter_frames
+    from fd2talk.model.generation.motion import sample
 
     n = int(seconds * 25)
     feats = np.random.default_rng(0).standard_normal((n, motion.info.audio_dim)).astype(np.float32)
@@ -123,7 +123,7 @@ def stage_costs(name: str, motion, frames, frame_steps: int, scale_steps: int,
 
 def speedups(frames, exp: np.ndarray, pose: np.ndarray, ref: torch.Tensor, label: str,
              steps: int = 50, n: int = 25) -> None:
-    from fd2talk.model.frames import iter_frames
+    from fd2talk.model.generation.frames import iter_frames
 
     exp, pose = exp[:n], pose[:n]
 
@@ -144,12 +144,12 @@ def speedups(frames, exp: np.ndarray, pose: np.ndarray, ref: torch.Tensor, label
 
 def quality(pipe, clips: list[dict], steps_list=(10, 20)) -> None:
     """dpm++ and ddim at few steps against 50-step ddim (same seed, true motion)."""
-    from fd2talk.model.demo_check import psnr
-    from fd2talk.model.generate import Options
+    from fd2talk.model.demo.check import psnr
+    from fd2talk.model.generation.pipeline import Options
 
     perceptual = None
     if os.environ.get("FD2TALK_VGG16"):
-        from fd2talk.model.perceptual import Perceptual
+        from fd2talk.model.nets.perceptual import Perceptual
 
         perceptual = Perceptual(os.environ["FD2TALK_VGG16"]).eval()
     results = {}
@@ -188,8 +188,8 @@ def roughness(v: np.ndarray) -> float:
 
 
 def flicker(pipe, clips: list[dict]) -> None:
-    from fd2talk.model.demo_check import psnr
-    from fd2talk.model.generate import Options
+    from fd2talk.model.demo.check import psnr
+    from fd2talk.model.generation.pipeline import Options
 
     for c in clips:
         parts = [f"truth {roughness(c['gt']):.2f}"]
@@ -202,7 +202,7 @@ def flicker(pipe, clips: list[dict]) -> None:
 
 MEMORY_SCRIPT = """
 import sys, threading, time
-from fd2talk.model.generate import FD2TalkPipeline, Options
+from fd2talk.model.generation.pipeline import FD2TalkPipeline, Options
 
 def rss():  # resident set size now, MB
     for line in open("/proc/self/status"):
@@ -242,8 +242,8 @@ def memory(model: str, portrait: Path, speech: Path, d: Path) -> None:
 def held_out(work: Path, size: int) -> list[dict]:
     import cv2
 
-    from fd2talk.model import data
-    from fd2talk.pipeline import media
+    from fd2talk.core import media
+    from fd2talk.model.data import loader as data
 
     out = []
     d = Path(tempfile.mkdtemp())
@@ -269,7 +269,7 @@ def main() -> None:
     args = ap.parse_args()
     run = set(args.sections)
     torch.set_num_threads(os.cpu_count() or 1)
-    from fd2talk.model.generate import FD2TalkPipeline
+    from fd2talk.model.generation.pipeline import FD2TalkPipeline
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     pipe = FD2TalkPipeline.from_pretrained(args.model, device="cpu")

@@ -35,19 +35,19 @@ def measure(work: Path, root: Path, seed: int) -> dict:
     from test_train_frames import _psnr_by_condition
     from test_train_motion import jaw_vs_speech
 
-    from fd2talk.model import data
-    from fd2talk.model import frames as fr
     from fd2talk.model.configs import (
         AutoencoderTrainConfig,
         FramesTrainConfig,
         LipsyncTrainConfig,
         MotionTrainConfig,
     )
-    from fd2talk.model.frame_data import FRAME_FIELDS, to_image
-    from fd2talk.model.train_autoencoder import train_autoencoder
-    from fd2talk.model.train_frames import train_frames
-    from fd2talk.model.train_lipsync import train_lipsync
-    from fd2talk.model.train_motion import train_motion
+    from fd2talk.model.data import loader as data
+    from fd2talk.model.data.frame_items import FRAME_FIELDS, to_image
+    from fd2talk.model.generation import frames as fr
+    from fd2talk.model.training.autoencoder import train_autoencoder
+    from fd2talk.model.training.frames import train_frames
+    from fd2talk.model.training.lipsync import train_lipsync
+    from fd2talk.model.training.motion import train_motion
 
     shards = str(work / "shards")
     out = {}

@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fd2talk.model.diffusion import Diffusion, DiffusionConfig
-from fd2talk.model.motion_dit import PRESETS, MotionDiT
+from fd2talk.model.nets.motion_dit import PRESETS, MotionDiT
 
 BATCH = 32
 FRAMES = 25  # the training window (paper: sequence length 25)

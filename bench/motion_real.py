@@ -47,8 +47,8 @@ def manifest(media: Path, path: Path) -> None:
             w.writerow([f"{stem}_b", src, cut, "", f"{stem}_b", "val"])
 
 
-ENTRY = {"prep": "from fd2talk.pipeline.cli import main; main()",
-         "train": "from fd2talk.model.cli import train_main; train_main()"}
+ENTRY = {"prep": "from fd2talk.cli.prep import main; main()",
+         "train": "from fd2talk.cli.model import train_main; train_main()"}
 
 
 def cli(command: str, *args: str) -> None:

@@ -33,15 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_work(work: Path) -> Path:
     """`work`, with the bundled demo prepared in it unless it already holds its shards."""
     if not (work / "shards" / "manifest.jsonl").is_file():
-        subprocess.run([sys.executable, "-c", "from fd2talk.pipeline.cli import main; main()",
+        subprocess.run([sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
                         "run", str(work), "--demo", "-q"], check=True, cwd=REPO)
     return work
 
 
 def voices(work: Path, model) -> dict[str, np.ndarray]:
-    from fd2talk.model import data
-    from fd2talk.pipeline.audio_features import LogMel
-    from fd2talk.pipeline.speech import normalise, synthetic_speech
+    from fd2talk.model.data import loader as data
+    from fd2talk.model.demo.speech import normalise, synthetic_speech
+    from fd2talk.pipeline.backends.audio_features import LogMel
 
     espeak = np.concatenate([c["audio"] for c in data.iter_clips(work / "shards", "test")])
     wav = normalise(synthetic_speech(12 * 16000, 16000, np.random.default_rng(0)))
@@ -51,7 +51,8 @@ def voices(work: Path, model) -> dict[str, np.ndarray]:
 
 def seam_ratios(model, feats: np.ndarray, stitch: str, seed: int) -> tuple[float, float]:
     """(mean boundary step / mean in-window step, mean boundary step / in-window p90)."""
-    from fd2talk.model import data, motion
+    from fd2talk.model.data import loader as data
+    from fd2talk.model.generation import motion
 
     exp = motion.sample(model, feats, seed=seed, stitch=stitch)["exp"]
     x = model.stats.normalize("exp", exp)
@@ -61,7 +62,7 @@ def seam_ratios(model, feats: np.ndarray, stitch: str, seed: int) -> tuple[float
 
 
 def train(work: Path, out: Path, seed: int) -> Path:
-    from fd2talk.model.train_motion import MotionTrainConfig, train_motion
+    from fd2talk.model.training.motion import MotionTrainConfig, train_motion
 
     if not (out / "checkpoint.pt").is_file():
         train_motion(MotionTrainConfig(shards=str(work / "shards"), out=str(out), steps=600,
@@ -73,11 +74,11 @@ def train(work: Path, out: Path, seed: int) -> Path:
 
 def speed(preset: str, frames: int = 1500, steps: int = 50) -> dict[str, float]:
     """Seconds to sample `frames` frames both ways with an untrained model of `preset`."""
-    from fd2talk.model import motion
-    from fd2talk.model.data import DatasetInfo
+    from fd2talk.model.data.loader import DatasetInfo
+    from fd2talk.model.data.normalize import Stats
     from fd2talk.model.diffusion import Diffusion
-    from fd2talk.model.normalize import Stats
-    from fd2talk.model.train_motion import build_models
+    from fd2talk.model.generation import motion
+    from fd2talk.model.training.motion import build_models
 
     torch.manual_seed(0)
     nets = {k: m.eval() for k, m in build_models(preset, 3, 52, 80).items()}
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--presets", nargs="+", default=["tiny", "paper"])
     args = ap.parse_args()
-    from fd2talk.model import motion
+    from fd2talk.model.generation import motion
 
     tmp = Path(tempfile.mkdtemp(prefix="fd2talk-seams-"))
     work = demo_work(args.work or tmp / "demo")

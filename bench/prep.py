@@ -29,15 +29,15 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from fd2talk.model.schema import CROP_SIZE
-from fd2talk.pipeline import crop as crop_mod
-from fd2talk.pipeline import media
-from fd2talk.pipeline.audio import AudioConfig, AudioStage, decode_audio, measure_peak_memory
-from fd2talk.pipeline.audio_features import save_random_wav2vec2
-from fd2talk.pipeline.clip import ClipConfig, ClipStage, encode_clip
-from fd2talk.pipeline.coeffs import CoeffsConfig, CoeffsStage
-from fd2talk.pipeline.crop import CropConfig, CropStage
-from fd2talk.pipeline.runner import run_stage
+from fd2talk.core import media
+from fd2talk.core.schema import CROP_SIZE
+from fd2talk.pipeline.backends.audio_features import save_random_wav2vec2
+from fd2talk.pipeline.runner.runner import run_stage
+from fd2talk.pipeline.stages import crop as crop_mod
+from fd2talk.pipeline.stages.audio import AudioConfig, AudioStage, decode_audio, measure_peak_memory
+from fd2talk.pipeline.stages.clip import ClipConfig, ClipStage, encode_clip
+from fd2talk.pipeline.stages.coeffs import CoeffsConfig, CoeffsStage
+from fd2talk.pipeline.stages.crop import CropConfig, CropStage
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = ("hdtf_aoc_512.mp4", "talk_tys_512.mp4", "talk_10_512.mp4")
@@ -76,7 +76,7 @@ def ray_vs_pool(work: Path, workers: int, repeat: int) -> list[dict]:
     cluster per repeat, started before the clock: a real cluster outlives a stage)."""
     import ray
 
-    from fd2talk.pipeline.runner import ray_init
+    from fd2talk.pipeline.runner.runner import ray_init
 
     def on_ray(stage) -> float:
         ray.shutdown()
@@ -141,8 +141,8 @@ def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, 
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd as s3fd_net
 
-    from fd2talk.pipeline.detect import MediaPipeDetector, S3FDDetector
-    from fd2talk.pipeline.scan import detect_dims
+    from fd2talk.pipeline.backends.detect import MediaPipeDetector, S3FDDetector
+    from fd2talk.pipeline.stages.scan import detect_dims
 
     # random weights, except that the score heads say "background" everywhere: the same network
     # cost, and few candidate boxes to decode, as with the published weights on one face

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from typing import Literal
 
-from .schema import CROP_SIZE
+from fd2talk.core.schema import CROP_SIZE
 
 LIP_WINDOW = 5  # frames per lip-expert window (0.2 s at 25 fps, Wav2Lip's SyncNet)
 CONDS = ("dual", "concat")  # frame UNet conditioning: dual cross-attention or the ablation

@@ -1,0 +1,663 @@
+"""`fd2talk-train` and `fd2talk-generate`: the model commands (thin: build a config, call one
+function).
+
+    fd2talk-train lipsync  --shards WORK/shards --out runs/lipsync       # the lip expert (first)
+    fd2talk-train motion   --shards WORK/shards --out runs/motion --lip-expert runs/lipsync
+    fd2talk-train export   runs/motion runs/frames --out my-model         # one model folder
+
+Every run directory holds config.json (settings + git revision), checkpoint.pt (everything a
+resume needs), metrics.jsonl and, when it finishes, model/ (the model folder generation
+loads); `--resume` continues a run bit-for-bit; under `torchrun --nproc_per_node N` the same
+command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fd2talk.core.device import DeviceName, resolve_device
+from fd2talk.core.errors import UserError
+from fd2talk.model import configs as C
+
+app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+# Every option's default is read from the command's config dataclass (model/configs.py), and
+# every preset choice from the presets dicts: the CLI and the library cannot disagree.
+LIP, MOT = C.defaults(C.LipsyncTrainConfig), C.defaults(C.MotionTrainConfig)
+AE, FR = C.defaults(C.AutoencoderTrainConfig), C.defaults(C.FramesTrainConfig)
+
+
+def _choices(name: str, presets: dict) -> type[StrEnum]:
+    return StrEnum(name, {k: k for k in presets})
+
+
+LipPreset = _choices("LipPreset", C.LIP_EXPERT_PRESETS)
+MotionPreset = _choices("MotionPreset", C.MOTION_PRESETS)
+AutoencoderPreset = _choices("AutoencoderPreset", C.AUTOENCODER_PRESETS)
+UNetPreset = _choices("UNetPreset", C.UNET_PRESETS)
+Cond = StrEnum("Cond", {k: k for k in C.CONDS})
+RefFrame = StrEnum("RefFrame", {k: k for k in ("first", "random")})
+
+Shards = Annotated[Path, typer.Option("--shards", help="The shard folder `fd2talk-prep` wrote "
+                                      "(holds manifest.jsonl and <split>-NNNNNN.tar).")]
+Out = Annotated[Path, typer.Option("--out", help="Run directory (checkpoint.pt, metrics.jsonl, "
+                                   "config.json; model/ when the run finishes).")]
+PRESET_HELP = ("Model size: tiny (CPU smoke runs, tests), paper (the published settings); the "
+               "autoencoder also has small (from scratch, offline).")
+Steps = Annotated[int, typer.Option("--steps", help="Total optimizer steps (a resumed run "
+                                    "continues to this number).")]
+Windows = Annotated[int, typer.Option("--batch-size", help="25-frame windows per step (per "
+                                      "process).")]
+Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+ValSplit = Annotated[str, typer.Option("--val-split", help="Split for validation; `none` to "
+                                       "train without validation.")]
+Every = Annotated[int, typer.Option(help="Steps between these events.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for init, data order and noise.")]
+Device = Annotated[DeviceName, typer.Option("--device", help="auto (CUDA when present), cpu "
+                                            "or cuda.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
+EpochBatches = Annotated[int, typer.Option("--epoch-batches", help="Batches per data epoch (a "
+                                           "re-seed point of the resampled shard stream).")]
+Accumulate = Annotated[int, typer.Option("--accumulate", min=1, help="Micro-batches of "
+                                         "--batch-size per optimizer step (gradient "
+                                         "accumulation): the step sees batch-size x accumulate "
+                                         "x processes items, in the memory of one micro-batch.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
+                                      "checkpoint (same settings; bit-for-bit on CPU).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+EmaDecay = Annotated[float, typer.Option(help="EMA decay.")]
+ImageSize = Annotated[int, typer.Option("--image-size", help="Frames are resized to this side "
+                                        "(256, the crop size; smaller for CPU smoke runs).")]
+RUN_OPTIONS = ("val_split", "val_every", "save_every", "log_every", "seed", "device", "workers",
+               "epoch_batches", "accumulate")
+
+
+def _config(cls, options: dict):
+    """The command's config from its options: paths resolved, enums as values, `none` as no
+    validation split; `resume` and `quiet` are not settings."""
+    values = {}
+    for name, value in options.items():
+        if name in ("resume", "quiet"):
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, list):  # a repeated path option
+            value = tuple(str(Path(v).resolve()) for v in value)
+        elif isinstance(value, Enum):
+            value = value.value
+        values[name] = value
+    if values.get("val_split", "").lower() == "none":
+        values["val_split"] = None
+    return cls(**values)
+
+
+def _summary(title: str, out: Path) -> None:
+    """Validation metrics at the first and the last evaluation of the run (metrics.jsonl)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    log = out / "metrics.jsonl"
+    val = [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "val"]
+    console = Console(stderr=True)
+    if val:
+        first, last = val[0], val[-1]
+        table = Table(title=title)
+        table.add_column("validation")
+        table.add_column(f"step {first['step']}", justify="right")
+        table.add_column(f"step {last['step']}", justify="right")
+        for k in (k for k in last if k not in ("step", "split")):
+            table.add_row(k, *(f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k))
+                               for r in (first, last)))
+        console.print(table)
+    console.print(f"checkpoint: {out / 'checkpoint.pt'}\nmodel:      {out / 'model'}\n"
+                  f"metrics:    {log}")
+
+
+@app.command()
+def lipsync(shards: Shards, out: Out,
+            preset: Annotated[LipPreset, typer.Option(help=PRESET_HELP)] = LIP["preset"],
+            steps: Steps = LIP["steps"], batch_size: Windows = LIP["batch_size"],
+            lr: Lr = LIP["lr"],
+            bfm: Annotated[str | None, typer.Option(
+                "--bfm", help="BFM_model_front.mat (or its folder) for deep3d shards (default "
+                "$FD2TALK_BFM_DIR); mediapipe shards fit their mouth model from the data.")
+            ] = LIP["bfm"],
+            val_split: ValSplit = LIP["val_split"], val_every: Every = LIP["val_every"],
+            save_every: Every = LIP["save_every"], log_every: Every = LIP["log_every"],
+            seed: Seed = LIP["seed"], device: Device = DeviceName(LIP["device"]),
+            workers: Workers = LIP["workers"], epoch_batches: EpochBatches = LIP["epoch_batches"],
+            accumulate: Accumulate = LIP["accumulate"],
+            resume: Resume = False, quiet: Quiet = False) -> None:
+    """Pre-train the lip expert (SyncNet-style: in-sync vs time-shifted pairs); reports
+    in-sync / off-sync accuracy on the validation split."""
+    options = dict(locals())
+    from fd2talk.model.training.lipsync import train_lipsync
+
+    train_lipsync(_config(C.LipsyncTrainConfig, options), resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("lip expert (in-sync vs shifted audio)", out)
+
+
+@app.command()
+def motion(shards: Shards, out: Out,
+           preset: Annotated[MotionPreset, typer.Option(help=PRESET_HELP)] = MOT["preset"],
+           steps: Steps = MOT["steps"], batch_size: Windows = MOT["batch_size"],
+           lr: Lr = MOT["lr"],
+           k: Annotated[int, typer.Option("--k", help="Alignment mask: frame i sees audio "
+                                          "frames j with |i - j| <= k; -1 for no mask.")
+                        ] = MOT["k"],
+           lambda_exp: Annotated[float, typer.Option(help="Weight of L_exp.")] = MOT["lambda_exp"],
+           lambda_pose: Annotated[float, typer.Option(help="Weight of L_pose.")
+                                  ] = MOT["lambda_pose"],
+           lambda_sync: Annotated[float, typer.Option(help="Weight of L_sync (0: off, no lip "
+                                                      "expert needed).")] = MOT["lambda_sync"],
+           lip_expert: Annotated[Path | None, typer.Option(
+               "--lip-expert", help="The lip expert: `fd2talk-train lipsync`'s run directory, "
+               "model folder or checkpoint (needed when --lambda-sync > 0).")] = MOT["lip_expert"],
+           single_dit: Annotated[bool, typer.Option(
+               "--single-dit", help="The paper's Table 2 ablation: one transformer denoises "
+               "expression and pose jointly.")] = MOT["single_dit"],
+           fold: Annotated[str | None, typer.Option(
+               "--fold", metavar="K/N",
+               help="Leave out fold K of N of the training clips (every N-th in key order "
+               "from the K-th): train one run per K = 0..N-1 and give them to `fd2talk-train "
+               "frames --motion-fold`, so the frame UNet learns from predictions for speech "
+               "stage 1 never heard (cross-fitting; the bundled demo does).")] = MOT["fold"],
+           ema_decay: EmaDecay = MOT["ema_decay"],
+           val_split: ValSplit = MOT["val_split"], val_every: Every = MOT["val_every"],
+           save_every: Every = MOT["save_every"], log_every: Every = MOT["log_every"],
+           seed: Seed = MOT["seed"], device: Device = DeviceName(MOT["device"]),
+           workers: Workers = MOT["workers"], epoch_batches: EpochBatches = MOT["epoch_batches"],
+            accumulate: Accumulate = MOT["accumulate"],
+           resume: Resume = False, quiet: Quiet = False) -> None:
+    """Train the Exp and Pose Transformers (stage 1): L = l_exp L_exp + l_pose L_pose +
+    l_sync L_sync."""
+    options = dict(locals(), k=None if k < 0 else k)
+    from fd2talk.model.training.motion import train_motion
+
+    train_motion(_config(C.MotionTrainConfig, options), resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
+
+
+@app.command()
+def autoencoder(shards: Shards, out: Out,
+                preset: Annotated[AutoencoderPreset, typer.Option(help=PRESET_HELP)
+                                  ] = AE["preset"],
+                steps: Steps = AE["steps"],
+                batch_size: Annotated[int, typer.Option(
+                    "--batch-size", help="(reference, target) frame pairs per step (per "
+                    "process).")] = AE["batch_size"],
+                lr: Lr = AE["lr"],
+                pretrained: Annotated[Path | None, typer.Option(
+                    "--pretrained", help="Start from LDM's VQ-f4: a local diffusers VQModel "
+                    "directory (e.g. the `vqvae` folder of CompVis/ldm-celebahq-256).")
+                ] = AE["pretrained"],
+                vgg_weights: Annotated[Path | None, typer.Option(
+                    "--vgg-weights", help="vgg16-397923af.pth for LPIPS (default $FD2TALK_VGG16, "
+                    "then torchvision's cache).")] = AE["vgg_weights"],
+                lambda_rec: Annotated[float, typer.Option(help="Weight of the L2 term.")
+                                      ] = AE["lambda_rec"],
+                lambda_per: Annotated[float, typer.Option(help="Weight of LPIPS (0: off, no "
+                                                          "VGG weights needed).")
+                                      ] = AE["lambda_per"],
+                lambda_vq: Annotated[float, typer.Option(help="Weight of the VQ loss.")
+                                     ] = AE["lambda_vq"],
+                jitter: Annotated[float, typer.Option(
+                    min=0.0, max=1.0,
+                    help="Colour looks shared by each frame pair: per-channel gain and a gamma "
+                    "1 +- J. 0 for a pretrained autoencoder; about 0.15 for one trained from "
+                    "scratch on a few videos (the demo), which would otherwise pull a new "
+                    "video's colours towards its training videos'.")] = AE["jitter"],
+                image_size: ImageSize = AE["image_size"], val_split: ValSplit = AE["val_split"],
+                val_every: Every = AE["val_every"], save_every: Every = AE["save_every"],
+                log_every: Every = AE["log_every"], seed: Seed = AE["seed"],
+                device: Device = DeviceName(AE["device"]), workers: Workers = AE["workers"],
+                epoch_batches: EpochBatches = AE["epoch_batches"],
+            accumulate: Accumulate = AE["accumulate"], resume: Resume = False,
+                quiet: Quiet = False) -> None:
+    """Fine-tune the reference-conditioned VQ autoencoder (stage 2): L2 + LPIPS on two frames
+    of one clip; writes RUN/autoencoder (with its measured latent scaling factor)."""
+    options = dict(locals())
+    from fd2talk.model.training.autoencoder import train_autoencoder
+
+    train_autoencoder(_config(C.AutoencoderTrainConfig, options), resume=resume,
+                      progress=not quiet)
+    if not quiet:
+        _summary("autoencoder (PSNR of D([E(F1), E(F2)]) vs F2, dB)", out)
+
+
+@app.command()
+def frames(shards: Shards, out: Out,
+           autoencoder: Annotated[Path, typer.Option(
+               "--autoencoder", help="The autoencoder `fd2talk-train autoencoder` wrote "
+               "(RUN/autoencoder).")],
+           preset: Annotated[UNetPreset, typer.Option(help=PRESET_HELP)] = FR["preset"],
+           steps: Steps = FR["steps"],
+           batch_size: Annotated[int, typer.Option(
+               "--batch-size", help="Frames (with their reference) per step (per process).")
+           ] = FR["batch_size"],
+           lr: Lr = FR["lr"],
+           motion: Annotated[Path | None, typer.Option(
+               "--motion", help="Stage-1 model (run directory, model folder or checkpoint): "
+               "condition on its predicted motion (the paper); default the ground-truth "
+               "coefficients.")] = FR["motion"],
+           motion_steps: Annotated[int, typer.Option(help="Sampler steps for --motion.")
+                                   ] = FR["motion_steps"],
+           motion_folds: Annotated[list[Path] | None, typer.Option(
+               "--motion-fold",
+               help="Repeat once per K: the `fd2talk-train motion --fold K/N` runs. Each "
+               "training clip's expression is then predicted by the fold model that never "
+               "heard it (the pose stays --motion's): on a small dataset stage 1 knows its "
+               "training clips by heart, and the UNet would not learn to render what it makes "
+               "of new speech, e.g. a mouth range that is not the person's. Not the paper's; "
+               "the bundled demo's recipe uses 2 folds.")] = FR["motion_folds"],
+           cond: Annotated[Cond, typer.Option(help="dual: separate motion and reference "
+                                              "cross-attentions (paper); concat: the ablation.")
+                           ] = FR["cond"],
+           latent_cache: Annotated[bool, typer.Option(
+               help="Use the shards' latents (`fd2talk-prep latents`) when they were made by "
+               "this autoencoder.")] = FR["latent_cache"],
+           ref_frame: Annotated[RefFrame, typer.Option(
+               "--ref-frame",
+               help="Each training item's reference: the clip's first frame (the paper) or a "
+               "random frame of it (few clips: many reference/target pairs).")
+           ] = FR["ref_frame"],
+           ref_input: Annotated[bool, typer.Option(
+               "--ref-input/--no-ref-input",
+               help="Also give the UNet the reference latent beside the noisy one at its input "
+               "(not the paper's: it reads the reference through phi2 only): small datasets "
+               "such as the demo learn to keep the person.")] = FR["ref_input"],
+           relative_pose: Annotated[bool, typer.Option(
+               "--relative-pose/--absolute-pose",
+               help="Condition on the head pose relative to the reference frame's (few people, "
+               "as the demo: where the head sits tells them apart, and the UNet would draw the "
+               "person from it) or on the pose itself (the paper).")] = FR["relative_pose"],
+           jitter: Annotated[float, typer.Option(
+               min=0.0, max=1.0,
+               help="Colour jitter shared by reference and target: a random channel order, "
+               "gain 1 +- J and offset +- J per channel. 0 (the paper) for large datasets; "
+               "about 0.2 for small ones (the bundled demo), whose few videos the UNet would "
+               "otherwise tell apart by their motion and so ignore the reference. Encodes "
+               "frames on the fly (needs --no-latent-cache when there is a cache).")
+           ] = FR["jitter"],
+           image_size: ImageSize = FR["image_size"], ema_decay: EmaDecay = FR["ema_decay"],
+           val_split: ValSplit = FR["val_split"], val_every: Every = FR["val_every"],
+           save_every: Every = FR["save_every"], log_every: Every = FR["log_every"],
+           seed: Seed = FR["seed"], device: Device = DeviceName(FR["device"]),
+           workers: Workers = FR["workers"], epoch_batches: EpochBatches = FR["epoch_batches"],
+            accumulate: Accumulate = FR["accumulate"],
+           resume: Resume = False, quiet: Quiet = False) -> None:
+    """Train the dual cross-attention frame UNet (stage 2) on (J0, t, beta, p, x) tuples."""
+    options = dict(locals(), motion_folds=list(motion_folds or ()))
+    from fd2talk.model.training.frames import train_frames
+
+    train_frames(_config(C.FramesTrainConfig, options), resume=resume, progress=not quiet)
+    if not quiet:
+        _summary("frames (EMA weights, x0 loss on latents)", out)
+
+
+@app.command()
+def export(sources: Annotated[list[Path], typer.Argument(
+               help="Run directories, checkpoints or model folders: e.g. a motion run and a "
+               "frames run.")],
+           out: Annotated[Path, typer.Option("--out", help="The model folder to write.")]
+           ) -> None:
+    """Write one model folder (model_index.json + a folder per part: config.json and
+    safetensors EMA weights) from runs, checkpoints or model folders; parts that were not
+    trained to work together are refused."""
+    import json
+
+    from fd2talk.model.store.folder import INDEX, export
+
+    folder = export(list(sources), out)
+    parts = json.loads((folder / INDEX).read_text())["parts"]
+    typer.echo(f"model folder {folder}: {', '.join(parts)}")
+
+
+@app.command()
+def demo(work: Annotated[Path, typer.Option("--work", help="The prepared demo (`fd2talk-prep run "
+                                           "WORK --demo`).")] = Path("work/demo"),
+         runs: Annotated[Path, typer.Option("--runs", help="Where the four run directories go.")
+                         ] = Path("work/runs"),
+         out: Annotated[Path, typer.Option("--out", help="The model folder to write.")
+                        ] = Path("work/model"),
+         quiet: Quiet = False) -> None:
+    """Train both stages on the bundled demo with its recipe (model/demo/recipe.py: lip
+    expert, motion, autoencoder, frame UNet; tiny presets, 64-px frames, about ten minutes on
+    a 2-core CPU) and export one model folder. Interrupted runs resume."""
+    from fd2talk.model.demo.recipe import train_demo
+
+    if not (work / "shards" / "manifest.jsonl").is_file():
+        raise UserError(f"{work} holds no shards: run `fd2talk-prep run {work} --demo` first")
+    folder = train_demo(work, runs, out, progress=not quiet)
+    typer.echo(f"model folder {folder}")
+
+
+def train_main() -> None:
+    try:
+        app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+GEN_HELP = """Portrait + speech -> a talking-head video (H.264, 25 fps, the speech muxed as AAC).
+
+    fd2talk-generate --image portrait.jpg --audio speech.wav --out video.mp4 --model work/model
+    fd2talk-generate --jobs pairs.csv --model work/model      # image,audio,out per row
+
+The video lasts as long as the audio (to the frame, the last partial 40 ms included). Frames
+stream to the encoder, so long audio needs no more memory than short.
+"""
+gen_app = typer.Typer(help=GEN_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+
+Solver = StrEnum("Solver", {"ddim": "ddim", "dpm": "dpm++"})
+Noise = StrEnum("Noise", {k: k for k in ("shared", "independent")})
+DType = StrEnum("DType", {k: k for k in ("fp32", "bf16", "fp16")})
+
+
+@gen_app.command()
+def generate(
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="The portrait (any image "
+                     "Pillow reads: JPEG, PNG, grey, RGBA, 16-bit; EXIF rotation applied).")
+                     ] = None,
+    audio: Annotated[Path | None, typer.Option("--audio", "-a", help="The speech: any file "
+                     "ffmpeg reads (wav, mp3, m4a, flac, a video's sound).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The video to write (.mp4).")
+                   ] = None,
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder "
+                     "(`fd2talk-train export`; the demo's is work/model); repeat it to combine "
+                     "run directories or folders holding stage 1 and stage 2.")] = [],  # noqa: B006
+    jobs: Annotated[Path | None, typer.Option("--jobs", help="A CSV with columns image,audio,out: "
+                    "every row one video, the model loaded once; rows whose out exists are "
+                    "skipped; a failed row is recorded (JOBS.results.csv) and the rest go on.")
+                    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of all sampling noise (same seed, same video)."
+                                      )] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps for both stages (default: the "
+                     "model's own, 50 for the paper preset). dpm++ is good at 10-20.")] = None,
+    eta: Annotated[float, typer.Option(help="0: deterministic DDIM; up to 1: ancestral noise "
+                                       "(ddim only).")] = 0.0,
+    solver: Annotated[Solver, typer.Option(help="ddim: the paper's eq. 5; dpm++: DPM-Solver++ "
+                      "(2nd order), a few steps do.")] = Solver.ddim,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Frames denoised per batch "
+                          "(memory vs speed; does not change the frames).")] = 25,
+    device: Device = DeviceName.auto,
+    dtype: Annotated[DType, typer.Option(help="fp32; bf16 (CUDA or CPU) or fp16 (CUDA) "
+                     "autocast for the frame stage.")] = DType.fp32,
+    pose: Annotated[str, typer.Option(help="generated (stage 1's head motion), still (the "
+                    "portrait's own pose throughout) or from:VIDEO_OR_NPZ (another video's "
+                    "head motion, or a .npz with a `pose` array such as --save-coeffs writes).")
+                    ] = "generated",
+    pose_scale: Annotated[float, typer.Option("--pose-scale", help="Head motion around its mean "
+                          "times this (0: none, >1: livelier).")] = 1.0,
+    expression_scale: Annotated[float, typer.Option("--expression-scale", help="Expression "
+                                "coefficients times this (mouth and face motion).")] = 1.0,
+    noise: Annotated[Noise, typer.Option(help="Start noise: shared by all frames (less "
+                     "flicker, measured) or independent per frame.")] = Noise.shared,
+    face_index: Annotated[int | None, typer.Option("--face-index", help="Which face of a group "
+                          "photo, 0 = the largest (default).")] = None,
+    crop: Annotated[bool, typer.Option("--crop/--no-crop", help="Find and frame the face as "
+                    "training crops were (default); --no-crop: the image is such a square crop "
+                    "already.")] = True,
+    paste_back: Annotated[bool, typer.Option("--paste-back", help="Blend the face back into the "
+                          "whole portrait (feathered); best with --pose still.")] = False,
+    size: Annotated[int, typer.Option(help="Side of the face video; smaller model frames are "
+                                      "upscaled (lanczos).")] = 256,
+    save_coeffs: Annotated[Path | None, typer.Option("--save-coeffs", help="Also write the "
+                           "motion (exp, pose) as .npz.")] = None,
+    preview: Annotated[Path | None, typer.Option("--preview", help="Also write a PNG: reference "
+                       "| frames over time, and the mouth opening against the speech.")] = None,
+    face_model: Annotated[str | None, typer.Option("--face-model", help="face_landmarker.task "
+                          "(default: $FD2TALK_FACE_MODEL or `fd2talk-prep fetch-face-model`'s "
+                          "place).")] = None,
+    wav2vec2: Annotated[str | None, typer.Option("--wav2vec2", help="The wav2vec 2.0 folder, for "
+                        "models trained on wav2vec2 features (default: the path they record).")
+                        ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Generate talking-head videos from a portrait and speech."""
+    from fd2talk.model.generation import pipeline as G
+
+    if not model:
+        raise UserError("give the model with --model (the demo's is work/model; "
+                        "`fd2talk-train export` writes one)")
+    options = G.Options(seed=seed, steps=steps, eta=eta, solver=solver.value,
+                        batch_size=batch_size, pose=pose, pose_scale=pose_scale,
+                        expression_scale=expression_scale, noise=noise.value,
+                        face_index=face_index, crop=crop, paste_back=paste_back, size=size)
+    if jobs is None and (image is None or audio is None or out is None):
+        raise UserError("give --image, --audio and --out (or --jobs CSV)")
+    pipe = G.FD2TalkPipeline.from_pretrained(*model, device=device.value, dtype=dtype.value,
+                                             face_model=face_model, wav2vec2=wav2vec2)
+    if jobs is not None:
+        from fd2talk.model.generation.jobs import run_jobs
+
+        failed = run_jobs(pipe, jobs, options, progress=not quiet)
+        sys.exit(1 if failed else 0)
+    result = pipe(image, audio, out=out, options=options, progress=not quiet)
+    extra = []
+    if save_coeffs:
+        extra.append(f"coefficients {G.save_coeffs(save_coeffs, result, pipe.motion_model.info.coeffs, audio)}")
+    if preview:
+        extra.append(f"preview {G.save_preview(preview, result, pipe.motion_model)}")
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if not quiet:
+        typer.echo(f"video {result.out}" + "".join(f"\n{e}" for e in extra))
+        typer.echo(result.summary())
+
+
+def generate_main() -> None:
+    try:
+        gen_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m fd2talk.cli.model` (what torchrun -m launches)
+    train_main()
+
+
+# ---- fd2talk-eval ----------------------------------------------------------------------------
+
+EVAL_HELP = """Score talking-head videos with the paper's metrics and offline ones.
+
+`videos` scores any method's videos (matched to their ground truth by name); `run` generates a
+model's held-out clips as the paper's protocol does and scores them. Metrics whose weights are
+not here are reported unavailable with the file they need; the others still run. Outputs:
+a table laid out like the paper's Table 1 (its FD2Talk row beside ours), eval.json (settings,
+versions, everything), eval.csv (a row per video) and eval.png (the distributions, and the
+mouth opening against the speech for a few videos).
+"""
+eval_app = typer.Typer(help=EVAL_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+SyncNetOpt = Annotated[str | None, typer.Option("--syncnet", help="syncnet_v2.model (LSE-D, "
+                       "LSE-C; default $FD2TALK_SYNCNET): from joonson/syncnet_python's "
+                       "download_model.sh.")]
+HopenetOpt = Annotated[str | None, typer.Option("--hopenet", help="hopenet_robust_alpha1.pkl "
+                       "(the paper's Diversity and Beat Align; default $FD2TALK_HOPENET): from "
+                       "natanielruiz/deep-head-pose.")]
+InceptionOpt = Annotated[str | None, typer.Option("--inception", help="pt_inception-2015-12-05-"
+                         "6726825d.pth (FID; default $FD2TALK_INCEPTION): from pytorch-fid's "
+                         "releases.")]
+FaceModelOpt = Annotated[str | None, typer.Option("--face-model", help="face_landmarker.task "
+                         "(default: $FD2TALK_FACE_MODEL or `fd2talk-prep fetch-face-model`'s "
+                         "place).")]
+EvalWorkers = Annotated[int, typer.Option("--workers", help="Videos scored at once, each in "
+                        "its own process (CPU); the metrics do not change.")]
+EvalOut = Annotated[Path, typer.Option("--out", "-o", help="Where eval.json, eval.csv and "
+                    "eval.png go (and, for `run`, the generated videos).")]
+
+
+def _report(rows, tools, out: Path, settings: dict, timings: dict[str, float], quiet: bool
+            ) -> None:
+    from fd2talk.model.evaluation import scoring as E
+
+    summary = E.summarize(rows)
+    seconds = max(sum(r["frames"] for r in rows) / 25, 1e-9)
+    speed = {k: v / seconds for k, v in timings.items()}
+    settings = {**settings, "seconds_per_video_second": speed}
+    paths = E.write_report(out, rows, summary, settings, tools.unavailable, tools.weights)
+    if not quiet:
+        typer.echo(E.table(summary, tools.unavailable))
+        typer.echo("s of compute per s of video: " + ", ".join(f"{k} {v:.2f}"
+                                                               for k, v in speed.items()))
+        typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@eval_app.command("videos")
+def eval_videos(
+    generated: Annotated[Path, typer.Option("--generated", "-g", help="A folder of generated "
+                         "videos (any method's); a NAME.npz with `pose` beside NAME.mp4 adds the "
+                         "coefficient-based diversity and beat align.")],
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="A folder of "
+                         "ground-truth videos with the same names (PSNR, SSIM, LMD, jaw r); "
+                         "without it only the metrics that need none run.")] = None,
+    out: EvalOut = Path("eval"),
+    syncnet: SyncNetOpt = None,
+    hopenet: HopenetOpt = None,
+    inception: InceptionOpt = None,
+    face_model: FaceModelOpt = None,
+    workers: EvalWorkers = 1,
+    device: Device = DeviceName.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Score a folder of videos (any method's) against ground truth matched by name."""
+    from fd2talk.model.evaluation import scoring as E
+
+    pairs = E.match_videos(generated, reference)
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value), hopenet, inception)
+    rows, seconds = E.score_videos(pairs, tools, progress=not quiet, workers=workers)
+    _report(rows, tools, out, {"command": "videos", "generated": str(generated),
+                               "reference": str(reference) if reference else None,
+                               "workers": workers}, {"score": seconds}, quiet)
+
+
+@eval_app.command("run")
+def eval_run(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder (both "
+                     "stages).")],
+    shards: Annotated[Path, typer.Option("--shards", help="The prepared shards (WORK/shards).")],
+    split: Annotated[str, typer.Option(help="Which split to generate and score.")] = "test",
+    out: EvalOut = Path("eval"),
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")
+                     ] = None,
+    solver: Annotated[Solver, typer.Option(help="ddim (the paper's) or dpm++ (a few steps "
+                      "do).")] = Solver.ddim,
+    syncnet: SyncNetOpt = None,
+    hopenet: HopenetOpt = None,
+    inception: InceptionOpt = None,
+    face_model: FaceModelOpt = None,
+    workers: EvalWorkers = 1,
+    device: Device = DeviceName.auto,
+    quiet: Quiet = False,
+) -> None:
+    """The paper's protocol: every clip of a split generated from its first frame and its own
+    speech (generated pose for sync/diversity/beat align, the clip's own pose for the image
+    metrics), then scored. Videos already under --out are reused (a killed run resumes)."""
+    from fd2talk.model.evaluation import scoring as E
+    from fd2talk.model.generation.pipeline import Options
+
+    tools = E.Tools.load(syncnet, face_model, resolve_device(device.value), hopenet, inception)
+    rows, timings = E.run_protocol(model, shards, split, out, tools,
+                                   Options(seed=seed, steps=steps, solver=solver.value),
+                                   progress=not quiet, workers=workers)
+    _report(rows, tools, out, {"command": "run", "model": [str(m) for m in model],
+                               "shards": str(shards), "split": split, "seed": seed,
+                               "steps": steps, "solver": solver.value, "workers": workers},
+            timings, quiet)
+
+
+def eval_main() -> None:
+    try:
+        eval_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+# ---- fd2talk-app -----------------------------------------------------------------------------
+
+APP_HELP = """A web page for generation: upload a portrait and speech (or record it), press
+Generate, watch and download the video, its preview and its motion coefficients.
+
+    fd2talk-app --model work/model            # then open http://127.0.0.1:7860
+
+The model is loaded once; jobs are queued. It listens on 127.0.0.1 only: to serve other
+machines give --host 0.0.0.0 --expose, and read the README's warning (anyone who reaches the
+port can run jobs on this machine; --auth asks for a password, plain HTTP carries it in clear).
+"""
+app_app = typer.Typer(help=APP_HELP, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app_app.command()
+def serve_app(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Model folder (the demo's "
+                     "is work/model); repeat it to combine stage 1 and stage 2 folders.")
+                     ] = [],  # noqa: B006
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1: this machine "
+                    "only; anything else also needs --expose.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    expose: Annotated[bool, typer.Option("--expose", help="Allow a --host other machines can "
+                      "reach (see the README's warning).")] = False,
+    auth: Annotated[str | None, typer.Option(help="USER:PASSWORD the page asks for (default "
+                    "$FD2TALK_APP_AUTH; none when unset).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where uploads and outputs live (default: "
+                       "$TMPDIR/fd2talk-app-UID, private to you).")] = None,
+    max_age_hours: Annotated[float, typer.Option("--max-age-hours", help="Uploads and outputs "
+                             "older than this are deleted.")] = 24.0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload.")
+                             ] = 50.0,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Longest speech a job "
+                           "takes.")] = 120.0,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once (each uses every core or "
+                           "the GPU).")] = 1,
+    queue_size: Annotated[int, typer.Option("--queue-size", help="Jobs that may wait; more are "
+                          "turned away with a message.")] = 16,
+    device: Device = DeviceName.auto,
+    dtype: Annotated[DType, typer.Option(help="fp32; bf16 or fp16 (CUDA) autocast for the "
+                     "frame stage.")] = DType.fp32,
+    face_model: FaceModelOpt = None,
+    wav2vec2: Annotated[str | None, typer.Option("--wav2vec2", help="The wav2vec 2.0 folder, for "
+                        "models trained on wav2vec2 features.")] = None,
+) -> None:
+    """Serve the generation web page."""
+    import os
+
+    from fd2talk.model.app.web import AppConfig, serve
+
+    if not model:
+        raise UserError("give the model with --model (the demo's is work/model)")
+    auth = auth or os.environ.get("FD2TALK_APP_AUTH") or None
+    pair = None
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth must be USER:PASSWORD")
+        pair = (user, password)
+    serve(AppConfig(model=[str(m) for m in model], host=host, port=port, expose=expose,
+                    workdir=str(workdir) if workdir else None, max_age_hours=max_age_hours,
+                    max_upload_mb=max_upload_mb, max_seconds=max_seconds,
+                    concurrency=concurrency, queue_size=queue_size, device=device.value,
+                    dtype=dtype.value, face_model=face_model, wav2vec2=wav2vec2, auth=pair))
+
+
+def app_main() -> None:
+    try:
+        app_app()
+    except UserError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

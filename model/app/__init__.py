@@ -1,0 +1,1 @@
+"""`fd2talk-app`: the web page over the generation pipeline."""

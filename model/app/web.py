@@ -1,0 +1,357 @@
+"""`fd2talk-app`: a web page for generation (Gradio 6) over the same `FD2TalkPipeline` as
+`fd2talk-generate`, the model loaded once.
+
+A job: a portrait (upload) and speech (upload or microphone), the options users of
+talking-head apps expect (seed, steps, sampler, pose mode, pose and expression scales, paste
+back), and out come the video (played in the page, downloadable), the preview image and the
+motion coefficients (.npz). Progress comes from the pipeline's stage callback; jobs are
+queued (`--concurrency` at once, `--queue-size` waiting); a job's failure shows the CLI's one
+line (`UserError`), an unexpected one a short line while the server log keeps the traceback.
+
+Every upload and output lives under one work folder (`--workdir`, default a private one in
+the temporary folder): job folders and Gradio's cache there are deleted once older than
+`--max-age-hours` (at start, before each job and every 10 minutes; running jobs are kept).
+Uploads over `--max-upload-mb` are refused by the server, speech longer than `--max-seconds`
+by the job. Gradio's analytics are off, the page uses the system's fonts and has no "share"
+buttons (they upload to huggingface.co): the app fetches nothing from the network, and
+neither does the browser showing it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fd2talk.core.errors import UserError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+POSE_MODES = ("generated", "still", "from a video")
+SOLVERS = ("ddim", "dpm++")
+CLEAN_EVERY = 600  # s between sweeps of old job folders and of Gradio's cache
+
+
+@dataclass
+class AppConfig:
+    """What `fd2talk-app` serves and how (its options)."""
+
+    model: list[str]
+    host: str = "127.0.0.1"
+    port: int = 7860
+    expose: bool = False  # a host other than the loopback needs this
+    workdir: str | None = None  # uploads and outputs (default: a temporary folder)
+    max_age_hours: float = 24.0  # job folders and cached files older than this are deleted
+    max_upload_mb: float = 50.0
+    max_seconds: float = 120.0  # longer speech is refused
+    concurrency: int = 1  # jobs at once (each uses all the cores / the GPU)
+    queue_size: int = 16  # jobs waiting; more are turned away with a message
+    device: str = "auto"
+    dtype: str = "fp32"
+    face_model: str | None = None
+    wav2vec2: str | None = None
+    auth: tuple[str, str] | None = None  # (user, password) asked by the page
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.host not in LOOPBACK and not self.expose:
+            raise UserError(f"--host {self.host} makes the app reachable from other machines; "
+                            "add --expose to mean it (read the README's warning first)")
+        for name, value in (("--max-age-hours", self.max_age_hours),
+                            ("--max-upload-mb", self.max_upload_mb),
+                            ("--max-seconds", self.max_seconds)):
+            if value <= 0:
+                raise UserError(f"{name} must be > 0, got {value}")
+        if self.concurrency < 1 or self.queue_size < 1:
+            raise UserError("--concurrency and --queue-size must be at least 1")
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port must be 1-65535, got {self.port}")
+
+
+class JobFolders:
+    """One folder per job under `root`; folders older than `max_age` seconds are deleted."""
+
+    def __init__(self, root: Path, max_age: float, cache: Path | None = None):
+        self.root = Path(root)
+        self.max_age = max_age
+        self.cache = cache  # Gradio's cache: its sub-folders are swept by age too
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._active: set[Path] = set()
+
+    def new(self) -> Path:
+        path = self.root / f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        with self._lock:
+            path.mkdir()
+            self._active.add(path)
+        return path
+
+    def done(self, path: Path, keep: bool = True) -> None:
+        """The job in `path` has ended; `keep=False` deletes its folder (a failed job)."""
+        with self._lock:
+            self._active.discard(path)
+            if not keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def clean(self, now: float | None = None) -> int:
+        """Delete job folders (and Gradio's cached files) whose newest file is older than
+        `max_age`, except those of running jobs; returns how many job folders went."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._lock:
+            for d in list(self.root.glob("job-*")):
+                if d.is_dir() and d not in self._active and now - _newest(d) > self.max_age:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed += 1
+            if self.cache is not None and self.cache.is_dir():
+                for d in list(self.cache.iterdir()):
+                    if d.is_dir() and now - _newest(d) > self.max_age:
+                        shutil.rmtree(d, ignore_errors=True)
+        return removed
+
+
+def _clean_every(folders: JobFolders, seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+        try:
+            folders.clean()
+        except OSError as e:  # a sweep must never end the sweeping
+            print(f"fd2talk-app: cleaning {folders.root}: {e}", file=sys.stderr)
+
+
+def _newest(path: Path) -> float:
+    """The newest modification time in `path` (a file vanishing meanwhile is passed over)."""
+    newest = 0.0
+    for p in [path, *path.rglob("*")]:
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
+
+
+@dataclass
+class JobInputs:
+    """One request from the page."""
+
+    image: str | None
+    audio: str | None
+    seed: int = 0
+    steps: int | None = None
+    solver: str = "ddim"
+    pose: str = "generated"  # one of POSE_MODES
+    pose_video: str | None = None  # for "from a video": a video or a --save-coeffs .npz
+    pose_scale: float = 1.0
+    expression_scale: float = 1.0
+    paste_back: bool = False
+    crop: bool = True  # False: the portrait is a face crop framed as training crops
+
+
+@dataclass
+class JobOutputs:
+    video: Path
+    preview: Path
+    coeffs: Path
+    message: str  # the summary and notes, markdown
+
+
+def run_job(pipe, folders: JobFolders, job: JobInputs, max_seconds: float,
+            callback=None) -> JobOutputs:
+    """One generation as the page asks for it; a bad input raises `UserError` with the
+    message the CLI would print."""
+    from fd2talk.core.media_io import read_speech
+    from fd2talk.core.schema import FPS
+    from fd2talk.model.generation import pipeline as G
+
+    if not job.image:
+        raise UserError("upload a portrait first")
+    if not job.audio:
+        raise UserError("upload or record some speech first")
+    if job.pose not in POSE_MODES:
+        raise UserError(f"pose must be one of {', '.join(POSE_MODES)}, not {job.pose!r}")
+    if job.pose == "from a video" and not job.pose_video:
+        raise UserError("pose 'from a video' needs a video (or a .npz of coefficients) to "
+                        "take the head motion from")
+    # decoded up to just past the limit: an hours-long upload costs no more than that
+    seconds = len(read_speech(job.audio, limit=max_seconds + 1)) / 16000
+    if seconds > max_seconds:
+        raise UserError(f"the speech is over {max_seconds:.0f} s long; this app takes up to "
+                        f"{max_seconds:.0f} s (the server's --max-seconds)")
+    pose = f"from:{job.pose_video}" if job.pose == "from a video" else job.pose
+    steps = int(job.steps) if job.steps else None
+    options = G.Options(seed=int(job.seed), steps=steps, solver=job.solver, pose=pose,
+                        pose_scale=float(job.pose_scale),
+                        expression_scale=float(job.expression_scale),
+                        paste_back=bool(job.paste_back), crop=bool(job.crop))
+    folders.clean()
+    folder = folders.new()
+    ok = False
+    try:
+        result = pipe(job.image, job.audio, out=folder / "fd2talk.mp4", options=options,
+                      callback=callback)
+        coeffs = G.save_coeffs(folder / "fd2talk_motion.npz", result,
+                               pipe.motion_model.info.coeffs, job.audio)
+        preview = G.save_preview(folder / "fd2talk_preview.png", result, pipe.motion_model)
+        ok = True
+    finally:
+        folders.done(folder, keep=ok)
+    lines = [f"**{result.frames} frames ({result.frames / FPS:.2f} s)**, seed {options.seed}: "
+             + result.summary().split(": ", 1)[1]]
+    lines += [f"- note: {n}" for n in result.notes]
+    return JobOutputs(result.out, preview, coeffs, "\n".join(lines))
+
+
+def progress_callback(progress):
+    """A pipeline callback that drives a `gr.Progress`."""
+    names = {"reference": "reading the portrait and speech", "motion": "stage 1: motion",
+             "frames": "stage 2: frames", "encode": "writing the video"}
+
+    def tell(stage: str, done: int, total: int) -> None:
+        if stage == "frames":
+            progress((done, total), desc=names[stage], unit="frames")
+        else:
+            progress(None, desc=names.get(stage, stage))
+
+    return tell
+
+
+def build(pipe, config: AppConfig, folders: JobFolders):
+    """The page (a `gr.Blocks`), queued as configured."""
+    import gradio as gr
+
+    steps_default = int(pipe.frame_model.diffusion.config.sample_steps)
+
+    def generate(image, audio, seed, steps, solver, pose, pose_video, pose_scale,
+                 expression_scale, paste_back, crop, progress=gr.Progress()):
+        job = JobInputs(image=image, audio=audio, seed=int(seed or 0), steps=steps,
+                        solver=solver, pose=pose, pose_video=_path(pose_video),
+                        pose_scale=pose_scale, expression_scale=expression_scale,
+                        paste_back=paste_back, crop=crop)
+        try:
+            out = run_job(pipe, folders, job, config.max_seconds, progress_callback(progress))
+        except UserError as e:
+            message = str(e)
+            for path in (job.image, job.audio, job.pose_video):
+                if path:
+                    message = message.replace(str(path), Path(path).name)
+            raise gr.Error(message, title="Cannot generate", print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - the page gets one line, the log the traceback
+            traceback.print_exc()
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise gr.Error(f"internal error ({type(e).__name__}: {first}); the server's log "
+                           "has the details", print_exception=False) from None
+        return str(out.video), str(out.preview), str(out.coeffs), out.message
+
+    with gr.Blocks(title="fd2talk", analytics_enabled=False,
+                   delete_cache=(CLEAN_EVERY, int(config.max_age_hours * 3600))) as page:
+        gr.Markdown("# fd2talk\nA portrait and speech in, a talking-head video out "
+                    "(FD2Talk: motion from the speech, then every frame from the portrait). "
+                    f"Speech up to {config.max_seconds:.0f} s; uploads up to "
+                    f"{config.max_upload_mb:g} MB.")
+        with gr.Row():
+            with gr.Column():
+                # buttons: never "share" (it uploads to huggingface.co from the browser)
+                image = gr.Image(label="Portrait", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"], buttons=["fullscreen"],
+                                 elem_id="portrait")
+                audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
+                                 buttons=["download"], elem_id="speech")
+                crop = gr.Checkbox(value=True, label="Find and frame the face (untick for a "
+                                   "face crop framed as the training crops were)", elem_id="crop")
+                with gr.Accordion("Options", open=False):
+                    seed = gr.Number(value=0, precision=0, label="Seed (same seed, same video)",
+                                     elem_id="seed")
+                    steps = gr.Slider(1, 100, value=steps_default, step=1, label="Sampler steps",
+                                      elem_id="steps")
+                    solver = gr.Radio(list(SOLVERS), value="ddim", label="Sampler (ddim: the "
+                                      "paper's; dpm++: good at 10-20 steps)", elem_id="solver")
+                    pose = gr.Radio(list(POSE_MODES), value="generated", label="Head pose",
+                                    elem_id="pose")
+                    pose_video = gr.File(label="Pose from this video (or a motion .npz)",
+                                         file_types=["video", ".npz"], elem_id="pose-video")
+                    pose_scale = gr.Slider(0, 2, value=1, step=0.05, label="Pose scale",
+                                           elem_id="pose-scale")
+                    expression_scale = gr.Slider(0, 2, value=1, step=0.05,
+                                                 label="Expression scale",
+                                                 elem_id="expression-scale")
+                    paste_back = gr.Checkbox(value=False, label="Paste the face back into the "
+                                             "whole portrait (best with a still pose)",
+                                             elem_id="paste-back")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                video = gr.Video(label="Video", buttons=["download"], elem_id="video")
+                preview = gr.Image(label="Preview: reference | frames over time, mouth opening "
+                                   "against the speech", type="filepath",
+                                   buttons=["download", "fullscreen"], elem_id="preview")
+                coeffs = gr.File(label="Motion coefficients (.npz)", elem_id="coeffs")
+                summary = gr.Markdown(elem_id="summary")
+        button.click(generate, [image, audio, seed, steps, solver, pose, pose_video, pose_scale,
+                                expression_scale, paste_back, crop],
+                     [video, preview, coeffs, summary], concurrency_limit=config.concurrency)
+    page.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    return page
+
+
+def _path(value) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "name", value))
+
+
+def serve(config: AppConfig, block: bool = True):
+    """Load the model once, build the page and serve it (returns the page when not `block`)."""
+    config.check()
+    root = Path(config.workdir) if config.workdir else default_workdir()
+    root.mkdir(parents=True, exist_ok=True)
+    # Gradio keeps uploads and its copies of outputs in GRADIO_TEMP_DIR, read at import
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from fd2talk.model.generation.pipeline import FD2TalkPipeline
+
+    pipe = FD2TalkPipeline.from_pretrained(*config.model, device=config.device,
+                                           dtype=config.dtype, face_model=config.face_model,
+                                           wav2vec2=config.wav2vec2)
+    folders = JobFolders(root / "jobs", config.max_age_hours * 3600, cache=root / "gradio")
+    folders.clean()
+    threading.Thread(target=_clean_every, args=(folders, CLEAN_EVERY), daemon=True).start()
+    page = build(pipe, config, folders)
+    if config.host not in LOOPBACK:
+        print(f"warning: serving on {config.host}:{config.port}: anyone who reaches this port "
+              "can run jobs on this machine" + ("" if config.auth else " (no --auth given)"),
+              file=sys.stderr)
+    import gradio as gr
+
+    # the system's fonts: the default theme would have the browser fetch Google's
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    try:
+        # allowed_paths: the job folders only, never Gradio's upload folder (an uploaded
+        # HTML file served inline from there would run in the page's origin)
+        page.launch(theme=theme, server_name=config.host, server_port=config.port,
+                    share=False, max_file_size=int(config.max_upload_mb * 1024 * 1024),
+                    show_error=True, allowed_paths=[str(folders.root)], auth=config.auth,
+                    ssr_mode=False, prevent_thread_lock=not block, quiet=False,
+                    footer_links=[], run_history=False)
+    except OSError as e:
+        raise UserError(f"cannot serve on {config.host}:{config.port} ({e}); is another "
+                        "program using that port? Pick another with --port") from None
+    return page
+
+
+def default_workdir() -> Path:
+    """$TMPDIR/fd2talk-app-UID, private to this user (uploads are people's faces and voices):
+    refused when another user owns it."""
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / f"fd2talk-app-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.lstat()
+    if root.is_symlink() or st.st_uid != os.getuid():
+        raise UserError(f"{root} is not a folder of yours; give --workdir")
+    os.chmod(root, 0o700)
+    return root

@@ -1,0 +1,2 @@
+"""Training data: shards -> windows and frame items -> batches, normalisation statistics, and
+the latent cache (its stage and its contract)."""

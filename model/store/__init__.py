@@ -1,0 +1,1 @@
+"""How trained weights are stored: training checkpoints and the model folder users share."""
