@@ -11,7 +11,7 @@ instant, and a default cannot differ between the CLI and the library).
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from fd2talk.core.schema import CROP_SIZE
@@ -199,12 +199,6 @@ AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
 
 
 # ---- training ------------------------------------------------------------------------------
-
-def defaults(cls) -> dict:
-    """{field: default} of a config dataclass (the command lines' option defaults); fields
-    without a default (shards, out) are left out."""
-    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:

@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from fd2talk.core.defaults import defaults
 from fd2talk.core.device import DeviceName, resolve_device
 from fd2talk.core.errors import UserError
 from fd2talk.model import configs as C
@@ -29,8 +30,8 @@ app = typer.Typer(help=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")
 
 # Every option's default is read from the command's config dataclass (model/configs.py), and
 # every preset choice from the presets dicts: the CLI and the library cannot disagree.
-LIP, MOT = C.defaults(C.LipsyncTrainConfig), C.defaults(C.MotionTrainConfig)
-AE, FR = C.defaults(C.AutoencoderTrainConfig), C.defaults(C.FramesTrainConfig)
+LIP, MOT = defaults(C.LipsyncTrainConfig), defaults(C.MotionTrainConfig)
+AE, FR = defaults(C.AutoencoderTrainConfig), defaults(C.FramesTrainConfig)
 
 
 def _choices(name: str, presets: dict) -> type[StrEnum]:

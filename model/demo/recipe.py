@@ -33,6 +33,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fd2talk.core.defaults import defaults
 from fd2talk.model import configs as C
 
 LIPSYNC = dict(steps=600, batch_size=16, val_every=200)
@@ -59,7 +60,7 @@ def _stale(cfg) -> bool:
 
     try:
         check_resumable(json.loads(path.read_text())["config"], as_json(config_dict(cfg)),
-                        RESUMABLE, path, as_json(C.defaults(type(cfg))))
+                        RESUMABLE, path, as_json(defaults(type(cfg))))
     except UserError:
         return True
     return False

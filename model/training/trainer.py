@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fd2talk.core.defaults import defaults
 from fd2talk.core.device import resolve_device
 from fd2talk.core.errors import UserError
-from fd2talk.model.configs import RESUMABLE, RunConfig, defaults
+from fd2talk.model.configs import RESUMABLE, RunConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"

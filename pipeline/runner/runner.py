@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fd2talk.core import atomic
+from fd2talk.core.defaults import defaults as config_defaults
 from fd2talk.core.skip import PrepError, Skip
-from fd2talk.model.configs import defaults as config_defaults
 
 STATUS_DIR = "status"
 

@@ -8,6 +8,7 @@ from helpers import REPO
 from typer.testing import CliRunner
 
 from fd2talk.cli.prep import app
+from fd2talk.core.defaults import defaults
 
 STAGES = ("clip", "crop", "coeffs", "audio", "shard", "latents", "run", "demo",
           "fetch-face-model")
@@ -87,7 +88,7 @@ def test_train_options_default_to_the_config_dataclasses():
                 "frames": (configs.FramesTrainConfig, frame_unet.PRESETS, cli.UNetPreset)}
     group = typer.main.get_command(train_app)
     for name, (cls, presets, choices) in commands.items():
-        fields = configs.defaults(cls)
+        fields = defaults(cls)
         params = {p.name: p for p in group.commands[name].params}
         checked = 0
         for pname, param in params.items():
@@ -117,3 +118,16 @@ def test_eval_help_and_a_missing_option_is_one_line():
                            "eval_main()", "run"], capture_output=True, text=True, cwd=REPO,
                           timeout=60)
     assert proc.returncode == 2 and "--model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_cli_module_runs_fd2talk_train():
+    """`python -m fd2talk.model.cli` (what torchrun -m launches) is fd2talk-train; importing
+    it runs nothing."""
+    out = subprocess.run([sys.executable, "-m", "fd2talk.model.cli", "--help"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for command in ("lipsync", "motion", "autoencoder", "frames", "export", "demo"):
+        assert command in out.stdout
+    quiet = subprocess.run([sys.executable, "-c", "import fd2talk.model.cli"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet

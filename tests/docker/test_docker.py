@@ -528,7 +528,7 @@ def test_compose_train_runs_torchrun_over_the_gpus_on_read_only_shards():
     train = _compose()["services"]["train"]
     argv = [_default(a) for a in train["command"]]
     assert argv[:5] == ["torchrun", "--standalone", "--nproc-per-node", "gpu", "-m"]
-    assert argv[5] == "fd2talk.cli.model"  # `python -m fd2talk.cli.model` is fd2talk-train
+    assert argv[5] == "fd2talk.model.cli"  # `python -m fd2talk.model.cli` is fd2talk-train
     params = _params(train_app, argv[6:], "fd2talk-train")
     assert str(params["shards"]).startswith("/work/") and str(params["out"]).startswith("/runs/")
     volumes = _volumes(train)

@@ -8,21 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.eval_nets import syncnet_file
 
 from fd2talk.model.evaluation import metrics as M
 from fd2talk.model.evaluation import nets as N
-
-
-def _syncnet_file(tmp_path, seed: int = 0):
-    torch.manual_seed(seed)
-    net = N.SyncNet()
-    for m in net.modules():  # non-trivial running statistics, as trained weights have
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / "syncnet_v2.model"
-    torch.save(net.state_dict(), path)
-    return path, net.state_dict()
 
 
 def _bn(x, sd, p):
@@ -59,7 +48,7 @@ def _reference_lip(sd, x):
 
 
 def test_syncnet_loads_the_published_layout_and_matches_a_plain_forward(tmp_path):
-    path, sd = _syncnet_file(tmp_path)
+    path, sd = syncnet_file(tmp_path)
     net = N.load_syncnet(str(path))
     # syncnet_python's S: these are the published state dict's names and shapes
     assert tuple(sd["netcnnaud.0.weight"].shape) == (64, 1, 3, 3)
@@ -89,7 +78,7 @@ def test_syncnet_weights_missing_or_of_another_layout_are_unavailable(tmp_path, 
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(N.Unavailable, match="not a readable weights file"):
         N.load_syncnet(str(junk))
-    path, sd = _syncnet_file(tmp_path)
+    path, sd = syncnet_file(tmp_path)
     old = tmp_path / "pre041.model"  # saved before PyTorch 0.4.1: no num_batches_tracked
     torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, old)
     assert isinstance(N.load_syncnet(str(old)), N.SyncNet)
@@ -98,7 +87,7 @@ def test_syncnet_weights_missing_or_of_another_layout_are_unavailable(tmp_path, 
 
 
 def test_syncnet_windows_follow_syncnet_python(tmp_path):
-    path, _ = _syncnet_file(tmp_path)
+    path, _ = syncnet_file(tmp_path)
     net = N.load_syncnet(str(path))
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)

@@ -73,9 +73,9 @@ def test_videos_are_matched_by_name(clips, tmp_path):
 
 
 def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_model, tmp_path):
-    from test_eval_nets import _syncnet_file
+    from helpers.eval_nets import syncnet_file
 
-    weights, _ = _syncnet_file(tmp_path)
+    weights, _ = syncnet_file(tmp_path)
     np.savez(clips / "blur" / "talk.npz", pose=np.random.default_rng(0).normal(0, 0.05, (50, 6)))
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, "-c", "from fd2talk.cli.model import eval_main; "

@@ -154,7 +154,7 @@ def test_torchrun_two_nodes_average_gradients_and_rank_0_alone_writes(demo_work,
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
-         "fd2talk-test", "-m", "fd2talk.cli.model", "motion", "--shards",
+         "fd2talk-test", "-m", "fd2talk.model.cli", "motion", "--shards",
          str(demo_work / "shards"), "--out", str(out), "--steps", "1", "--batch-size", "4",
          "--lambda-sync", "0", "--val-every", "1", "--log-every", "1", "--device", "cpu", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
@@ -191,7 +191,7 @@ def _torchrun(demo_work, out, steps: int, *extra: str, procs: int = 2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-         "--master_port", str(_free_port()), "-m", "fd2talk.cli.model", "motion", "--shards",
+         "--master_port", str(_free_port()), "-m", "fd2talk.model.cli", "motion", "--shards",
          str(demo_work / "shards"), "--out", str(out), "--steps", str(steps), "--batch-size",
          "4", "--lambda-sync", "0", "--val-every", "2", "--log-every", "1", "--device", "cpu",
          "-q", *extra], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
