@@ -7,7 +7,7 @@
 2. the frame stage's speed-ups on the tiny model: batched (25 frames) versus a per-frame loop,
    the reference's φ2 keys/values computed once versus at every step, DPM-Solver++ at 10 and 20
    steps versus 50-step DDIM; all together against 50-step per-frame DDIM without the cache
-   (the issue's goal: >= 10x); the paper preset's batch and cache gains at 1 step, 16x16;
+   (the goal: >= 10x); the paper preset's batch and cache gains at 1 step, 16x16;
 3. the few-step solvers' quality cost: PSNR of their frames against the 50-step DDIM frames
    (same seed, same motion) on the held-out demo clips, and against the true frames (LPIPS
    too when $FD2TALK_VGG16 names the VGG16 weights);
