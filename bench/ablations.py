@@ -28,12 +28,24 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE1 = {"full": {}, "single DiT": {"single_dit": True}, "w/o alignment": {"k": None},
-          "w/o L_sync": {"lambda_sync": 0.0}}
-STAGE1_METRICS = (("jaw_r_true", "jaw r(gt) ^"), ("jaw_r_speech", "jaw r(speech) ^"),
-                  ("diversity_coeffs", "Div.(coef) ^"), ("beat_align_coeffs", "BA(coef) ^"))
-STAGE2_METRICS = (("psnr", "PSNR ^"), ("ssim", "SSIM ^"), ("lmd", "LMD v"),
-                  ("face_rate", "faces ^"))
+STAGE1 = {
+    "full": {},
+    "single DiT": {"single_dit": True},
+    "w/o alignment": {"k": None},
+    "w/o L_sync": {"lambda_sync": 0.0},
+}
+STAGE1_METRICS = (
+    ("jaw_r_true", "jaw r(gt) ^"),
+    ("jaw_r_speech", "jaw r(speech) ^"),
+    ("diversity_coeffs", "Div.(coef) ^"),
+    ("beat_align_coeffs", "BA(coef) ^"),
+)
+STAGE2_METRICS = (
+    ("psnr", "PSNR ^"),
+    ("ssim", "SSIM ^"),
+    ("lmd", "LMD v"),
+    ("face_rate", "faces ^"),
+)
 LOWER_IS_BETTER = {"lmd"}
 
 
@@ -43,7 +55,7 @@ def stage1_scores(model_dir: Path, work: Path) -> dict[str, float]:
     from fd2talk.model.data import loader as data
     from fd2talk.model.evaluation import metrics as M
     from fd2talk.model.generation.motion import load_motion, sample
-    from fd2talk.model.generation.pipeline import speech_envelope
+    from fd2talk.model.generation.outputs import speech_envelope
     from fd2talk.pipeline.backends.landmarker import JAW_OPEN
 
     model = load_motion(model_dir, "cpu")
@@ -55,11 +67,14 @@ def stage1_scores(model_dir: Path, work: Path) -> dict[str, float]:
         true_jaw = np.where(c["valid"], c["exp"][:, JAW_OPEN], np.nan)
         angles = np.degrees(m["pose"][:, :3])
         onsets = M.speech_onsets(samples, n)
-        rows.append({"jaw_r_true": M.pearson(m["exp"][:, JAW_OPEN], true_jaw),
-                     "jaw_r_speech": M.pearson(m["exp"][:, JAW_OPEN],
-                                               speech_envelope(samples, n)),
-                     "diversity_coeffs": M.diversity(angles),
-                     "beat_align_coeffs": M.beat_align(onsets, M.motion_beats(angles))})
+        rows.append(
+            {
+                "jaw_r_true": M.pearson(m["exp"][:, JAW_OPEN], true_jaw),
+                "jaw_r_speech": M.pearson(m["exp"][:, JAW_OPEN], speech_envelope(samples, n)),
+                "diversity_coeffs": M.diversity(angles),
+                "beat_align_coeffs": M.beat_align(onsets, M.motion_beats(angles)),
+            }
+        )
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -72,15 +87,22 @@ def train_stage1(work: Path, root: Path, seed: int, change: dict) -> Path:
     shards = str(work.resolve() / "shards")
     lip = root / f"seed{seed}" / "lipsync"
     if not (lip / "model").is_dir():
-        train_lipsync(C.LipsyncTrainConfig(shards=shards, out=str(lip), seed=seed, **R.LIPSYNC),
-                      resume=(lip / "checkpoint.pt").is_file(), progress=False)
+        train_lipsync(
+            C.LipsyncTrainConfig(shards=shards, out=str(lip), seed=seed, **R.LIPSYNC),
+            resume=(lip / "checkpoint.pt").is_file(),
+            progress=False,
+        )
     name = "_".join(f"{k}-{v}" for k, v in change.items()) or "full"
     out = root / f"seed{seed}" / f"motion_{name}"
     if not (out / "model").is_dir():
-        cfg = C.MotionTrainConfig(shards=shards, out=str(out), lip_expert=str(lip), seed=seed,
-                                  **R.MOTION)
-        train_motion(dataclasses.replace(cfg, **change), resume=(out / "checkpoint.pt").is_file(),
-                     progress=False)
+        cfg = C.MotionTrainConfig(
+            shards=shards, out=str(out), lip_expert=str(lip), seed=seed, **R.MOTION
+        )
+        train_motion(
+            dataclasses.replace(cfg, **change),
+            resume=(out / "checkpoint.pt").is_file(),
+            progress=False,
+        )
     return out
 
 
@@ -95,22 +117,36 @@ def train_stage2(work: Path, root: Path, seed: int, motion_run: Path, cond: str)
     shards = str(work.resolve() / "shards")
     ae = root / f"seed{seed}" / "autoencoder"
     if not (ae / "model").is_dir():
-        train_autoencoder(C.AutoencoderTrainConfig(shards=shards, out=str(ae), seed=seed,
-                                                   **R.AUTOENCODER),
-                          resume=(ae / "checkpoint.pt").is_file(), progress=False)
+        train_autoencoder(
+            C.AutoencoderTrainConfig(shards=shards, out=str(ae), seed=seed, **R.AUTOENCODER),
+            resume=(ae / "checkpoint.pt").is_file(),
+            progress=False,
+        )
     fr = root / f"seed{seed}" / f"frames_{cond}"
     if not (fr / "model").is_dir():
-        train_frames(C.FramesTrainConfig(shards=shards, out=str(fr), autoencoder=str(
-            ae / "autoencoder"), motion=str(motion_run), seed=seed, cond=cond, **R.FRAMES),
-            resume=(fr / "checkpoint.pt").is_file(), progress=False)
+        train_frames(
+            C.FramesTrainConfig(
+                shards=shards,
+                out=str(fr),
+                autoencoder=str(ae / "autoencoder"),
+                motion=str(motion_run),
+                seed=seed,
+                cond=cond,
+                **R.FRAMES,
+            ),
+            resume=(fr / "checkpoint.pt").is_file(),
+            progress=False,
+        )
     return export([str(motion_run), str(fr)], root / f"seed{seed}" / f"model_{cond}")
 
 
 def stage2_scores(model: Path, work: Path, out: Path) -> dict[str, float]:
-    from fd2talk.model.evaluation import scoring as E
+    from fd2talk.model.evaluation.protocol import run_protocol
+    from fd2talk.model.evaluation.report import summarize
+    from fd2talk.model.evaluation.tools import Tools
 
-    rows, _ = E.run_protocol([model], work / "shards", "test", out, E.Tools(), progress=False)
-    s = E.summarize(rows)
+    rows, _ = run_protocol([model], work / "shards", "test", out, Tools(), progress=False)
+    s = summarize(rows)
     return {k: s[k]["mean"] for k, _ in STAGE2_METRICS if k in s}
 
 
@@ -134,8 +170,9 @@ def table(results: dict[str, list[dict]], metrics, base: str = "full") -> str:
 
 
 def report(seed: int, name: str, scores: dict[str, float]) -> None:
-    print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-          flush=True)
+    print(
+        f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True
+    )
 
 
 def main() -> None:
@@ -146,8 +183,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "work" / "demo"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--stage2-seeds", type=int, nargs="*", default=[0])
-    ap.add_argument("--out", default=None, help="where runs go (default: a temporary folder; "
-                    "give one to resume a killed run)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="where runs go (default: a temporary folder; give one to resume a killed run)",
+    )
     args = ap.parse_args()
     work = demo_work(Path(args.work))
     root = Path(args.out or tempfile.mkdtemp(prefix="ablations_"))
@@ -157,8 +197,10 @@ def main() -> None:
             run = train_stage1(work, root, seed, change)
             one[name].append(stage1_scores(run, work))
             report(seed, name, one[name][-1])
-    print("\nStage 1 (Table 2's single DiT, Table 3), offline motion metrics on the held-out "
-          f"clips, seeds {args.seeds}:")
+    print(
+        "\nStage 1 (Table 2's single DiT, Table 3), offline motion metrics on the held-out "
+        f"clips, seeds {args.seeds}:"
+    )
     print(table(one, STAGE1_METRICS))
     if args.stage2_seeds:
         two = {"full": [], "concat": []}
@@ -166,11 +208,12 @@ def main() -> None:
             motion_run = train_stage1(work, root, seed, {})
             for cond, name in (("dual", "full"), ("concat", "concat")):
                 model = train_stage2(work, root, seed, motion_run, cond)
-                two[name].append(stage2_scores(model, work, root / f"seed{seed}" /
-                                               f"eval_{cond}"))
+                two[name].append(stage2_scores(model, work, root / f"seed{seed}" / f"eval_{cond}"))
                 report(seed, name, two[name][-1])
-        print("\nStage 2 (Table 2's concatenated UNet conditions), fd2talk-eval's protocol on "
-              f"the held-out clips (own pose), seeds {args.stage2_seeds}:")
+        print(
+            "\nStage 2 (Table 2's concatenated UNet conditions), fd2talk-eval's protocol on "
+            f"the held-out clips (own pose), seeds {args.stage2_seeds}:"
+        )
         print(table(two, STAGE2_METRICS))
     print(f"\nruns: {root}")
 

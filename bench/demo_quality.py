@@ -35,8 +35,13 @@ def main() -> None:
     root = Path(args.out or tempfile.mkdtemp(prefix="demo_quality_"))
     rows = []
     for seed in args.seeds:
-        model = train_demo(work, root / f"seed{seed}" / "runs", root / f"seed{seed}" / "model",
-                           progress=False, seed=seed)
+        model = train_demo(
+            work,
+            root / f"seed{seed}" / "runs",
+            root / f"seed{seed}" / "model",
+            progress=False,
+            seed=seed,
+        )
         for r in check_demo(model, work, root / f"seed{seed}" / "check"):
             print(f"seed {seed}: {r.line()}", flush=True)
             rows.append(r)

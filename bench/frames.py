@@ -86,8 +86,9 @@ def forward_flops(model: FrameUNet, size: int) -> tuple[int, int]:
         n, c, h, w = f.shape
         attn[0] += 4 * n * h * w * c * (m.shape[1] + r.shape[1])
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, DualCrossAttention)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DualCrossAttention)
+    ]
     j0, motion, ref = batch(1, size)
     t = torch.zeros(1, dtype=torch.int64)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -114,8 +115,9 @@ def train_seconds(model: FrameUNet, n: int, size: int, repeat: int) -> float:
     return best_seconds(step, repeat)
 
 
-def sample_seconds(model: FrameUNet, frames: int, size: int, steps: int, repeat: int,
-                   loop: bool) -> float:
+def sample_seconds(
+    model: FrameUNet, frames: int, size: int, steps: int, repeat: int, loop: bool
+) -> float:
     """Best seconds to sample `frames` latents with `steps` eq. 5 steps: one batch sharing a
     batch-1 reference, or (loop) one frame at a time."""
     diffusion = Diffusion(DiffusionConfig())
@@ -127,11 +129,16 @@ def sample_seconds(model: FrameUNet, frames: int, size: int, steps: int, repeat:
         g = torch.Generator().manual_seed(2)
         if loop:
             for i in range(frames):
-                diffusion.sample(model.predictor(motion[i:i + 1], ref), (1, D, size, size),
-                                 steps=steps, generator=g)
+                diffusion.sample(
+                    model.predictor(motion[i : i + 1], ref),
+                    (1, D, size, size),
+                    steps=steps,
+                    generator=g,
+                )
         else:
-            diffusion.sample(model.predictor(motion, ref), (frames, D, size, size),
-                             steps=steps, generator=g)
+            diffusion.sample(
+                model.predictor(motion, ref), (frames, D, size, size), steps=steps, generator=g
+            )
 
     return best_seconds(run, repeat, warmup=0 if loop else 1)
 
@@ -151,8 +158,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, load average "
-          f"{os.getloadavg()[0]:.2f} at start (other jobs on the machine slow every number down)")
+    print(
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, load average "
+        f"{os.getloadavg()[0]:.2f} at start (other jobs on the machine slow every number down)"
+    )
     peak = matmul_peak(args.repeat + 2)
     print(f"dense fp32 matmul ({MATMUL_N}^2): {peak / 1e9:.1f} GFLOP/s")
 
@@ -162,20 +171,25 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         counted, attn = forward_flops(model, size)
         fwd = counted + attn
-        print(f"\n{preset} FrameUNet: {params / 1e6:.2f} M params; forward at {size}x{size}: "
-              f"{fwd / 1e9:.2f} GFLOP/sample ({attn / 1e9:.2f} of it attention QK/PV)")
+        print(
+            f"\n{preset} FrameUNet: {params / 1e6:.2f} M params; forward at {size}x{size}: "
+            f"{fwd / 1e9:.2f} GFLOP/sample ({attn / 1e9:.2f} of it attention QK/PV)"
+        )
 
         sec = train_seconds(model, n, size, args.repeat)
         achieved = 3 * fwd * n / sec  # training ~ 3 forwards
-        print(f"  train (batch {n}, {size}x{size}): {1 / sec:.2f} steps/s ({sec * 1e3:.0f} ms/step), "
-              f"{n / sec:.2f} samples/s, ~{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} "
-              "of the matmul rate")
+        print(
+            f"  train (batch {n}, {size}x{size}): {1 / sec:.2f} steps/s ({sec * 1e3:.0f} ms/step), "
+            f"{n / sec:.2f} samples/s, ~{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} "
+            "of the matmul rate"
+        )
         if n != 32:
             print(f"  -> batch 32 (paper) extrapolated: {32 * sec / n:.1f} s/step on this CPU")
 
         steps = SAMPLE_STEPS if preset == "tiny" else args.paper_sample_steps
-        sec = sample_seconds(model, 1, size, steps, 1 if preset == "paper" else args.repeat,
-                             loop=False)
+        sec = sample_seconds(
+            model, 1, size, steps, 1 if preset == "paper" else args.repeat, loop=False
+        )
         per_frame = sec * SAMPLE_STEPS / steps
         how = "measured" if steps == SAMPLE_STEPS else f"{steps} steps measured, scaled to 50"
         print(f"  sampling one frame at {size}x{size}, 50 steps: {per_frame:.2f} s/frame ({how})")
@@ -183,11 +197,15 @@ def main() -> None:
         ws = args.window_steps if preset == "tiny" else 1
         batched = sample_seconds(model, WINDOW, win_size, ws, 1, loop=False)
         looped = sample_seconds(model, WINDOW, win_size, ws, 1, loop=True)
-        print(f"  25-frame window at {win_size}x{win_size}, {ws} steps: batched {batched:.2f} s, "
-              f"per-frame loop {looped:.2f} s: speed-up x{looped / batched:.2f} "
-              f"(batched: {batched / WINDOW / ws * SAMPLE_STEPS:.2f} s/frame at 50 steps)")
-    print(f"\nbench wall time {time.perf_counter() - t_start:.0f} s, load average "
-          f"{os.getloadavg()[0]:.2f} at the end")
+        print(
+            f"  25-frame window at {win_size}x{win_size}, {ws} steps: batched {batched:.2f} s, "
+            f"per-frame loop {looped:.2f} s: speed-up x{looped / batched:.2f} "
+            f"(batched: {batched / WINDOW / ws * SAMPLE_STEPS:.2f} s/frame at 50 steps)"
+        )
+    print(
+        f"\nbench wall time {time.perf_counter() - t_start:.0f} s, load average "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
 
 
 if __name__ == "__main__":

@@ -62,26 +62,47 @@ def paper_models():
 
     torch.manual_seed(0)
     dims = {"exp": 52, "pose": 6, "audio": 80}
-    stats = Stats({k: np.zeros(v, np.float32) for k, v in dims.items()},
-                  {k: np.ones(v, np.float32) for k, v in dims.items()}, 1)
-    nets = {k: MotionDiT(MOTION_PRESETS["paper"], dims[k], dims["audio"]).eval()
-            for k in ("exp", "pose")}
-    motion = MotionModel(nets, stats, Diffusion(DiffusionConfig()),
-                         DatasetInfo("mediapipe", 52, "logmel", 80), {}, "cpu", 0)
+    stats = Stats(
+        {k: np.zeros(v, np.float32) for k, v in dims.items()},
+        {k: np.ones(v, np.float32) for k, v in dims.items()},
+        1,
+    )
+    nets = {
+        k: MotionDiT(MOTION_PRESETS["paper"], dims[k], dims["audio"]).eval()
+        for k in ("exp", "pose")
+    }
+    motion = MotionModel(
+        nets,
+        stats,
+        Diffusion(DiffusionConfig()),
+        DatasetInfo("mediapipe", 52, "logmel", 80),
+        {},
+        "cpu",
+        0,
+    )
     unet = FrameUNet(UNET_PRESETS["paper"], 58).eval()
     with torch.no_grad():
         for p in unet.parameters():
             if p.dim() > 1 and not p.abs().sum():
                 torch.nn.init.normal_(p, std=0.02)  # zero-initialised outputs: real compute
-    frames = FrameModel(unet, RefAutoencoder.build(AE["paper"]).eval(), stats,
-                        Diffusion(DiffusionConfig()), "cpu", 0, 1.0, 256)
+    frames = FrameModel(
+        unet,
+        RefAutoencoder.build(AE["paper"]).eval(),
+        stats,
+        Diffusion(DiffusionConfig()),
+        "cpu",
+        0,
+        1.0,
+        256,
+    )
     return motion, frames
 
 
-def stage_costs(name: str, motion, frames, frame_steps: int, scale_steps: int,
-                seconds: float = 4.0) -> dict:
+def stage_costs(
+    name: str, motion, frames, frame_steps: int, scale_steps: int, seconds: float = 4.0
+) -> dict:
     """Seconds of compute per second of video per stage."""
-    from fd2talk.core.media_io import VideoWriter
+    from fd2talk.core.media import VideoWriter
     from fd2talk.model.generation.frames import iter_frames
     from fd2talk.model.generation.motion import sample
 
@@ -93,8 +114,14 @@ def stage_costs(name: str, motion, frames, frame_steps: int, scale_steps: int,
     ref = torch.zeros(3, s, s)
     exp = np.zeros((25, motion.info.exp_dim), np.float32)
     pose = np.zeros((25, 6), np.float32)
-    t_batch = best(lambda: list(iter_frames(frames, ref, exp, pose, steps=frame_steps,
-                                            calibrate=False, ref_pose=pose[0])), 1)
+    t_batch = best(
+        lambda: list(
+            iter_frames(
+                frames, ref, exp, pose, steps=frame_steps, calibrate=False, ref_pose=pose[0]
+            )
+        ),
+        1,
+    )
     with torch.no_grad():
         lat = frames.ae.encode(ref[None]).expand(25, -1, -1, -1)
         t_decode = best(lambda: frames.ae.decode(lat, lat), 1)
@@ -103,38 +130,82 @@ def stage_costs(name: str, motion, frames, frame_steps: int, scale_steps: int,
     video = np.random.default_rng(0).integers(0, 255, (n, 256, 256, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "a.wav"
-        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-                        f"sine=frequency=200:duration={seconds}", "-ar", "16000", str(wav)],
-                       check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency=200:duration={seconds}",
+                "-ar",
+                "16000",
+                str(wav),
+            ],
+            check=True,
+        )
 
         def encode():
             with VideoWriter(Path(d) / "v.mp4", 256, 256, wav) as w:
                 for a in range(0, n, 25):
-                    w.write(video[a:a + 25])
+                    w.write(video[a : a + 25])
                 w.close()
+
         t_encode = best(encode, 1)
-    per_s = {"motion": t_motion / seconds, "frames": t_frames * n / 25 / seconds,
-             "decode": t_decode * n / 25 / seconds, "encode": t_encode / seconds}
+    per_s = {
+        "motion": t_motion / seconds,
+        "frames": t_frames * n / 25 / seconds,
+        "decode": t_decode * n / 25 / seconds,
+        "encode": t_encode / seconds,
+    }
     total = sum(per_s.values())
-    print(f"  {name:6s} ({scale_steps} steps, {s} px): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in per_s.items()) + f" | total {total:.2f} s per s of video")
+    print(
+        f"  {name:6s} ({scale_steps} steps, {s} px): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in per_s.items())
+        + f" | total {total:.2f} s per s of video"
+    )
     return per_s
 
 
-def speedups(frames, exp: np.ndarray, pose: np.ndarray, ref: torch.Tensor, label: str,
-             steps: int = 50, n: int = 25) -> None:
+def speedups(
+    frames,
+    exp: np.ndarray,
+    pose: np.ndarray,
+    ref: torch.Tensor,
+    label: str,
+    steps: int = 50,
+    n: int = 25,
+) -> None:
     from fd2talk.model.generation.frames import iter_frames
 
     exp, pose = exp[:n], pose[:n]
 
     def run(chunk: int, cache: bool, solver: str = "ddim", k: int = steps) -> float:
-        return best(lambda: list(iter_frames(frames, ref, exp, pose, steps=k, chunk=chunk,
-                                             solver=solver, cache=cache, calibrate=False,
-                                             ref_pose=pose[0])), 1)
+        return best(
+            lambda: list(
+                iter_frames(
+                    frames,
+                    ref,
+                    exp,
+                    pose,
+                    steps=k,
+                    chunk=chunk,
+                    solver=solver,
+                    cache=cache,
+                    calibrate=False,
+                    ref_pose=pose[0],
+                )
+            ),
+            1,
+        )
 
     base = run(1, False)
-    rows = {"per-frame, no cache (baseline)": base, "batched 25, no cache": run(n, False),
-            "batched 25, cache": run(n, True)}
+    rows = {
+        "per-frame, no cache (baseline)": base,
+        "batched 25, no cache": run(n, False),
+        "batched 25, cache": run(n, True),
+    }
     for k in (20, 10) if steps == 50 else ():  # the few-step solver against 50 DDIM steps
         rows[f"batched, cache, dpm++ {k} steps"] = run(n, True, "dpm++", k)
     print(f"  {label}: {n} frames, {steps}-step DDIM per-frame baseline {base:.2f} s")
@@ -145,7 +216,7 @@ def speedups(frames, exp: np.ndarray, pose: np.ndarray, ref: torch.Tensor, label
 def quality(pipe, clips: list[dict], steps_list=(10, 20)) -> None:
     """dpm++ and ddim at few steps against 50-step ddim (same seed, true motion)."""
     from fd2talk.model.demo.check import psnr
-    from fd2talk.model.generation.pipeline import Options
+    from fd2talk.model.generation.options import Options
 
     perceptual = None
     if os.environ.get("FD2TALK_VGG16"):
@@ -154,29 +225,40 @@ def quality(pipe, clips: list[dict], steps_list=(10, 20)) -> None:
         perceptual = Perceptual(os.environ["FD2TALK_VGG16"]).eval()
     results = {}
     for c in clips:
+
         def gen(solver: str, k: int, c=c):
-            return pipe(c["ref"], c["src"], options=Options(steps=k, solver=solver, crop=False),
-                        keep_frames=True, motion=c["motion"]).video
+            return pipe(
+                c["ref"],
+                c["src"],
+                options=Options(steps=k, solver=solver, crop=False),
+                keep_frames=True,
+                motion=c["motion"],
+            ).video
+
         ref50 = gen("ddim", 50)
         for solver in ("ddim", "dpm++"):
             for k in steps_list:
                 v = gen(solver, k)
                 row = results.setdefault((solver, k), {"vs50": [], "vsgt": [], "lpips": []})
                 row["vs50"].append(psnr(v, ref50))
-                row["vsgt"].append(psnr(v, c["gt"][:len(v)]))
+                row["vsgt"].append(psnr(v, c["gt"][: len(v)]))
                 if perceptual is not None:
                     with torch.no_grad():
                         a = torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1
                         b = torch.from_numpy(ref50).permute(0, 3, 1, 2).float() / 127.5 - 1
                         row["lpips"].append(float(perceptual(a, b).mean()))
         results.setdefault(("ddim", 50), {"vs50": [], "vsgt": [], "lpips": []})["vsgt"].append(
-            psnr(ref50, c["gt"][:len(ref50)]))
+            psnr(ref50, c["gt"][: len(ref50)])
+        )
     print("  PSNR (dB) per held-out clip; vs50: against 50-step DDIM, vsgt: against the truth")
     for (solver, k), row in sorted(results.items()):
         lp = f", LPIPS vs50 {np.mean(row['lpips']):.4f}" if row["lpips"] else ""
         vs50 = (" vs50 " + "/".join(f"{x:.1f}" for x in row["vs50"])) if row["vs50"] else ""
-        print(f"    {solver:5s} {k:2d} steps:{vs50} vsgt "
-              + "/".join(f"{x:.1f}" for x in row["vsgt"]) + lp)
+        print(
+            f"    {solver:5s} {k:2d} steps:{vs50} vsgt "
+            + "/".join(f"{x:.1f}" for x in row["vsgt"])
+            + lp
+        )
     if perceptual is None:
         print("    (LPIPS: set FD2TALK_VGG16=vgg16-397923af.pth to add it)")
 
@@ -189,20 +271,26 @@ def roughness(v: np.ndarray) -> float:
 
 def flicker(pipe, clips: list[dict]) -> None:
     from fd2talk.model.demo.check import psnr
-    from fd2talk.model.generation.pipeline import Options
+    from fd2talk.model.generation.options import Options
 
     for c in clips:
         parts = [f"truth {roughness(c['gt']):.2f}"]
         for noise in ("independent", "shared"):
-            v = pipe(c["ref"], c["src"], options=Options(noise=noise, crop=False),
-                     keep_frames=True, motion=c["motion"]).video
-            parts.append(f"{noise} {roughness(v):.2f} (PSNR {psnr(v, c['gt'][:len(v)]):.1f} dB)")
+            v = pipe(
+                c["ref"],
+                c["src"],
+                options=Options(noise=noise, crop=False),
+                keep_frames=True,
+                motion=c["motion"],
+            ).video
+            parts.append(f"{noise} {roughness(v):.2f} (PSNR {psnr(v, c['gt'][: len(v)]):.1f} dB)")
         print(f"    {c['key']}: roughness " + ", ".join(parts))
 
 
 MEMORY_SCRIPT = """
 import sys, threading, time
-from fd2talk.model.generation.pipeline import FD2TalkPipeline, Options
+from fd2talk.model.generation.options import Options
+from fd2talk.model.generation.pipeline import FD2TalkPipeline
 
 def rss():  # resident set size now, MB
     for line in open("/proc/self/status"):
@@ -229,14 +317,46 @@ print(before, peak[0], r.frames)
 def memory(model: str, portrait: Path, speech: Path, d: Path) -> None:
     for seconds in (60, 300):
         long = d / f"speech{seconds}.wav"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(speech),
-                        "-t", str(seconds), "-ar", "16000", "-ac", "1", str(long)], check=True)
-        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, model, str(portrait),
-                              str(long), str(d / "long.mp4")], capture_output=True, text=True,
-                             check=True, cwd=REPO)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-stream_loop",
+                "-1",
+                "-i",
+                str(speech),
+                "-t",
+                str(seconds),
+                "-ar",
+                "16000",
+                "-ac",
+                "1",
+                str(long),
+            ],
+            check=True,
+        )
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MEMORY_SCRIPT,
+                model,
+                str(portrait),
+                str(long),
+                str(d / "long.mp4"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
         before, peak, n = out.stdout.split()[-3:]
-        print(f"    {seconds:3d} s of speech ({n} frames): RSS {float(before):.0f} MB after "
-              f"loading, peak {float(peak):.0f} MB while generating (sampled every 50 ms)")
+        print(
+            f"    {seconds:3d} s of speech ({n} frames): RSS {float(before):.0f} MB after "
+            f"loading, peak {float(peak):.0f} MB while generating (sampled every 50 ms)"
+        )
 
 
 def held_out(work: Path, size: int) -> list[dict]:
@@ -255,8 +375,15 @@ def held_out(work: Path, size: int) -> list[dict]:
         frames = media.read_frames(src, 256, 256, 600.0)
         first = int(np.flatnonzero(c["valid"])[0])
         gt = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
-        out.append(dict(key=c["key"][:7], src=src, ref=frames[first], gt=gt,
-                        motion={"exp": c["exp"], "pose": c["pose"]}))
+        out.append(
+            dict(
+                key=c["key"][:7],
+                src=src,
+                ref=frames[first],
+                gt=gt,
+                motion={"exp": c["exp"], "pose": c["pose"]},
+            )
+        )
     return out
 
 
@@ -264,8 +391,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "work" / "model"))
     ap.add_argument("--work", default=str(REPO / "work" / "demo"))
-    ap.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5],
-                    help="which of the numbered sections to run")
+    ap.add_argument(
+        "--sections",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4, 5],
+        help="which of the numbered sections to run",
+    )
     args = ap.parse_args()
     run = set(args.sections)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -284,11 +416,22 @@ def main() -> None:
         print("2. frame-stage speed-ups")
         s = pipe.image_size
         ref = torch.from_numpy(np.ascontiguousarray(c["gt"][0])).permute(2, 0, 1).float()
-        speedups(pipe.frame_model, c["motion"]["exp"], c["motion"]["pose"], ref / 127.5 - 1,
-                 f"tiny, {s} px, trained demo model")
+        speedups(
+            pipe.frame_model,
+            c["motion"]["exp"],
+            c["motion"]["pose"],
+            ref / 127.5 - 1,
+            f"tiny, {s} px, trained demo model",
+        )
         frames_p.image_size = 64
-        speedups(frames_p, np.zeros((25, 52), np.float32), np.zeros((25, 6), np.float32),
-                 torch.zeros(3, 64, 64), "paper preset, 64 px (16x16 latents), 1 step", steps=1)
+        speedups(
+            frames_p,
+            np.zeros((25, 52), np.float32),
+            np.zeros((25, 6), np.float32),
+            torch.zeros(3, 64, 64),
+            "paper preset, 64 px (16x16 latents), 1 step",
+            steps=1,
+        )
     if 3 in run:
         print("3. few-step solvers against 50-step DDIM (held-out demo clips, true motion)")
         quality(pipe, clips)
@@ -303,6 +446,7 @@ def main() -> None:
             portrait = Path(d) / "p.png"
             cv2.imwrite(str(portrait), cv2.cvtColor(c["ref"], cv2.COLOR_RGB2BGR))
             memory(args.model, portrait, c["src"], Path(d))
+
 
 if __name__ == "__main__":
     main()

@@ -51,28 +51,51 @@ def measure(work: Path, root: Path, seed: int) -> dict:
 
     shards = str(work / "shards")
     out = {}
-    lip = train_lipsync(LipsyncTrainConfig(shards=shards, out=str(root / "lip"), seed=seed,
-                                           **c.LIPSYNC_SETTINGS), progress=False)
+    lip = train_lipsync(
+        LipsyncTrainConfig(shards=shards, out=str(root / "lip"), seed=seed, **c.LIPSYNC_SETTINGS),
+        progress=False,
+    )
     out["lip_balanced"] = (lip["acc_in_sync"] + lip["acc_off_sync"]) / 2
-    train_motion(MotionTrainConfig(shards=shards, out=str(root / "motion"), seed=seed,
-                                   lip_expert=str(root / "lip"), **c.MOTION_SETTINGS),
-                 progress=False)
+    train_motion(
+        MotionTrainConfig(
+            shards=shards,
+            out=str(root / "motion"),
+            seed=seed,
+            lip_expert=str(root / "lip"),
+            **c.MOTION_SETTINGS,
+        ),
+        progress=False,
+    )
     rs = jaw_vs_speech(root / "motion", work)
     out["jaw_r_mean"], out["jaw_r_min"] = float(np.mean(rs)), float(np.min(rs))
-    train_autoencoder(AutoencoderTrainConfig(shards=shards, out=str(root / "ae"), seed=seed,
-                                             **c.AE_SETTINGS), progress=False)
-    val = [json.loads(line) for line in (root / "ae" / "metrics.jsonl").read_text().splitlines()
-           if '"val"' in line]
+    train_autoencoder(
+        AutoencoderTrainConfig(shards=shards, out=str(root / "ae"), seed=seed, **c.AE_SETTINGS),
+        progress=False,
+    )
+    val = [
+        json.loads(line)
+        for line in (root / "ae" / "metrics.jsonl").read_text().splitlines()
+        if '"val"' in line
+    ]
     out["ae_psnr_gain"] = val[-1]["psnr"] - val[0]["psnr"]
-    train_frames(FramesTrainConfig(shards=shards, out=str(root / "frames"), seed=seed,
-                                   autoencoder=str(root / "ae" / "autoencoder"),
-                                   **c.FRAMES_SETTINGS), progress=False)
+    train_frames(
+        FramesTrainConfig(
+            shards=shards,
+            out=str(root / "frames"),
+            seed=seed,
+            autoencoder=str(root / "ae" / "autoencoder"),
+            **c.FRAMES_SETTINGS,
+        ),
+        progress=False,
+    )
     model = fr.load_frames(root / "frames", "cpu")
-    clips = [clip for split in ("test", "val")
-             for clip in data.iter_clips(shards, split, FRAME_FIELDS + ("mp4",))]
+    clips = [
+        clip
+        for split in ("test", "val")
+        for clip in data.iter_clips(shards, split, FRAME_FIELDS + ("mp4",))
+    ]
     for clip in clips:
-        clip["img"] = torch.from_numpy(to_image(data.decode_frames(clip["mp4"],
-                                                                   c.STAGE2_IMAGE)))
+        clip["img"] = torch.from_numpy(to_image(data.decode_frames(clip["mp4"], c.STAGE2_IMAGE)))
     psnr = _psnr_by_condition(model, clips)  # per clip
     out["frames_vs_shuffled_db"] = float((psnr["real"] - psnr["shuffled_motion"]).mean())
     out["frames_vs_other_person_db"] = float((psnr["real"] - psnr["other_reference"]).mean())
@@ -92,12 +115,13 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         rows.append(measure(work, tmp / f"seed{seed}", seed))
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()),
-              flush=True)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()), flush=True)
     for k in rows[0]:
         v = np.array([r[k] for r in rows])
-        print(f"{k:24s} mean {v.mean():.3f}  min {v.min():.3f}  max {v.max():.3f}  "
-              f"sd {v.std():.3f}  ({len(v)} seeds)")
+        print(
+            f"{k:24s} mean {v.mean():.3f}  min {v.min():.3f}  max {v.max():.3f}  "
+            f"sd {v.std():.3f}  ({len(v)} seeds)"
+        )
 
 
 if __name__ == "__main__":

@@ -115,9 +115,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     peak, peak_n = matmul_peak(args.repeat + 2)
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f} "
-          "at start (other jobs on the machine slow every number down)")
+    print(
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f} "
+        "at start (other jobs on the machine slow every number down)"
+    )
     results = []
     nets = [("exp", EXP_DIM)] + ([] if args.no_pose else [("pose", POSE_DIM)])
     for name, dim in nets:
@@ -133,19 +135,25 @@ def main() -> None:
     peak_end, n_end = matmul_peak(args.repeat + 2)
     if peak_end > peak:
         peak, peak_n = peak_end, n_end
-    print(f"dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best at {peak_n}x{peak_n}, "
-          f"measured before and after the training steps)")
+    print(
+        f"dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best at {peak_n}x{peak_n}, "
+        f"measured before and after the training steps)"
+    )
     cfg = PRESETS["paper"]
     attention = 2 * cfg.layers * 3 * 4 * BATCH * FRAMES**2 * cfg.width  # QK^T + PV, fwd + 2x bwd
-    print(f"(FlopCounterMode counts the matmuls only, not the CPU flash-attention kernel: "
-          f"~{attention / 1e9:.2f} GFLOP/step of attention are left out of the numbers below)")
+    print(
+        f"(FlopCounterMode counts the matmuls only, not the CPU flash-attention kernel: "
+        f"~{attention / 1e9:.2f} GFLOP/step of attention are left out of the numbers below)"
+    )
     for name, dim, params, rate, flops in results:
         achieved = flops * rate
-        print(f"{name:>4} transformer (paper preset, {params / 1e6:.2f} M params, motion_dim "
-              f"{dim}, audio_dim {args.audio_dim}, batch {BATCH}, F {FRAMES}"
-              f"{', compiled' if args.compile else ''}): {rate:.2f} steps/s "
-              f"({1e3 / rate:.0f} ms/step), {flops / 1e9:.2f} GFLOP/step, "
-              f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of the matmul peak")
+        print(
+            f"{name:>4} transformer (paper preset, {params / 1e6:.2f} M params, motion_dim "
+            f"{dim}, audio_dim {args.audio_dim}, batch {BATCH}, F {FRAMES}"
+            f"{', compiled' if args.compile else ''}): {rate:.2f} steps/s "
+            f"({1e3 / rate:.0f} ms/step), {flops / 1e9:.2f} GFLOP/step, "
+            f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.2f} of the matmul peak"
+        )
 
 
 if __name__ == "__main__":

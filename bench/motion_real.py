@@ -30,8 +30,12 @@ TRAIN_FRACTION = 0.7
 
 
 def duration(path: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
-                          "csv=p=0", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout)
 
 
@@ -47,8 +51,10 @@ def manifest(media: Path, path: Path) -> None:
             w.writerow([f"{stem}_b", src, cut, "", f"{stem}_b", "val"])
 
 
-ENTRY = {"prep": "from fd2talk.cli.prep import main; main()",
-         "train": "from fd2talk.cli.model import train_main; train_main()"}
+ENTRY = {
+    "prep": "from fd2talk.cli.prep import main; main()",
+    "train": "from fd2talk.cli.train import main; main()",
+}
 
 
 def cli(command: str, *args: str) -> None:
@@ -68,8 +74,10 @@ def summary(name: str, run: Path, keys: tuple[str, ...]) -> None:
             continue
         first = np.mean([r[k] for r in train[:tenth]])
         last = np.mean([r[k] for r in train[-tenth:]])
-        print(f"{name:8s} train {k:10s} first tenth {first:.4f} -> last tenth {last:.4f} "
-              f"(ratio {last / first:.2f})")
+        print(
+            f"{name:8s} train {k:10s} first tenth {first:.4f} -> last tenth {last:.4f} "
+            f"(ratio {last / first:.2f})"
+        )
     for r in (r for r in log if r["split"] == "val"):
         vals = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k not in ("step", "split"))
         print(f"{name:8s} val   step {r['step']:5d}: {vals}")
@@ -87,20 +95,43 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     manifest(args.media, root / "manifest.csv")
     cli("prep", "run", str(work), "-m", str(root / "manifest.csv"), "-q")
-    print(f"prepared {json.loads((work / 'shards' / 'manifest.jsonl').open().readline())} "
-          f"in {time.time() - t0:.0f} s")
+    print(
+        f"prepared {json.loads((work / 'shards' / 'manifest.jsonl').open().readline())} "
+        f"in {time.time() - t0:.0f} s"
+    )
     every = max(1, args.steps // 6)
-    common = ["--shards", str(work / "shards"), "--steps", str(args.steps), "--batch-size", "16",
-              "--val-every", str(every), "--log-every", "5", "-q"]
+    common = [
+        "--shards",
+        str(work / "shards"),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        "16",
+        "--val-every",
+        str(every),
+        "--log-every",
+        "5",
+        "-q",
+    ]
     t1 = time.time()
     cli("train", "lipsync", "--out", str(root / "lipsync"), *common)
     t2 = time.time()
-    cli("train", "motion", "--out", str(root / "motion"),
-        "--lip-expert", str(root / "lipsync" / "checkpoint.pt"), "--epoch-batches", "100",
-        *common)
+    cli(
+        "train",
+        "motion",
+        "--out",
+        str(root / "motion"),
+        "--lip-expert",
+        str(root / "lipsync" / "checkpoint.pt"),
+        "--epoch-batches",
+        "100",
+        *common,
+    )
     t3 = time.time()
-    print(f"lipsync {args.steps} steps in {t2 - t1:.0f} s, motion {args.steps} steps in "
-          f"{t3 - t2:.0f} s (tiny presets, batch 16, CPU)")
+    print(
+        f"lipsync {args.steps} steps in {t2 - t1:.0f} s, motion {args.steps} steps in "
+        f"{t3 - t2:.0f} s (tiny presets, batch 16, CPU)"
+    )
     summary("lipsync", root / "lipsync", ("loss",))
     summary("motion", root / "motion", ("loss", "loss_exp", "loss_pose", "loss_sync"))
     print(f"work dir: {root}")

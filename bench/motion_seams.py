@@ -33,8 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_work(work: Path) -> Path:
     """`work`, with the bundled demo prepared in it unless it already holds its shards."""
     if not (work / "shards" / "manifest.jsonl").is_file():
-        subprocess.run([sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
-                        "run", str(work), "--demo", "-q"], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from fd2talk.cli.prep import main; main()",
+                "run",
+                str(work),
+                "--demo",
+                "-q",
+            ],
+            check=True,
+            cwd=REPO,
+        )
     return work
 
 
@@ -65,10 +76,21 @@ def train(work: Path, out: Path, seed: int) -> Path:
     from fd2talk.model.training.motion import MotionTrainConfig, train_motion
 
     if not (out / "checkpoint.pt").is_file():
-        train_motion(MotionTrainConfig(shards=str(work / "shards"), out=str(out), steps=600,
-                                       batch_size=16, lr=1e-3, lambda_sync=0, val_every=600,
-                                       epoch_batches=100, seed=seed, device="cpu"),
-                     progress=False)
+        train_motion(
+            MotionTrainConfig(
+                shards=str(work / "shards"),
+                out=str(out),
+                steps=600,
+                batch_size=16,
+                lr=1e-3,
+                lambda_sync=0,
+                val_every=600,
+                epoch_batches=100,
+                seed=seed,
+                device="cpu",
+            ),
+            progress=False,
+        )
     return out
 
 
@@ -82,12 +104,22 @@ def speed(preset: str, frames: int = 1500, steps: int = 50) -> dict[str, float]:
 
     torch.manual_seed(0)
     nets = {k: m.eval() for k, m in build_models(preset, 3, 52, 80).items()}
-    stats = Stats({"exp": np.zeros(52, np.float32), "pose": np.zeros(6, np.float32),
-                   "audio": np.zeros(80, np.float32)},
-                  {"exp": np.ones(52, np.float32), "pose": np.ones(6, np.float32),
-                   "audio": np.ones(80, np.float32)}, 1)
-    model = motion.MotionModel(nets, stats, Diffusion(), DatasetInfo("mediapipe", 52, "logmel", 80),
-                               {}, "cpu", 0)
+    stats = Stats(
+        {
+            "exp": np.zeros(52, np.float32),
+            "pose": np.zeros(6, np.float32),
+            "audio": np.zeros(80, np.float32),
+        },
+        {
+            "exp": np.ones(52, np.float32),
+            "pose": np.ones(6, np.float32),
+            "audio": np.ones(80, np.float32),
+        },
+        1,
+    )
+    model = motion.MotionModel(
+        nets, stats, Diffusion(), DatasetInfo("mediapipe", 52, "logmel", 80), {}, "cpu", 0
+    )
     feats = np.random.default_rng(0).standard_normal((frames, 80)).astype(np.float32)
     out = {}
     for stitch in ("joint", "inpaint"):
@@ -117,20 +149,27 @@ def main() -> None:
                 r = [seam_ratios(model, feats, stitch, s) for s in args.sample_seeds]
                 mean, p90 = np.array(r).T
                 rows.append((ts, voice, stitch, mean, p90))
-                print(f"train seed {ts} {voice:9s} {stitch:7s}: boundary / in-window mean "
-                      f"{mean.mean():.2f} ({mean.min():.2f}-{mean.max():.2f}); / in-window p90 "
-                      f"{p90.mean():.2f} ({p90.min():.2f}-{p90.max():.2f})", flush=True)
+                print(
+                    f"train seed {ts} {voice:9s} {stitch:7s}: boundary / in-window mean "
+                    f"{mean.mean():.2f} ({mean.min():.2f}-{mean.max():.2f}); / in-window p90 "
+                    f"{p90.mean():.2f} ({p90.min():.2f}-{p90.max():.2f})",
+                    flush=True,
+                )
     for stitch in ("joint", "inpaint"):
         mean = np.concatenate([r[3] for r in rows if r[2] == stitch])
         p90 = np.concatenate([r[4] for r in rows if r[2] == stitch])
-        print(f"ALL {stitch:7s}: boundary / in-window mean {mean.mean():.2f} (range "
-              f"{mean.min():.2f}-{mean.max():.2f}, sd {mean.std():.2f}); / in-window p90 "
-              f"{p90.mean():.2f} (range {p90.min():.2f}-{p90.max():.2f}) ({len(mean)} runs)")
+        print(
+            f"ALL {stitch:7s}: boundary / in-window mean {mean.mean():.2f} (range "
+            f"{mean.min():.2f}-{mean.max():.2f}, sd {mean.std():.2f}); / in-window p90 "
+            f"{p90.mean():.2f} (range {p90.min():.2f}-{p90.max():.2f}) ({len(mean)} runs)"
+        )
     torch.set_num_threads(2)
     for preset in args.presets:
         t = speed(preset)
-        print(f"60 s of audio (1500 frames, 50 steps), {preset} preset: joint {t['joint']:.2f} s, "
-              f"inpaint {t['inpaint']:.2f} s, joint is x{t['inpaint'] / t['joint']:.2f} faster")
+        print(
+            f"60 s of audio (1500 frames, 50 steps), {preset} preset: joint {t['joint']:.2f} s, "
+            f"inpaint {t['inpaint']:.2f} s, joint is x{t['inpaint'] / t['joint']:.2f} faster"
+        )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def ray_vs_pool(work: Path, workers: int, repeat: int) -> list[dict]:
     cluster per repeat, started before the clock: a real cluster outlives a stage)."""
     import ray
 
-    from fd2talk.pipeline.runner.runner import ray_init
+    from fd2talk.pipeline.runner.ray_cluster import ray_init
 
     def on_ray(stage) -> float:
         ray.shutdown()
@@ -85,16 +85,27 @@ def ray_vs_pool(work: Path, workers: int, repeat: int) -> list[dict]:
 
     out = []
     try:
-        for name, stage in (("crop", CropStage(CropConfig())), ("coeffs", CoeffsStage(
-                CoeffsConfig()))):
+        for name, stage in (
+            ("crop", CropStage(CropConfig())),
+            ("coeffs", CoeffsStage(CoeffsConfig())),
+        ):
             pool = best(lambda stage=stage: wall_seconds(stage, work, workers=workers), repeat)
             ray_s = best(lambda stage=stage: on_ray(stage), repeat)
             ratio = pool / ray_s
-            print(f"{name + ' on Ray':<22} pool {pool:6.2f} s, Ray {ray_s:6.2f} s "
-                  f"({workers} workers): throughput ratio {ratio:.2f}  "
-                  f"{'ok' if ratio >= 0.9 else 'BELOW 0.9'}")
-            out.append({"stage": f"{name}_ray_vs_pool", "pool_s": pool, "ray_s": ray_s,
-                        "ratio": ratio, "workers": workers})
+            print(
+                f"{name + ' on Ray':<22} pool {pool:6.2f} s, Ray {ray_s:6.2f} s "
+                f"({workers} workers): throughput ratio {ratio:.2f}  "
+                f"{'ok' if ratio >= 0.9 else 'BELOW 0.9'}"
+            )
+            out.append(
+                {
+                    "stage": f"{name}_ray_vs_pool",
+                    "pool_s": pool,
+                    "ray_s": ray_s,
+                    "ratio": ratio,
+                    "workers": workers,
+                }
+            )
     finally:
         ray.shutdown()
     return out
@@ -117,8 +128,16 @@ def ffmpeg_limit_crop(clips: list[Path], tmp: Path) -> float:
     for src in clips:
         source = ffmpeg.input(str(src))
         video = source.video.filter("crop", "ih", "ih").filter("scale", CROP_SIZE, CROP_SIZE)
-        cmd = media.command(ffmpeg.output(video, source["a:0"], str(tmp / "limit.mp4"),
-                                          **media.X264, **media.AAC, **media.BITEXACT))
+        cmd = media.command(
+            ffmpeg.output(
+                video,
+                source["a:0"],
+                str(tmp / "limit.mp4"),
+                **media.X264,
+                **media.AAC,
+                **media.BITEXACT,
+            )
+        )
         media.run_tool(cmd, 600, "ffmpeg")
     return time.perf_counter() - t0
 
@@ -131,8 +150,9 @@ def _per_call(detect, frame: np.ndarray, n: int = 3) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, frames: int,
-                  tmp: Path) -> dict:
+def s3fd_estimate(
+    clips: list[Path], secs: float, secs_full: float, calls: int, frames: int, tmp: Path
+) -> dict:
     """The paper's S3FD detector in place of BlazeFace, ESTIMATED: measured per-call cost of
     both detectors (face-alignment's S3FD with random weights and background-only score heads:
     the same network and cost; random boxes would
@@ -160,19 +180,28 @@ def s3fd_estimate(clips: list[Path], secs: float, secs_full: float, calls: int, 
         s3_small, s3_full = _per_call(s3fd.detect, small), _per_call(s3fd.detect, full)
     sparse = secs + calls * (s3_small - mp_small)
     every = secs_full + frames * (s3_full - mp_full)
-    print(f"{'crop, S3FD (estimate)':<22} {frames:>6} {frames / sparse:>10.2f} "
-          f"{'':>10} {every / sparse:>6.2f}x  {'ok' if every / sparse >= 5 else 'BELOW 5x'}  "
-          f"ESTIMATE: S3FD {s3_small * 1e3:.0f} ms/call at 320 px, {s3_full * 1e3:.0f} ms at "
-          f"{info.width} px; {calls} vs {frames} calls")
-    return {"stage": "crop_vs_exhaustive_s3fd_estimate", "speedup": every / sparse,
-            "s3fd_ms_320": s3_small * 1e3, "s3fd_ms_full": s3_full * 1e3, "calls": calls}
+    print(
+        f"{'crop, S3FD (estimate)':<22} {frames:>6} {frames / sparse:>10.2f} "
+        f"{'':>10} {every / sparse:>6.2f}x  {'ok' if every / sparse >= 5 else 'BELOW 5x'}  "
+        f"ESTIMATE: S3FD {s3_small * 1e3:.0f} ms/call at 320 px, {s3_full * 1e3:.0f} ms at "
+        f"{info.width} px; {calls} vs {frames} calls"
+    )
+    return {
+        "stage": "crop_vs_exhaustive_s3fd_estimate",
+        "speedup": every / sparse,
+        "s3fd_ms_320": s3_small * 1e3,
+        "s3fd_ms_full": s3_full * 1e3,
+        "calls": calls,
+    }
 
 
 def row(name: str, frames: int, secs: float, limit_secs: float, note: str = "") -> dict:
     fps, limit = frames / secs, frames / limit_secs
     ratio = fps / limit
-    print(f"{name:<22} {frames:>6} {fps:>10.1f} {limit:>10.1f} {ratio:>7.2f}  "
-          f"{'ok' if ratio >= 0.5 else 'BELOW 0.5'}  {note}")
+    print(
+        f"{name:<22} {frames:>6} {fps:>10.1f} {limit:>10.1f} {ratio:>7.2f}  "
+        f"{'ok' if ratio >= 0.5 else 'BELOW 0.5'}  {note}"
+    )
     return {"stage": name, "frames": frames, "fps": fps, "limit_fps": limit, "ratio": ratio}
 
 
@@ -182,8 +211,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true", help="skip the 10-minute memory runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--ray-workers", type=int, default=2, help="processes for the Ray vs "
-                    "process pool comparison (0: skip it)")
+    ap.add_argument(
+        "--ray-workers",
+        type=int,
+        default=2,
+        help="processes for the Ray vs process pool comparison (0: skip it)",
+    )
     args = ap.parse_args()
     sources = [args.media / c for c in CLIPS]
     missing = [str(s) for s in sources if not s.is_file()]
@@ -192,8 +225,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fd2talk-bench-"))
     work = tmp / "work"
     manifest = tmp / "manifest.csv"
-    manifest.write_text("key,path\n" + "".join(
-        f"{s.stem.replace('_512', '')},{s}\n" for s in sources))
+    manifest.write_text(
+        "key,path\n" + "".join(f"{s.stem.replace('_512', '')},{s}\n" for s in sources)
+    )
     results = []
     print(f"{'stage':<22} {'frames':>6} {'stage fps':>10} {'limit fps':>10} {'ratio':>7}")
 
@@ -202,8 +236,9 @@ def main() -> None:
     secs = best(lambda: stage_seconds(clip_stage, work)[0], args.repeat)
     metas = [json.loads(p.read_text()) for p in sorted((work / "clips").glob("*.json"))]
     frames = [m["frames"] for m in metas]
-    limit = best(lambda: ffmpeg_limit_clip([Path(m["source"]) for m in metas], frames, tmp),
-                 args.repeat)
+    limit = best(
+        lambda: ffmpeg_limit_clip([Path(m["source"]) for m in metas], frames, tmp), args.repeat
+    )
     results.append(row("clip", sum(frames), secs, limit, "limit: ffmpeg decode+encode"))
 
     # crop (sparse, downscaled) vs its ffmpeg limit, and vs exhaustive detection
@@ -216,22 +251,26 @@ def main() -> None:
     full = crop_mod.exhaustive(cfg)
     secs_full = best(lambda: stage_seconds(CropStage(full), work)[0], args.repeat)
     speedup = secs_full / secs
-    print(f"{'crop vs every-frame':<22} {n_clip_frames:>6} {n_clip_frames / secs_full:>10.1f} "
-          f"{'':>10} {speedup:>6.2f}x  {'ok' if speedup >= 5 else 'BELOW 5x'}  "
-          "every frame at full resolution (whole stage)")
+    print(
+        f"{'crop vs every-frame':<22} {n_clip_frames:>6} {n_clip_frames / secs_full:>10.1f} "
+        f"{'':>10} {speedup:>6.2f}x  {'ok' if speedup >= 5 else 'BELOW 5x'}  "
+        "every frame at full resolution (whole stage)"
+    )
     results.append({"stage": "crop_vs_exhaustive", "speedup": speedup})
     stage_seconds(CropStage(cfg), work)  # leave the sparse crops for the next stages
     crop_n = crop_frames(work)
-    calls = sum(json.loads(p.read_text())["detected_frames"]
-                for p in (work / "crops").glob("*.json"))
+    calls = sum(
+        json.loads(p.read_text())["detected_frames"] for p in (work / "crops").glob("*.json")
+    )
     results.append(s3fd_estimate(clips, secs, secs_full, calls, n_clip_frames, tmp))
     n_crop_frames = sum(crop_n.values())
 
     # coeffs (mediapipe) vs the bare landmarker on the same frames
     coeffs = CoeffsStage(CoeffsConfig())
     secs = best(lambda: stage_seconds(coeffs, work)[0], args.repeat)
-    decoded = {k: media.read_frames(work / "crops" / f"{k}.mp4", CROP_SIZE, CROP_SIZE, 600)
-               for k in crop_n}
+    decoded = {
+        k: media.read_frames(work / "crops" / f"{k}.mp4", CROP_SIZE, CROP_SIZE, 600) for k in crop_n
+    }
 
     def bare_coeffs() -> float:
         t0 = time.perf_counter()
@@ -240,17 +279,25 @@ def main() -> None:
         return time.perf_counter() - t0
 
     limit = best(bare_coeffs, args.repeat)
-    results.append(row("coeffs (mediapipe)", n_crop_frames, secs, limit,
-                       "limit: bare FaceLandmarker on decoded frames"))
+    results.append(
+        row(
+            "coeffs (mediapipe)",
+            n_crop_frames,
+            secs,
+            limit,
+            "limit: bare FaceLandmarker on decoded frames",
+        )
+    )
 
     # audio: log-mel and wav2vec2-base (random weights) vs the bare encoder forward
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the table
     w2v_dir = save_random_wav2vec2(tmp / "w2v-base", "base")
-    for name, acfg in (("audio (logmel)", AudioConfig()),
-                       ("audio (wav2vec2-base)", AudioConfig(backend="wav2vec2",
-                                                            wav2vec2=str(w2v_dir)))):
+    for name, acfg in (
+        ("audio (logmel)", AudioConfig()),
+        ("audio (wav2vec2-base)", AudioConfig(backend="wav2vec2", wav2vec2=str(w2v_dir))),
+    ):
         stage = AudioStage(acfg)
         secs = best(lambda stage=stage: stage_seconds(stage, work)[0], args.repeat)
         samples = {k: decode_audio(work / "crops" / f"{k}.mp4", 600) for k in crop_n}
@@ -267,14 +314,17 @@ def main() -> None:
         results.append(row(name, n_crop_frames, secs, limit, "limit: bare encoder forward"))
 
     if not args.no_memory:
-        for name, acfg in (("logmel", AudioConfig()),
-                           ("wav2vec2-base", AudioConfig(backend="wav2vec2",
-                                                         wav2vec2=str(w2v_dir)))):
+        for name, acfg in (
+            ("logmel", AudioConfig()),
+            ("wav2vec2-base", AudioConfig(backend="wav2vec2", wav2vec2=str(w2v_dir))),
+        ):
             (tmp / f"mem-{name}").mkdir()
             mem = measure_peak_memory(acfg, seconds=600.0, work=tmp / f"mem-{name}")
             ok = mem["peak_mb"] < 2048
-            print(f"audio peak memory, 10-minute input, {name}: {mem['peak_mb']:.0f} MB "
-                  f"({'ok' if ok else 'OVER 2 GB'}; {mem['process_seconds']:.1f} s)")
+            print(
+                f"audio peak memory, 10-minute input, {name}: {mem['peak_mb']:.0f} MB "
+                f"({'ok' if ok else 'OVER 2 GB'}; {mem['process_seconds']:.1f} s)"
+            )
             results.append({"stage": f"audio_memory_{name}", **mem})
     if args.ray_workers:
         results += ray_vs_pool(work, args.ray_workers, args.repeat)

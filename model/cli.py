@@ -3,6 +3,6 @@
 module is an entry point only, so nothing is imported unless it is run."""
 
 if __name__ == "__main__":
-    from fd2talk.cli.model import train_main
+    from fd2talk.cli.train import main
 
-    train_main()
+    main()

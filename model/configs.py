@@ -24,6 +24,7 @@ UP_BLOCK = "UpDecoderBlock2D"
 
 # ---- networks --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class MotionDiTConfig:
     """Architecture of one motion transformer (θ_exp or θ_pose)."""
@@ -44,8 +45,6 @@ MOTION_PRESETS: dict[str, MotionDiTConfig] = {
 }
 
 
-
-
 @dataclass(frozen=True)
 class LipExpertConfig:
     window: int = LIP_WINDOW  # W, frames per window
@@ -61,8 +60,6 @@ LIP_EXPERT_PRESETS: dict[str, LipExpertConfig] = {
     "tiny": LipExpertConfig(width=32, embed_dim=32, layers=1),
     "paper": LipExpertConfig(width=256, embed_dim=256, layers=3),
 }
-
-
 
 
 @dataclass(frozen=True)
@@ -129,14 +126,16 @@ class FrameUNetConfig:
 UNET_PRESETS: dict[str, FrameUNetConfig] = {
     # ~0.77 M parameters; 2 levels (latent sizes divisible by 2), fast on CPU at 16x16-32x32
     "tiny": FrameUNetConfig(
-        channels=(32, 64), layers_per_block=1, head_dim=16, cond_dim=32, motion_tokens=4,
+        channels=(32, 64),
+        layers_per_block=1,
+        head_dim=16,
+        cond_dim=32,
+        motion_tokens=4,
         norm_groups=8,
     ),
     # 64x64 latents (VQ-f4 of 256x256 frames), batch 32 on a GPU
     "paper": FrameUNetConfig(),
 }
-
-
 
 
 @dataclass(frozen=True)
@@ -159,8 +158,9 @@ class AutoencoderConfig:
             raise ValueError("block_out_channels must not be empty")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
-            raise ValueError(f"block_out_channels {bad} not divisible by norm_num_groups "
-                             f"{self.norm_num_groups}")
+            raise ValueError(
+                f"block_out_channels {bad} not divisible by norm_num_groups {self.norm_num_groups}"
+            )
 
     @property
     def factor(self) -> int:
@@ -171,13 +171,21 @@ class AutoencoderConfig:
         """Keyword arguments of `diffusers.VQModel` for this config."""
         levels = len(self.block_out_channels)
         return dict(
-            in_channels=3, out_channels=3, down_block_types=(DOWN_BLOCK,) * levels,
-            up_block_types=(UP_BLOCK,) * levels, block_out_channels=self.block_out_channels,
-            layers_per_block=self.layers_per_block, act_fn=self.act_fn,
-            latent_channels=self.latent_channels, sample_size=self.sample_size,
-            num_vq_embeddings=self.num_vq_embeddings, norm_num_groups=self.norm_num_groups,
-            vq_embed_dim=self.vq_embed_dim, norm_type="group",
-            mid_block_add_attention=self.mid_block_add_attention)
+            in_channels=3,
+            out_channels=3,
+            down_block_types=(DOWN_BLOCK,) * levels,
+            up_block_types=(UP_BLOCK,) * levels,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            act_fn=self.act_fn,
+            latent_channels=self.latent_channels,
+            sample_size=self.sample_size,
+            num_vq_embeddings=self.num_vq_embeddings,
+            norm_num_groups=self.norm_num_groups,
+            vq_embed_dim=self.vq_embed_dim,
+            norm_type="group",
+            mid_block_add_attention=self.mid_block_add_attention,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:
@@ -187,18 +195,27 @@ class AutoencoderConfig:
 
 AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
     # CPU smoke runs and tests: a train step (2 images at 256x256) in well under a second
-    "tiny": AutoencoderConfig(block_out_channels=(8, 16, 32), layers_per_block=1,
-                              num_vq_embeddings=512, norm_num_groups=4,
-                              mid_block_add_attention=False),
+    "tiny": AutoencoderConfig(
+        block_out_channels=(8, 16, 32),
+        layers_per_block=1,
+        num_vq_embeddings=512,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+    ),
     # the offline backend's from-scratch autoencoder (DESIGN.md section 6): LDM's layout, narrower
-    "small": AutoencoderConfig(block_out_channels=(32, 64, 128), layers_per_block=1,
-                               num_vq_embeddings=1024, norm_num_groups=16),
+    "small": AutoencoderConfig(
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        num_vq_embeddings=1024,
+        norm_num_groups=16,
+    ),
     # LDM VQ-f4 (CompVis/ldm-celebahq-256 `vqvae`): 128/256/512 channels, 2 layers, 8192 codes
     "paper": AutoencoderConfig(),
 }
 
 
 # ---- training ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -239,7 +256,9 @@ class MotionTrainConfig(RunConfig):
     lambda_exp: float = 1.0
     lambda_pose: float = 1.0
     lambda_sync: float = 0.1
-    lip_expert: str | None = None  # `fd2talk-train lipsync` checkpoint (needed when lambda_sync > 0)
+    lip_expert: str | None = (
+        None  # `fd2talk-train lipsync` checkpoint (needed when lambda_sync > 0)
+    )
     # the paper's Table 2 ablation: one transformer denoises [beta, p] jointly (its loss
     # weighted by lambda_exp) instead of the Exp and Pose Transformers
     single_dit: bool = False

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fd2talk.model.solvers import Solver
+
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N,...), t (N,)) -> x0_hat
 
 
@@ -66,15 +68,13 @@ class DiffusionConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
 
-PRESETS = {"tiny": DiffusionConfig(sample_steps=10), "paper": DiffusionConfig()}
-
-
-SOLVERS = ("ddim", "dpm++")
-
-
-def _start(shape: tuple[int, ...], generator: torch.Generator | None,
-           device: torch.device | str, x_T: torch.Tensor | None,
-           dtype: torch.dtype) -> torch.Tensor:
+def _start(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    x_T: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """A sampler's x_T: the given start noise (checked against `shape`) or a fresh draw."""
     if x_T is None:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
@@ -191,7 +191,7 @@ class Diffusion:
         known: tuple[torch.Tensor, torch.Tensor] | None = None,
         progress: bool = False,
         dtype: torch.dtype = torch.float32,
-        solver: str = "ddim",
+        solver: Solver = Solver.ddim,
     ) -> torch.Tensor:
         """Draw x0 of `shape` (N, ...) by `steps` eq. 5 updates over `timesteps(steps)`.
 
@@ -204,9 +204,9 @@ class Diffusion:
         predict is called with t as an (N,) int64 tensor filled with the current index.
         solver="dpm++": DPM-Solver++ (2nd order, multistep; `sample_dpm`) instead of eq. 5.
         """
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-        if solver == "dpm++":
+        if solver not in set(Solver):
+            raise ValueError(f"solver must be one of {', '.join(Solver)}, not {solver!r}")
+        if solver == Solver.dpm:
             if known is not None:
                 raise ValueError("the dpm++ solver does not inpaint (known=): use ddim")
             return self.sample_dpm(predict, shape, steps, generator, device, x_T, dtype)
@@ -260,8 +260,13 @@ class Diffusion:
         with warnings.catch_warnings():  # diffusers' own numpy-2 copy= deprecation notice
             warnings.simplefilter("ignore", DeprecationWarning)
             sched = DPMSolverMultistepScheduler(
-                num_train_timesteps=self.T, trained_betas=self.betas.numpy(), solver_order=2,
-                prediction_type="sample", algorithm_type="dpmsolver++", lower_order_final=True)
+                num_train_timesteps=self.T,
+                trained_betas=self.betas.numpy(),
+                solver_order=2,
+                prediction_type="sample",
+                algorithm_type="dpmsolver++",
+                lower_order_final=True,
+            )
             sched.set_timesteps(n, device=device)
         x = _start(shape, generator, device, x_T, dtype)
         for t in sched.timesteps:

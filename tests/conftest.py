@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub: tests are o
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-
 @pytest.fixture(scope="session")
 def shared_media() -> Path:
     """The team's real clips (../shared/media); absent in a user's fresh clone."""
@@ -30,16 +29,6 @@ def face_model() -> Path:
     from fd2talk.pipeline.backends.weights import face_model_path
 
     return face_model_path()
-
-
-
-
-
-
-
-
-
-
 
 
 @pytest.fixture
@@ -72,8 +61,20 @@ def demo_work(tmp_path_factory) -> Path:
     import sys
 
     work = tmp_path_factory.mktemp("demo") / "work"
-    subprocess.run([sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
-                    "run", str(work), "--demo", "-q"], check=True, timeout=900, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.prep import main; main()",
+            "run",
+            str(work),
+            "--demo",
+            "-q",
+        ],
+        check=True,
+        timeout=900,
+        cwd=REPO,
+    )
     return work
 
 
@@ -84,30 +85,67 @@ def demo_model(demo_work, tmp_path_factory) -> Path:
     import sys
 
     root = tmp_path_factory.mktemp("demo_model")
-    r = subprocess.run([sys.executable, "-c", "from fd2talk.cli.model import train_main; "
-                        "train_main()", "demo", "--work", str(demo_work), "--runs",
-                        str(root / "runs"), "--out", str(root / "model"), "-q"],
-                       capture_output=True, text=True, timeout=1800, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.train import main; main()",
+            "demo",
+            "--work",
+            str(demo_work),
+            "--runs",
+            str(root / "runs"),
+            "--out",
+            str(root / "model"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "model"
-
-
-
-
 
 
 # The demo runs' settings: the fixtures below and bench/learning_spread.py (which measures the
 # learning tests' figures over several seeds) train with these.
 LIPSYNC_SETTINGS = dict(steps=600, batch_size=16, val_every=300, log_every=50, device="cpu")
 MOTION_STEPS = 600  # the demo motion run: a few minutes of CPU at most
-MOTION_SETTINGS = dict(steps=MOTION_STEPS, batch_size=16, lr=1e-3, lambda_sync=0.1,
-                       val_every=200, log_every=50, epoch_batches=100, device="cpu")
+MOTION_SETTINGS = dict(
+    steps=MOTION_STEPS,
+    batch_size=16,
+    lr=1e-3,
+    lambda_sync=0.1,
+    val_every=200,
+    log_every=50,
+    epoch_batches=100,
+    device="cpu",
+)
 AE_STEPS = 300
 FRAMES_STEPS = 600
-AE_SETTINGS = dict(steps=AE_STEPS, batch_size=8, lr=1e-3, lambda_per=0, image_size=STAGE2_IMAGE,
-                   val_every=100, log_every=20, epoch_batches=100, device="cpu")
-FRAMES_SETTINGS = dict(steps=FRAMES_STEPS, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE,
-                       jitter=0.2, val_every=200, log_every=20, epoch_batches=100, device="cpu")
+AE_SETTINGS = dict(
+    steps=AE_STEPS,
+    batch_size=8,
+    lr=1e-3,
+    lambda_per=0,
+    image_size=STAGE2_IMAGE,
+    val_every=100,
+    log_every=20,
+    epoch_batches=100,
+    device="cpu",
+)
+FRAMES_SETTINGS = dict(
+    steps=FRAMES_STEPS,
+    batch_size=16,
+    lr=1e-3,
+    image_size=STAGE2_IMAGE,
+    jitter=0.2,
+    val_every=200,
+    log_every=20,
+    epoch_batches=100,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="session")
@@ -127,16 +165,27 @@ def motion_run(demo_work, lip_expert, tmp_path_factory) -> Path:
     from fd2talk.model.training.motion import MotionTrainConfig, train_motion
 
     out = tmp_path_factory.mktemp("motion") / "run"
-    cfg = MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out),
-                            lip_expert=str(lip_expert[0]), **MOTION_SETTINGS)
+    cfg = MotionTrainConfig(
+        shards=str(demo_work / "shards"),
+        out=str(out),
+        lip_expert=str(lip_expert[0]),
+        **MOTION_SETTINGS,
+    )
     train_motion(cfg, progress=False)
     return out
 
 
 # Fixtures that build the demo dataset, prepare the shared clips or train models: a test
 # that uses one (directly or through another fixture) is `slow`.
-HEAVY_FIXTURES = {"demo_work", "real_work", "lip_expert", "motion_run", "ae_run", "frames_run",
-                  "demo_model"}
+HEAVY_FIXTURES = {
+    "demo_work",
+    "real_work",
+    "lip_expert",
+    "motion_run",
+    "ae_run",
+    "frames_run",
+    "demo_model",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -161,8 +210,10 @@ def ae_run(demo_work, tmp_path_factory) -> Path:
     from fd2talk.model.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
     out = tmp_path_factory.mktemp("autoencoder") / "run"
-    train_autoencoder(AutoencoderTrainConfig(shards=str(demo_work / "shards"), out=str(out),
-                                             **AE_SETTINGS), progress=False)
+    train_autoencoder(
+        AutoencoderTrainConfig(shards=str(demo_work / "shards"), out=str(out), **AE_SETTINGS),
+        progress=False,
+    )
     return out
 
 
@@ -173,9 +224,15 @@ def frames_run(demo_work, ae_run, tmp_path_factory) -> Path:
     from fd2talk.model.training.frames import FramesTrainConfig, train_frames
 
     out = tmp_path_factory.mktemp("frames") / "run"
-    train_frames(FramesTrainConfig(shards=str(demo_work / "shards"), out=str(out),
-                                   autoencoder=str(ae_run / "autoencoder"), **FRAMES_SETTINGS),
-                 progress=False)
+    train_frames(
+        FramesTrainConfig(
+            shards=str(demo_work / "shards"),
+            out=str(out),
+            autoencoder=str(ae_run / "autoencoder"),
+            **FRAMES_SETTINGS,
+        ),
+        progress=False,
+    )
     return out
 
 
@@ -190,19 +247,59 @@ def real_work(shared_media, tmp_path_factory) -> Path:
     rows = []
     for name in SHARED_CLIPS:
         src = shared_media / name
-        seconds = float(json.loads(subprocess.run(
-            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
-             str(src)], capture_output=True, text=True, check=True).stdout)["format"]["duration"])
+        seconds = float(
+            json.loads(
+                subprocess.run(
+                    [
+                        "ffprobe",
+                        "-v",
+                        "error",
+                        "-show_entries",
+                        "format=duration",
+                        "-of",
+                        "json",
+                        str(src),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )["format"]["duration"]
+        )
         cut, stem = round(0.7 * seconds, 2), src.stem
         # two spans of one file, as two videos on purpose: each speaker in both splits
-        rows += [{"key": f"{stem}_a", "path": str(src), "end": cut, "split": "train",
-                  "video_id": f"{stem}_a"},
-                 {"key": f"{stem}_b", "path": str(src), "start": cut, "split": "val",
-                  "video_id": f"{stem}_b"}]
+        rows += [
+            {
+                "key": f"{stem}_a",
+                "path": str(src),
+                "end": cut,
+                "split": "train",
+                "video_id": f"{stem}_a",
+            },
+            {
+                "key": f"{stem}_b",
+                "path": str(src),
+                "start": cut,
+                "split": "val",
+                "video_id": f"{stem}_b",
+            },
+        ]
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     work = root / "work"
-    subprocess.run([sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
-                    "run", str(work), "-m", str(manifest), "-q"], check=True, timeout=900,
-                   cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.prep import main; main()",
+            "run",
+            str(work),
+            "-m",
+            str(manifest),
+            "-q",
+        ],
+        check=True,
+        timeout=900,
+        cwd=REPO,
+    )
     return work

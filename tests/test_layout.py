@@ -11,8 +11,11 @@ from pathlib import Path
 from helpers import REPO
 
 # the import name of each source folder (pyproject.toml's package-dir)
-ROOTS = {"fd2talk": REPO / "fd2talk", "fd2talk.pipeline": REPO / "pipeline",
-         "fd2talk.model": REPO / "model"}
+ROOTS = {
+    "fd2talk": REPO / "fd2talk",
+    "fd2talk.pipeline": REPO / "pipeline",
+    "fd2talk.model": REPO / "model",
+}
 # which packages each may import (its own included); cli is the top and nothing imports it
 ALLOWED = {
     "fd2talk.core": {"fd2talk.core"},
@@ -20,7 +23,9 @@ ALLOWED = {
     "fd2talk.model": {"fd2talk.core", "fd2talk.pipeline", "fd2talk.model"},
     "fd2talk.cli": {"fd2talk.core", "fd2talk.pipeline", "fd2talk.model", "fd2talk.cli"},
 }
-MAX_LINES = 400
+# ~400 lines as the code was written; `ruff format` gives each argument of a long call (a
+# Typer option, a config) its own line, so the formatted limit is 520
+MAX_LINES = 520
 # `python -m fd2talk.model.cli` (what torchrun launches) runs fd2talk-train: an entry point
 # whose one import sits under `if __name__ == "__main__"`, so importing it loads nothing
 ENTRY_ALIASES = {"fd2talk.model.cli"}
@@ -74,8 +79,10 @@ def imports_of(module: str, entry_guarded: bool = True) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             target = _resolve(node, module, path.name == "__init__.py")
-            names = [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
-                     for a in node.names]
+            names = [
+                f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
+                for a in node.names
+            ]
         else:
             continue
         out |= {n for n in names if n in MODULES and n != module}
@@ -86,19 +93,31 @@ GRAPH = {m: imports_of(m) for m in MODULES}
 
 
 def test_every_source_file_is_a_module_of_the_map():
-    assert {"fd2talk.core.schema", "fd2talk.cli.prep", "fd2talk.model.nets.motion_dit",
-            "fd2talk.pipeline.stages.crop"} <= set(MODULES)
+    assert {
+        "fd2talk.core.schema",
+        "fd2talk.cli.prep",
+        "fd2talk.model.nets.motion_dit",
+        "fd2talk.pipeline.stages.crop",
+    } <= set(MODULES)
 
 
 def test_imports_go_one_way_between_packages():
-    wrong = [f"{m} imports {i}" for m, deps in GRAPH.items() for i in sorted(deps)
-             if package_of(i) != "fd2talk" and package_of(i) not in ALLOWED.get(package_of(m), set())]
+    wrong = [
+        f"{m} imports {i}"
+        for m, deps in GRAPH.items()
+        for i in sorted(deps)
+        if package_of(i) != "fd2talk" and package_of(i) not in ALLOWED.get(package_of(m), set())
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_nothing_imports_a_command_module():
-    wrong = [f"{m} imports {i}" for m, deps in GRAPH.items() for i in sorted(deps)
-             if package_of(i) == "fd2talk.cli" and package_of(m) != "fd2talk.cli"]
+    wrong = [
+        f"{m} imports {i}"
+        for m, deps in GRAPH.items()
+        for i in sorted(deps)
+        if package_of(i) == "fd2talk.cli" and package_of(m) != "fd2talk.cli"
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -112,7 +131,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -130,6 +149,26 @@ def test_no_import_cycle_between_files():
     assert cycle is None, " -> ".join(cycle)
 
 
+def folder_of(module: str) -> str:
+    """A module's folder (`fd2talk.model.training`), or the module itself at a package's top
+    (`fd2talk.model.diffusion`)."""
+    parts = module.split(".")
+    if parts[:2] in (["fd2talk", "model"], ["fd2talk", "pipeline"]):
+        return ".".join(parts[:3])
+    return ".".join(parts[:3]) if len(parts) > 3 else module
+
+
+def test_no_import_cycle_between_folders():
+    """Folders go one way too (e.g. model: nets, data <- store <- generation <- training)."""
+    edges: dict[str, set[str]] = {}
+    for m, deps in GRAPH.items():
+        for d in deps:
+            if folder_of(m) != folder_of(d):
+                edges.setdefault(folder_of(m), set()).add(folder_of(d))
+    cycle = _cycle(edges)
+    assert cycle is None, " -> ".join(cycle)
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     """The check above can fail: a two-file circle and a longer one are found."""
     assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
@@ -141,6 +180,9 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_module_over_the_size_limit():
     sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
-    big = [f"{MODULES[m].relative_to(REPO)}: {n} lines" for m, n in sorted(sizes.items())
-           if n > MAX_LINES]
+    big = [
+        f"{MODULES[m].relative_to(REPO)}: {n} lines"
+        for m, n in sorted(sizes.items())
+        if n > MAX_LINES
+    ]
     assert not big, "split these:\n" + "\n".join(big)

@@ -97,8 +97,10 @@ def write_npz(final: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                        npy_bytes(arrays[name]))
+            zf.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                npy_bytes(arrays[name]),
+            )
     write_bytes(final, buf.getvalue())
 
 

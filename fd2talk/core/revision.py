@@ -18,9 +18,13 @@ def git_revision() -> str:
     here = Path(__file__).resolve().parent
     fallback = os.environ.get("FD2TALK_GIT_REVISION") or "unknown"
     try:
-        rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty",
-                              "--abbrev=12"], capture_output=True, text=True, timeout=10,
-                             check=False)
+        rev = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return fallback
     return rev.stdout.strip() if rev.returncode == 0 else fallback

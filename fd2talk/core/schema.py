@@ -81,8 +81,9 @@ def validate_sample(sample: dict) -> int:
     """Check a decoded sample (arrays as numpy) against the schema; return its frame count F."""
     meta = sample.get(META_KEY)
     video_only = isinstance(meta, dict) and meta.get("audio") is False  # stage-2 data
-    missing = [k for k in REQUIRED_KEYS if k not in sample
-               and not (video_only and k == "audio.npy")]
+    missing = [
+        k for k in REQUIRED_KEYS if k not in sample and not (video_only and k == "audio.npy")
+    ]
     if missing:
         raise SchemaError(f"sample {sample.get('__key__')!r} lacks {missing}")
     check_key(sample["__key__"])

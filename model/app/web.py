@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fd2talk.core.errors import UserError
+from fd2talk.model.generation.options import PoseMode
+from fd2talk.model.solvers import Solver
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-POSE_MODES = ("generated", "still", "from a video")
-SOLVERS = ("ddim", "dpm++")
+FROM_VIDEO = "from a video"  # the page's name for `--pose from:` (a video or motion .npz)
+POSE_MODES = (PoseMode.generated.value, PoseMode.still.value, FROM_VIDEO)
+SOLVERS = tuple(s.value for s in Solver)
 CLEAN_EVERY = 600  # s between sweeps of old job folders and of Gradio's cache
 
 
@@ -60,11 +63,15 @@ class AppConfig:
 
     def check(self) -> None:
         if self.host not in LOOPBACK and not self.expose:
-            raise UserError(f"--host {self.host} makes the app reachable from other machines; "
-                            "add --expose to mean it (read the README's warning first)")
-        for name, value in (("--max-age-hours", self.max_age_hours),
-                            ("--max-upload-mb", self.max_upload_mb),
-                            ("--max-seconds", self.max_seconds)):
+            raise UserError(
+                f"--host {self.host} makes the app reachable from other machines; "
+                "add --expose to mean it (read the README's warning first)"
+            )
+        for name, value in (
+            ("--max-age-hours", self.max_age_hours),
+            ("--max-upload-mb", self.max_upload_mb),
+            ("--max-seconds", self.max_seconds),
+        ):
             if value <= 0:
                 raise UserError(f"{name} must be > 0, got {value}")
         if self.concurrency < 1 or self.queue_size < 1:
@@ -143,8 +150,8 @@ class JobInputs:
     audio: str | None
     seed: int = 0
     steps: int | None = None
-    solver: str = "ddim"
-    pose: str = "generated"  # one of POSE_MODES
+    solver: str = Solver.ddim.value
+    pose: str = PoseMode.generated.value  # one of POSE_MODES
     pose_video: str | None = None  # for "from a video": a video or a --save-coeffs .npz
     pose_scale: float = 1.0
     expression_scale: float = 1.0
@@ -160,13 +167,15 @@ class JobOutputs:
     message: str  # the summary and notes, markdown
 
 
-def run_job(pipe, folders: JobFolders, job: JobInputs, max_seconds: float,
-            callback=None) -> JobOutputs:
+def run_job(
+    pipe, folders: JobFolders, job: JobInputs, max_seconds: float, callback=None
+) -> JobOutputs:
     """One generation as the page asks for it; a bad input raises `UserError` with the
     message the CLI would print."""
-    from fd2talk.core.media_io import read_speech
-    from fd2talk.core.schema import FPS
-    from fd2talk.model.generation import pipeline as G
+    from fd2talk.core import media
+    from fd2talk.core.schema import FPS, SAMPLE_RATE
+    from fd2talk.model.generation.options import Options
+    from fd2talk.model.generation.outputs import save_coeffs, save_preview
 
     if not job.image:
         raise UserError("upload a portrait first")
@@ -174,42 +183,60 @@ def run_job(pipe, folders: JobFolders, job: JobInputs, max_seconds: float,
         raise UserError("upload or record some speech first")
     if job.pose not in POSE_MODES:
         raise UserError(f"pose must be one of {', '.join(POSE_MODES)}, not {job.pose!r}")
-    if job.pose == "from a video" and not job.pose_video:
-        raise UserError("pose 'from a video' needs a video (or a .npz of coefficients) to "
-                        "take the head motion from")
+    if job.pose == FROM_VIDEO and not job.pose_video:
+        raise UserError(
+            "pose 'from a video' needs a video (or a .npz of coefficients) to "
+            "take the head motion from"
+        )
     # decoded up to just past the limit: an hours-long upload costs no more than that
-    seconds = len(read_speech(job.audio, limit=max_seconds + 1)) / 16000
+    seconds = len(media.read_speech(job.audio, limit=max_seconds + 1)) / SAMPLE_RATE
     if seconds > max_seconds:
-        raise UserError(f"the speech is over {max_seconds:.0f} s long; this app takes up to "
-                        f"{max_seconds:.0f} s (the server's --max-seconds)")
-    pose = f"from:{job.pose_video}" if job.pose == "from a video" else job.pose
+        raise UserError(
+            f"the speech is over {max_seconds:.0f} s long; this app takes up to "
+            f"{max_seconds:.0f} s (the server's --max-seconds)"
+        )
+    pose = f"{PoseMode.source}{job.pose_video}" if job.pose == FROM_VIDEO else job.pose
     steps = int(job.steps) if job.steps else None
-    options = G.Options(seed=int(job.seed), steps=steps, solver=job.solver, pose=pose,
-                        pose_scale=float(job.pose_scale),
-                        expression_scale=float(job.expression_scale),
-                        paste_back=bool(job.paste_back), crop=bool(job.crop))
+    options = Options(
+        seed=int(job.seed),
+        steps=steps,
+        solver=job.solver,
+        pose=pose,
+        pose_scale=float(job.pose_scale),
+        expression_scale=float(job.expression_scale),
+        paste_back=bool(job.paste_back),
+        crop=bool(job.crop),
+    )
     folders.clean()
     folder = folders.new()
     ok = False
     try:
-        result = pipe(job.image, job.audio, out=folder / "fd2talk.mp4", options=options,
-                      callback=callback)
-        coeffs = G.save_coeffs(folder / "fd2talk_motion.npz", result,
-                               pipe.motion_model.info.coeffs, job.audio)
-        preview = G.save_preview(folder / "fd2talk_preview.png", result, pipe.motion_model)
+        result = pipe(
+            job.image, job.audio, out=folder / "fd2talk.mp4", options=options, callback=callback
+        )
+        coeffs = save_coeffs(
+            folder / "fd2talk_motion.npz", result, pipe.motion_model.info.coeffs, job.audio
+        )
+        preview = save_preview(folder / "fd2talk_preview.png", result, pipe.motion_model)
         ok = True
     finally:
         folders.done(folder, keep=ok)
-    lines = [f"**{result.frames} frames ({result.frames / FPS:.2f} s)**, seed {options.seed}: "
-             + result.summary().split(": ", 1)[1]]
+    lines = [
+        f"**{result.frames} frames ({result.frames / FPS:.2f} s)**, seed {options.seed}: "
+        + result.summary().split(": ", 1)[1]
+    ]
     lines += [f"- note: {n}" for n in result.notes]
     return JobOutputs(result.out, preview, coeffs, "\n".join(lines))
 
 
 def progress_callback(progress):
     """A pipeline callback that drives a `gr.Progress`."""
-    names = {"reference": "reading the portrait and speech", "motion": "stage 1: motion",
-             "frames": "stage 2: frames", "encode": "writing the video"}
+    names = {
+        "reference": "reading the portrait and speech",
+        "motion": "stage 1: motion",
+        "frames": "stage 2: frames",
+        "encode": "writing the video",
+    }
 
     def tell(stage: str, done: int, total: int) -> None:
         if stage == "frames":
@@ -226,12 +253,33 @@ def build(pipe, config: AppConfig, folders: JobFolders):
 
     steps_default = int(pipe.frame_model.diffusion.config.sample_steps)
 
-    def generate(image, audio, seed, steps, solver, pose, pose_video, pose_scale,
-                 expression_scale, paste_back, crop, progress=gr.Progress()):
-        job = JobInputs(image=image, audio=audio, seed=int(seed or 0), steps=steps,
-                        solver=solver, pose=pose, pose_video=_path(pose_video),
-                        pose_scale=pose_scale, expression_scale=expression_scale,
-                        paste_back=paste_back, crop=crop)
+    def generate(
+        image,
+        audio,
+        seed,
+        steps,
+        solver,
+        pose,
+        pose_video,
+        pose_scale,
+        expression_scale,
+        paste_back,
+        crop,
+        progress=gr.Progress(),
+    ):
+        job = JobInputs(
+            image=image,
+            audio=audio,
+            seed=int(seed or 0),
+            steps=steps,
+            solver=solver,
+            pose=pose,
+            pose_video=_path(pose_video),
+            pose_scale=pose_scale,
+            expression_scale=expression_scale,
+            paste_back=paste_back,
+            crop=crop,
+        )
         try:
             out = run_job(pipe, folders, job, config.max_seconds, progress_callback(progress))
         except UserError as e:
@@ -243,56 +291,117 @@ def build(pipe, config: AppConfig, folders: JobFolders):
         except Exception as e:  # noqa: BLE001 - the page gets one line, the log the traceback
             traceback.print_exc()
             first = (str(e).splitlines() or [""])[0][:200]
-            raise gr.Error(f"internal error ({type(e).__name__}: {first}); the server's log "
-                           "has the details", print_exception=False) from None
+            raise gr.Error(
+                f"internal error ({type(e).__name__}: {first}); the server's log has the details",
+                print_exception=False,
+            ) from None
         return str(out.video), str(out.preview), str(out.coeffs), out.message
 
-    with gr.Blocks(title="fd2talk", analytics_enabled=False,
-                   delete_cache=(CLEAN_EVERY, int(config.max_age_hours * 3600))) as page:
-        gr.Markdown("# fd2talk\nA portrait and speech in, a talking-head video out "
-                    "(FD2Talk: motion from the speech, then every frame from the portrait). "
-                    f"Speech up to {config.max_seconds:.0f} s; uploads up to "
-                    f"{config.max_upload_mb:g} MB.")
+    with gr.Blocks(
+        title="fd2talk",
+        analytics_enabled=False,
+        delete_cache=(CLEAN_EVERY, int(config.max_age_hours * 3600)),
+    ) as page:
+        gr.Markdown(
+            "# fd2talk\nA portrait and speech in, a talking-head video out "
+            "(FD2Talk: motion from the speech, then every frame from the portrait). "
+            f"Speech up to {config.max_seconds:.0f} s; uploads up to "
+            f"{config.max_upload_mb:g} MB."
+        )
         with gr.Row():
             with gr.Column():
                 # buttons: never "share" (it uploads to huggingface.co from the browser)
-                image = gr.Image(label="Portrait", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], buttons=["fullscreen"],
-                                 elem_id="portrait")
-                audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
-                                 buttons=["download"], elem_id="speech")
-                crop = gr.Checkbox(value=True, label="Find and frame the face (untick for a "
-                                   "face crop framed as the training crops were)", elem_id="crop")
+                image = gr.Image(
+                    label="Portrait",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    buttons=["fullscreen"],
+                    elem_id="portrait",
+                )
+                audio = gr.Audio(
+                    label="Speech",
+                    type="filepath",
+                    sources=["upload", "microphone"],
+                    buttons=["download"],
+                    elem_id="speech",
+                )
+                crop = gr.Checkbox(
+                    value=True,
+                    label="Find and frame the face (untick for a "
+                    "face crop framed as the training crops were)",
+                    elem_id="crop",
+                )
                 with gr.Accordion("Options", open=False):
-                    seed = gr.Number(value=0, precision=0, label="Seed (same seed, same video)",
-                                     elem_id="seed")
-                    steps = gr.Slider(1, 100, value=steps_default, step=1, label="Sampler steps",
-                                      elem_id="steps")
-                    solver = gr.Radio(list(SOLVERS), value="ddim", label="Sampler (ddim: the "
-                                      "paper's; dpm++: good at 10-20 steps)", elem_id="solver")
-                    pose = gr.Radio(list(POSE_MODES), value="generated", label="Head pose",
-                                    elem_id="pose")
-                    pose_video = gr.File(label="Pose from this video (or a motion .npz)",
-                                         file_types=["video", ".npz"], elem_id="pose-video")
-                    pose_scale = gr.Slider(0, 2, value=1, step=0.05, label="Pose scale",
-                                           elem_id="pose-scale")
-                    expression_scale = gr.Slider(0, 2, value=1, step=0.05,
-                                                 label="Expression scale",
-                                                 elem_id="expression-scale")
-                    paste_back = gr.Checkbox(value=False, label="Paste the face back into the "
-                                             "whole portrait (best with a still pose)",
-                                             elem_id="paste-back")
+                    seed = gr.Number(
+                        value=0, precision=0, label="Seed (same seed, same video)", elem_id="seed"
+                    )
+                    steps = gr.Slider(
+                        1, 100, value=steps_default, step=1, label="Sampler steps", elem_id="steps"
+                    )
+                    solver = gr.Radio(
+                        list(SOLVERS),
+                        value=Solver.ddim.value,
+                        label="Sampler (ddim: the paper's; dpm++: good at 10-20 steps)",
+                        elem_id="solver",
+                    )
+                    pose = gr.Radio(
+                        list(POSE_MODES),
+                        value=PoseMode.generated.value,
+                        label="Head pose",
+                        elem_id="pose",
+                    )
+                    pose_video = gr.File(
+                        label="Pose from this video (or a motion .npz)",
+                        file_types=["video", ".npz"],
+                        elem_id="pose-video",
+                    )
+                    pose_scale = gr.Slider(
+                        0, 2, value=1, step=0.05, label="Pose scale", elem_id="pose-scale"
+                    )
+                    expression_scale = gr.Slider(
+                        0,
+                        2,
+                        value=1,
+                        step=0.05,
+                        label="Expression scale",
+                        elem_id="expression-scale",
+                    )
+                    paste_back = gr.Checkbox(
+                        value=False,
+                        label="Paste the face back into the "
+                        "whole portrait (best with a still pose)",
+                        elem_id="paste-back",
+                    )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 video = gr.Video(label="Video", buttons=["download"], elem_id="video")
-                preview = gr.Image(label="Preview: reference | frames over time, mouth opening "
-                                   "against the speech", type="filepath",
-                                   buttons=["download", "fullscreen"], elem_id="preview")
+                preview = gr.Image(
+                    label="Preview: reference | frames over time, mouth opening against the speech",
+                    type="filepath",
+                    buttons=["download", "fullscreen"],
+                    elem_id="preview",
+                )
                 coeffs = gr.File(label="Motion coefficients (.npz)", elem_id="coeffs")
                 summary = gr.Markdown(elem_id="summary")
-        button.click(generate, [image, audio, seed, steps, solver, pose, pose_video, pose_scale,
-                                expression_scale, paste_back, crop],
-                     [video, preview, coeffs, summary], concurrency_limit=config.concurrency)
+        button.click(
+            generate,
+            [
+                image,
+                audio,
+                seed,
+                steps,
+                solver,
+                pose,
+                pose_video,
+                pose_scale,
+                expression_scale,
+                paste_back,
+                crop,
+            ],
+            [video, preview, coeffs, summary],
+            concurrency_limit=config.concurrency,
+        )
     page.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     return page
 
@@ -313,33 +422,52 @@ def serve(config: AppConfig, block: bool = True):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from fd2talk.model.generation.pipeline import FD2TalkPipeline
 
-    pipe = FD2TalkPipeline.from_pretrained(*config.model, device=config.device,
-                                           dtype=config.dtype, face_model=config.face_model,
-                                           wav2vec2=config.wav2vec2)
+    pipe = FD2TalkPipeline.from_pretrained(
+        *config.model,
+        device=config.device,
+        dtype=config.dtype,
+        face_model=config.face_model,
+        wav2vec2=config.wav2vec2,
+    )
     folders = JobFolders(root / "jobs", config.max_age_hours * 3600, cache=root / "gradio")
     folders.clean()
     threading.Thread(target=_clean_every, args=(folders, CLEAN_EVERY), daemon=True).start()
     page = build(pipe, config, folders)
     if config.host not in LOOPBACK:
-        print(f"warning: serving on {config.host}:{config.port}: anyone who reaches this port "
-              "can run jobs on this machine" + ("" if config.auth else " (no --auth given)"),
-              file=sys.stderr)
+        print(
+            f"warning: serving on {config.host}:{config.port}: anyone who reaches this port "
+            "can run jobs on this machine" + ("" if config.auth else " (no --auth given)"),
+            file=sys.stderr,
+        )
     import gradio as gr
 
     # the system's fonts: the default theme would have the browser fetch Google's
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Default(
+        font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     try:
         # allowed_paths: the job folders only, never Gradio's upload folder (an uploaded
         # HTML file served inline from there would run in the page's origin)
-        page.launch(theme=theme, server_name=config.host, server_port=config.port,
-                    share=False, max_file_size=int(config.max_upload_mb * 1024 * 1024),
-                    show_error=True, allowed_paths=[str(folders.root)], auth=config.auth,
-                    ssr_mode=False, prevent_thread_lock=not block, quiet=False,
-                    footer_links=[], run_history=False)
+        page.launch(
+            theme=theme,
+            server_name=config.host,
+            server_port=config.port,
+            share=False,
+            max_file_size=int(config.max_upload_mb * 1024 * 1024),
+            show_error=True,
+            allowed_paths=[str(folders.root)],
+            auth=config.auth,
+            ssr_mode=False,
+            prevent_thread_lock=not block,
+            quiet=False,
+            footer_links=[],
+            run_history=False,
+        )
     except OSError as e:
-        raise UserError(f"cannot serve on {config.host}:{config.port} ({e}); is another "
-                        "program using that port? Pick another with --port") from None
+        raise UserError(
+            f"cannot serve on {config.host}:{config.port} ({e}); is another "
+            "program using that port? Pick another with --port"
+        ) from None
     return page
 
 

@@ -59,8 +59,10 @@ _DECODED = _DecodedClips()
 def clip_frames(clip: dict, size: int) -> np.ndarray:
     frames = _DECODED.get(clip, size)  # (F, size, size, 3)
     if len(frames) != len(clip["valid"]):
-        raise UserError(f"sample {clip['key']}: its mp4 has {len(frames)} frames but valid.npy "
-                        f"{len(clip['valid'])}: re-run `fd2talk-prep shard`")
+        raise UserError(
+            f"sample {clip['key']}: its mp4 has {len(frames)} frames but valid.npy "
+            f"{len(clip['valid'])}: re-run `fd2talk-prep shard`"
+        )
     return frames
 
 
@@ -77,8 +79,9 @@ def jitter(images: list[np.ndarray], rng: random.Random, amount: float) -> list[
     gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
     offset = np.array([rng.uniform(-amount, amount) for _ in range(3)], np.float32)
     order = rng.sample(range(3), 3)
-    return [np.clip(im[order] * gain[:, None, None] + offset[:, None, None], -1, 1)
-            for im in images]
+    return [
+        np.clip(im[order] * gain[:, None, None] + offset[:, None, None], -1, 1) for im in images
+    ]
 
 
 def recolour(images: list[np.ndarray], rng: random.Random, amount: float) -> list[np.ndarray]:
@@ -93,13 +96,14 @@ def recolour(images: list[np.ndarray], rng: random.Random, amount: float) -> lis
         return images
     gain = np.array([1 + rng.uniform(-amount, amount) for _ in range(3)], np.float32)
     gamma = 1 + rng.uniform(-amount, amount)
-    return [np.clip((((im + 1) / 2) ** gamma) * gain[:, None, None] * 2 - 1, -1, 1
-                    ).astype(np.float32) for im in images]
+    return [
+        np.clip((((im + 1) / 2) ** gamma) * gain[:, None, None] * 2 - 1, -1, 1).astype(np.float32)
+        for im in images
+    ]
 
 
 class AutoencoderPairs:
-    def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE,
-                 jitter: float = 0.0):
+    def __init__(self, pairs_per_clip: int = 4, image_size: int = CROP_SIZE, jitter: float = 0.0):
         self.n, self.size, self.jitter = pairs_per_clip, image_size, jitter
 
     def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
@@ -116,8 +120,14 @@ class AutoencoderPairs:
 
 
 class FrameItems:
-    def __init__(self, items_per_clip: int = 8, latents: bool = False,
-                 image_size: int = CROP_SIZE, jitter: float = 0.0, ref_frame: str = "first"):
+    def __init__(
+        self,
+        items_per_clip: int = 8,
+        latents: bool = False,
+        image_size: int = CROP_SIZE,
+        jitter: float = 0.0,
+        ref_frame: str = "first",
+    ):
         if latents and jitter > 0:
             raise ValueError("colour jitter works on images: it cannot use the latent cache")
         if ref_frame not in ("first", "random"):
@@ -141,8 +151,17 @@ class FrameItems:
                 ref = int(idx[rng.randrange(len(idx))])
             i = int(idx[rng.randrange(len(idx))])
             x, j0 = jitter([source[ref], source[i]], rng, self.jitter)
-            out.append({"ref": x, "frame": j0, "exp": clip["exp"][i],
-                        "pose": clip["pose"][i], "ref_exp": clip["exp"][ref],
-                        "ref_pose": clip["pose"][ref], "key": clip["key"], "index": i,
-                        "speech": clip["meta"].get("audio") is not False})
+            out.append(
+                {
+                    "ref": x,
+                    "frame": j0,
+                    "exp": clip["exp"][i],
+                    "pose": clip["pose"][i],
+                    "ref_exp": clip["exp"][ref],
+                    "ref_pose": clip["pose"][ref],
+                    "key": clip["key"],
+                    "index": i,
+                    "speech": clip["meta"].get("audio") is not False,
+                }
+            )
         return out

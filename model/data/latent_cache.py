@@ -1,4 +1,4 @@
-"""The latent cache's contract: which autoencoder made the `latent.npy` in the shards (issue 4).
+"""The latent cache's contract: which autoencoder made the `latent.npy` in the shards.
 
 `fd2talk-prep latents WORK --autoencoder DIR` (`fd2talk.model.data.latents`) stores the fine-tuned
 autoencoder's latents of every frame in the shards, so frame-UNet training (paper section 3.4.2)
@@ -27,14 +27,20 @@ ENTRY_KEY = "latent"  # key of the entry in sample json, tar stats and manifest 
 MANIFEST = "manifest.jsonl"
 STATS_SUFFIX = ".stats.json"  # `train-000000.tar` -> `train-000000.stats.json`
 TRAIN_SPLITS = ("train", "val")  # the splits a trainer reads
-RERUN_HINT = ("re-run `fd2talk-prep latents WORK --autoencoder DIR --force` with the autoencoder "
-              "this run uses, or train without the cache")
+RERUN_HINT = (
+    "re-run `fd2talk-prep latents WORK --autoencoder DIR --force` with the autoencoder "
+    "this run uses, or train without the cache"
+)
 
 
 def cache_entry(fingerprint: str, channels: int, size: int, scale: float) -> dict:
     """The record a cached latent carries (sample json, tar stats, manifest header)."""
-    return {"autoencoder": fingerprint, "channels": int(channels), "size": int(size),
-            "scale": float(scale)}
+    return {
+        "autoencoder": fingerprint,
+        "channels": int(channels),
+        "size": int(size),
+        "scale": float(scale),
+    }
 
 
 def stats_path(tar: str | Path) -> Path:
@@ -47,8 +53,10 @@ def read_header(shards_dir: str | Path) -> dict:
     """The first line of `shards_dir/manifest.jsonl` (shard list, counts, latent entry)."""
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
-        raise UserError(f"{path} not found: point at the `shards` folder that "
-                        "`fd2talk-prep shard` (or `fd2talk-prep run`) wrote")
+        raise UserError(
+            f"{path} not found: point at the `shards` folder that "
+            "`fd2talk-prep shard` (or `fd2talk-prep run`) wrote"
+        )
     with path.open() as f:
         return json.loads(f.readline())
 
@@ -70,7 +78,8 @@ def check_entry(entry: dict, fingerprint: str, channels: int, where: str) -> Non
     if entry.get("autoencoder") != fingerprint or entry.get("channels") != channels:
         raise UserError(
             f"{where} holds latents of {_describe(entry)}, but this run uses autoencoder "
-            f"{fingerprint[:12]} with {channels} channels: {RERUN_HINT}")
+            f"{fingerprint[:12]} with {channels} channels: {RERUN_HINT}"
+        )
 
 
 def check_latents(shards_dir: str | Path, fingerprint: str, channels: int) -> bool:
@@ -82,8 +91,11 @@ def check_latents(shards_dir: str | Path, fingerprint: str, channels: int) -> bo
     `fd2talk-prep latents`); the message says how to fix it.
     """
     root = Path(shards_dir)
-    tars = [root / name for name in read_header(root).get("shards", [])
-            if name.split("-")[0] in TRAIN_SPLITS]
+    tars = [
+        root / name
+        for name in read_header(root).get("shards", [])
+        if name.split("-")[0] in TRAIN_SPLITS
+    ]
     entries = {tar.name: tar_entry(tar) for tar in tars}
     for name, entry in entries.items():
         if entry is not None:
@@ -97,7 +109,8 @@ def check_latents(shards_dir: str | Path, fingerprint: str, channels: int) -> bo
             f"only {len(cached)} of {len(entries)} train/val tars in {root} carry cached "
             f"latents ({missing[0]} has none; an interrupted `fd2talk-prep latents`?): re-run "
             "`fd2talk-prep latents WORK --autoencoder DIR` to finish it, or train without the "
-            "cache")
+            "cache"
+        )
     return True
 
 
@@ -106,6 +119,8 @@ def check_sample(meta: dict, fingerprint: str, channels: int, key: str = "?") ->
     (for readers of single samples; `check_latents` covers whole folders cheaply)."""
     entry = meta.get(ENTRY_KEY)
     if entry is None:
-        raise UserError(f"sample {key} has no cached latents: run `fd2talk-prep latents WORK "
-                        "--autoencoder DIR`, or train without the cache")
+        raise UserError(
+            f"sample {key} has no cached latents: run `fd2talk-prep latents WORK "
+            "--autoencoder DIR`, or train without the cache"
+        )
     check_entry(entry, fingerprint, channels, f"sample {key}")

@@ -21,8 +21,14 @@ MAX_CLIPS = 128
 
 
 @torch.no_grad()
-def measure(ae, shards: str, image_size: int, device: str,
-            frames_per_clip: int = FRAMES_PER_CLIP, max_clips: int = MAX_CLIPS) -> float:
+def measure(
+    ae,
+    shards: str,
+    image_size: int,
+    device: str,
+    frames_per_clip: int = FRAMES_PER_CLIP,
+    max_clips: int = MAX_CLIPS,
+) -> float:
     """1 / std of the encoder's latents of frames of the train split's first `max_clips` clips
     (`frames_per_clip` evenly spaced frames each)."""
     zs = []

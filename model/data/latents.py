@@ -1,6 +1,6 @@
 """Stage `latents`: store the fine-tuned autoencoder's latent of every frame in the shards.
 
-Optional, after `shard` (issue 4; paper section 3.4.2; DESIGN.md sections 2 and 3): frame-UNet
+Optional, after `shard` (paper section 3.4.2; DESIGN.md sections 2 and 3): frame-UNet
 training reads `latent.npy` instead of running the encoder every step, and works without it.
 For every tar listed in `shards/manifest.jsonl`, each sample gets
 
@@ -38,7 +38,7 @@ from fd2talk.core.errors import UserError
 from fd2talk.core.schema import CROP_SIZE, MEDIA_KEY, META_KEY
 from fd2talk.core.skip import PrepError, Skip
 from fd2talk.model.data import latent_cache
-from fd2talk.pipeline.runner import runner
+from fd2talk.pipeline.runner.status import status_dir
 from fd2talk.pipeline.stages.shard import MANIFEST, OUT_DIR
 
 STAGE = "latents"
@@ -67,23 +67,27 @@ class LatentsSummary:
 
     def line(self) -> str:
         rate = f", {self.seconds / self.clips:.2f} s/clip" if self.clips else ""
-        return (f"latents: autoencoder {self.fingerprint[:12]} on {self.device}: "
-                f"{self.rewritten} of {self.tars} tars rewritten ({self.clips} clips, "
-                f"{self.frames} frames{rate}), {self.already} already had these latents; "
-                f"{self.seconds:.1f} s")
+        return (
+            f"latents: autoencoder {self.fingerprint[:12]} on {self.device}: "
+            f"{self.rewritten} of {self.tars} tars rewritten ({self.clips} clips, "
+            f"{self.frames} frames{rate}), {self.already} already had these latents; "
+            f"{self.seconds:.1f} s"
+        )
 
 
 # ---- tar members -----------------------------------------------------------------------------
+
 
 def _split_name(name: str) -> tuple[str, str]:
     """`dir/key.ext.npy` -> (`dir/key`, `ext.npy`): webdataset's key/extension rule."""
     slash = name.rfind("/") + 1
     dot = name.find(".", slash)
-    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
 
 
-def iter_tar_samples(tf: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo,
-                                                                           bytes]]]]:
+def iter_tar_samples(
+    tf: tarfile.TarFile,
+) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
     """(key, [(member, data), ...]) per sample, members in tar order (consecutive keys)."""
     key, members = None, []
     for info in tf:
@@ -106,8 +110,9 @@ def _member(members: list[tuple[tarfile.TarInfo, bytes]], ext: str) -> bytes | N
     return None
 
 
-def _replace(members: list[tuple[tarfile.TarInfo, bytes]], ext: str,
-             data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+def _replace(
+    members: list[tuple[tarfile.TarInfo, bytes]], ext: str, data: bytes
+) -> list[tuple[tarfile.TarInfo, bytes]]:
     """`members` with `ext`'s data replaced, or added at its sorted place (as TarWriter
     orders extensions) with the header of the sample's first member (mtime, owner, mode)."""
     exts = [_split_name(info.name)[1] for info, _ in members]
@@ -143,6 +148,7 @@ def _sample_entries(tar: Path) -> list[dict | None]:
 
 # ---- encoding --------------------------------------------------------------------------------
 
+
 def encode_frames(model, frames: np.ndarray, batch_size: int, device: str) -> np.ndarray:
     """(F, H, W, 3) uint8 RGB -> (F, d, H/f, W/f) float16 latents, `batch_size` frames a pass."""
     import torch
@@ -150,48 +156,61 @@ def encode_frames(model, frames: np.ndarray, batch_size: int, device: str) -> np
     out = []
     with torch.no_grad():
         for i in range(0, len(frames), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device)
             x = x.permute(0, 3, 1, 2).float() / PIXEL_SCALE - 1.0  # (B, 3, H, W) in [-1, 1]
             out.append(model.encode(x).cpu().numpy())  # (B, d, h, w) float32
     latents = np.concatenate(out).astype(np.float16)  # (F, d, h, w)
     return latents
 
 
-def _encode_sample(model, key: str, members: list, entry: dict, config: LatentsConfig,
-                   device: str, where: str) -> tuple[list, int]:
+def _encode_sample(
+    model, key: str, members: list, entry: dict, config: LatentsConfig, device: str, where: str
+) -> tuple[list, int]:
     """One sample's members with `latent.npy` and the json's latent entry; its frame count."""
     from fd2talk.model.data.loader import decode_frames
 
     mp4, raw_meta = _member(members, MEDIA_KEY), _member(members, META_KEY)
     if mp4 is None or raw_meta is None:
-        raise PrepError(f"{where}: sample {key} lacks its mp4 or json: rebuild the shards with "
-                        "`fd2talk-prep shard WORK --force`")
+        raise PrepError(
+            f"{where}: sample {key} lacks its mp4 or json: rebuild the shards with "
+            "`fd2talk-prep shard WORK --force`"
+        )
     meta = json.loads(raw_meta)
     try:
         frames = decode_frames(mp4, CROP_SIZE)  # (F, 256, 256, 3) uint8
     except Skip as e:
-        raise PrepError(f"{where}: the mp4 of sample {key} cannot be decoded ({e}): rebuild the "
-                        "shards with `fd2talk-prep shard WORK --force`") from None
+        raise PrepError(
+            f"{where}: the mp4 of sample {key} cannot be decoded ({e}): rebuild the "
+            "shards with `fd2talk-prep shard WORK --force`"
+        ) from None
     if len(frames) != meta.get("frames") or not len(frames):
-        raise PrepError(f"{where}: the mp4 of sample {key} has {len(frames)} frames, its json "
-                        f"says {meta.get('frames')}: rebuild the shards with "
-                        "`fd2talk-prep shard WORK --force`")
+        raise PrepError(
+            f"{where}: the mp4 of sample {key} has {len(frames)} frames, its json "
+            f"says {meta.get('frames')}: rebuild the shards with "
+            "`fd2talk-prep shard WORK --force`"
+        )
     latents = encode_frames(model, frames, config.batch_size, device)  # (F, d, 64, 64) float16
     if not np.isfinite(latents).all():
-        raise PrepError(f"autoencoder {config.autoencoder} gives non-finite latents (float16 "
-                        f"overflow?) for sample {key} in {where}")
+        raise PrepError(
+            f"autoencoder {config.autoencoder} gives non-finite latents (float16 "
+            f"overflow?) for sample {key} in {where}"
+        )
     meta[latent_cache.ENTRY_KEY] = entry
     members = _replace(members, latent_cache.LATENT_FIELD, atomic.npy_bytes(latents))
     members = _replace(members, META_KEY, json.dumps(meta, sort_keys=True).encode())
     return members, len(frames)
 
 
-def _rewrite_tar(tar: Path, model, entry: dict, config: LatentsConfig, device: str,
-                 bar) -> tuple[int, int]:
+def _rewrite_tar(
+    tar: Path, model, entry: dict, config: LatentsConfig, device: str, bar
+) -> tuple[int, int]:
     """Rewrite `tar` with latents (temp file, then rename); return (clips, frames)."""
     clips = frames = 0
-    with atomic.atomic_path(tar) as tmp, tarfile.open(tar, "r") as src, \
-            tarfile.open(tmp, "w") as dst:
+    with (
+        atomic.atomic_path(tar) as tmp,
+        tarfile.open(tar, "r") as src,
+        tarfile.open(tmp, "w") as dst,
+    ):
         for key, members in iter_tar_samples(src):
             members, n = _encode_sample(model, key, members, entry, config, device, tar.name)
             for info, data in members:
@@ -202,6 +221,7 @@ def _rewrite_tar(tar: Path, model, entry: dict, config: LatentsConfig, device: s
 
 
 # ---- the stage -------------------------------------------------------------------------------
+
 
 def _load(config: LatentsConfig):
     from fd2talk.model.nets.autoencoder import RefAutoencoder
@@ -239,8 +259,9 @@ def _write_header(manifest: Path, entry: dict | None) -> None:
     atomic.write_bytes(manifest, "".join(lines).encode())
 
 
-def run_latents(work: Path, config: LatentsConfig, progress: bool = True,
-                force: bool = False) -> LatentsSummary:
+def run_latents(
+    work: Path, config: LatentsConfig, progress: bool = True, force: bool = False
+) -> LatentsSummary:
     """Add the latents of `config.autoencoder` to every shard of `work`; return what it did."""
     from tqdm import tqdm
 
@@ -253,28 +274,34 @@ def run_latents(work: Path, config: LatentsConfig, progress: bool = True,
     out = Path(work) / OUT_DIR
     manifest = out / MANIFEST
     if not manifest.is_file():
-        raise PrepError(f"no shards in {out} ({MANIFEST} missing): run "
-                        f"`fd2talk-prep shard {work}` first")
+        raise PrepError(
+            f"no shards in {out} ({MANIFEST} missing): run `fd2talk-prep shard {work}` first"
+        )
     header = json.loads(manifest.read_text().splitlines()[0])
     tars = [out / name for name in header.get("shards", [])]
     missing = [t for t in tars if not t.is_file()]
     if missing:
-        raise PrepError(f"{missing[0]} is listed in {manifest} but missing: rebuild the shards "
-                        f"with `fd2talk-prep shard {work} --force`")
+        raise PrepError(
+            f"{missing[0]} is listed in {manifest} but missing: rebuild the shards "
+            f"with `fd2talk-prep shard {work} --force`"
+        )
     device = resolve_device(config.device)
     model = _load(config).to(device).eval()
-    entry = latent_cache.cache_entry(model.fingerprint(), model.latent_channels,
-                                     CROP_SIZE // model.factor, LATENT_SCALE)
+    entry = latent_cache.cache_entry(
+        model.fingerprint(), model.latent_channels, CROP_SIZE // model.factor, LATENT_SCALE
+    )
     summary = LatentsSummary(fingerprint=entry["autoencoder"], device=device, tars=len(tars))
     states = {tar: _tar_state(tar, entry) for tar in tars}
     other = [tar for tar, state in states.items() if state == "other"]
     if other and not force:
         held = latent_cache.tar_entry(other[0]) or next(
-            e for e in _sample_entries(other[0]) if e not in (None, entry))
+            e for e in _sample_entries(other[0]) if e not in (None, entry)
+        )
         raise PrepError(
             f"{other[0]} (and {len(other) - 1} more tars) hold latents of another autoencoder "
             f"({str(held.get('autoencoder'))[:12]}, {held.get('channels')} channels), not of "
-            f"{config.autoencoder} ({entry['autoencoder'][:12]}): pass --force to replace them")
+            f"{config.autoencoder} ({entry['autoencoder'][:12]}): pass --force to replace them"
+        )
     todo = [tar for tar, state in states.items() if state in ("todo", "other")]
     summary.already = sum(state == "done" for state in states.values())
     if todo or any(state == "stats" for state in states.values()):
@@ -282,8 +309,9 @@ def run_latents(work: Path, config: LatentsConfig, progress: bool = True,
         atomic.clean_tmp(out)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()[1:]]
     total = sum(1 for r in rows if r.get("shard") in {t.name for t in todo})
-    with tqdm(total=total, desc=STAGE, unit="clip", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, desc=STAGE, unit="clip", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for tar, state in states.items():
             if state == "done":
                 continue
@@ -299,7 +327,7 @@ def run_latents(work: Path, config: LatentsConfig, progress: bool = True,
     _write_header(manifest, entry)
     atomic.clean_tmp(out)
     summary.seconds = round(time.perf_counter() - t0, 2)
-    sdir = runner.status_dir(Path(work), STAGE)
+    sdir = status_dir(Path(work), STAGE)
     sdir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(sdir / "summary.json", {**asdict(summary), "config": asdict(config)})
     return summary

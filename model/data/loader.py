@@ -52,9 +52,11 @@ def check_same_kind(seen: dict, info: DatasetInfo, what: str) -> None:
     fits shards described by `info` (coefficient and audio backends and dims)."""
     for name in ("coeffs", "exp_dim", "audio_features", "audio_dim"):
         if seen[name] != getattr(info, name):
-            raise UserError(f"{what} was trained on {name}={seen[name]!r} but these shards have "
-                            f"{name}={getattr(info, name)!r}: use one trained on the same kind "
-                            "of shards")
+            raise UserError(
+                f"{what} was trained on {name}={seen[name]!r} but these shards have "
+                f"{name}={getattr(info, name)!r}: use one trained on the same kind "
+                "of shards"
+            )
 
 
 def split_shards(shards: str | Path, split: str) -> list[str]:
@@ -62,17 +64,20 @@ def split_shards(shards: str | Path, split: str) -> list[str]:
     root = Path(shards)
     manifest = root / MANIFEST
     if not manifest.is_file():
-        raise UserError(f"{manifest} not found: point --shards at the `shards` folder that "
-                        "`fd2talk-prep shard` (or `fd2talk-prep run`) wrote")
+        raise UserError(
+            f"{manifest} not found: point --shards at the `shards` folder that "
+            "`fd2talk-prep shard` (or `fd2talk-prep run`) wrote"
+        )
     with manifest.open() as f:
         header = json.loads(f.readline())
     counts = header.get("counts", {})
-    paths = [str(root / name) for name in header.get("shards", [])
-             if name.startswith(f"{split}-")]
+    paths = [str(root / name) for name in header.get("shards", []) if name.startswith(f"{split}-")]
     if not counts.get(split) or not paths:
         known = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
-        raise UserError(f"split {split!r} has no clips in {root} (clips per split: {known}); "
-                        "add videos to the manifest, or choose another split")
+        raise UserError(
+            f"split {split!r} has no clips in {root} (clips per split: {known}); "
+            "add videos to the manifest, or choose another split"
+        )
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise UserError(f"shard {missing[0]} is listed in {manifest} but missing: {PREP_HINT}")
@@ -103,9 +108,11 @@ def _decode(sample: dict, fields: tuple[str, ...]) -> dict:
             continue
         raw = sample.get(f"{name}.npy")
         if raw is None:
-            raise UserError(f"sample {out['key']} in {out['url']} has no '{name}.npy', which this "
-                            f"stage needs (it has: {', '.join(sorted(k for k in sample if not k.startswith('__')))}); "
-                            f"{PREP_HINT}")
+            raise UserError(
+                f"sample {out['key']} in {out['url']} has no '{name}.npy', which this "
+                f"stage needs (it has: {', '.join(sorted(k for k in sample if not k.startswith('__')))}); "
+                f"{PREP_HINT}"
+            )
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
         out[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
     out["meta"] = json.loads(sample[META_KEY]) if META_KEY in sample else {}
@@ -128,8 +135,9 @@ def _tar_samples(urls: list[str]) -> Iterator[dict]:
         yield from wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}])
 
 
-def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_FIELDS
-               ) -> Iterator[dict]:
+def iter_clips(
+    shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_FIELDS
+) -> Iterator[dict]:
     """Every clip of a split in a fixed order, decoded (the mp4 is never decoded)."""
     for sample in _tar_samples(split_shards(shards, split)):
         if _skip_for(sample, fields):
@@ -139,34 +147,45 @@ def iter_clips(shards: str | Path, split: str, fields: tuple[str, ...] = MOTION_
         yield _decode(sample, fields)
 
 
-def dataset_info(shards: str | Path, split: str = "train",
-                 fields: tuple[str, ...] = MOTION_FIELDS) -> DatasetInfo:
+def dataset_info(
+    shards: str | Path, split: str = "train", fields: tuple[str, ...] = MOTION_FIELDS
+) -> DatasetInfo:
     """Read the first sample of `split`: check it has `fields`, return what the shards hold
     (the audio backend from the first sample with speech; "none" and 0 when no sample has
     any, which only stage 2 accepts)."""
     clip = next(iter_clips(shards, split, fields), None)
     if clip is None and "audio" in fields:
-        raise UserError(f"no clip of split {split!r} in {shards} has speech (every source was "
-                        "marked `audio: no`): the lip expert and the motion transformers need "
-                        "talking videos")
+        raise UserError(
+            f"no clip of split {split!r} in {shards} has speech (every source was "
+            "marked `audio: no`): the lip expert and the motion transformers need "
+            "talking videos"
+        )
     if clip is None:
         raise UserError(f"split {split!r} of {shards} has no clips: {PREP_HINT}")
     meta = clip["meta"]
     if meta.get("audio") is False:
-        meta = next((c["meta"] for c in iter_clips(shards, split, (*fields, "audio"))),
-                    {**meta, "audio_features": "none", "audio_dim": 0})
+        meta = next(
+            (c["meta"] for c in iter_clips(shards, split, (*fields, "audio"))),
+            {**meta, "audio_features": "none", "audio_dim": 0},
+        )
     try:
-        return DatasetInfo(coeffs=meta["coeffs"], exp_dim=int(meta["exp_dim"]),
-                           audio_features=meta["audio_features"], audio_dim=int(meta["audio_dim"]))
+        return DatasetInfo(
+            coeffs=meta["coeffs"],
+            exp_dim=int(meta["exp_dim"]),
+            audio_features=meta["audio_features"],
+            audio_dim=int(meta["audio_dim"]),
+        )
     except KeyError as err:
-        raise UserError(f"sample {clip['key']} has no {err.args[0]!r} in its json: "
-                        f"{PREP_HINT}") from None
+        raise UserError(
+            f"sample {clip['key']} has no {err.args[0]!r} in its json: {PREP_HINT}"
+        ) from None
 
 
 # ---- windows ---------------------------------------------------------------------------------
 
+
 def _slice(clip: dict, start: int, window: int, per_frame: tuple[str, ...]) -> dict:
-    out = {k: clip[k][start:start + window] for k in per_frame}
+    out = {k: clip[k][start : start + window] for k in per_frame}
     for k, v in clip.items():
         if k not in out and isinstance(v, np.ndarray):
             out[k] = v  # per-clip arrays (id) ride along
@@ -176,12 +195,16 @@ def _slice(clip: dict, start: int, window: int, per_frame: tuple[str, ...]) -> d
 
 def _per_frame(clip: dict) -> tuple[str, ...]:
     n = len(clip["valid"])
-    return tuple(k for k, v in clip.items()
-                 if isinstance(v, np.ndarray) and k != "id" and v.ndim >= 1 and len(v) == n)
+    return tuple(
+        k
+        for k, v in clip.items()
+        if isinstance(v, np.ndarray) and k != "id" and v.ndim >= 1 and len(v) == n
+    )
 
 
-def random_windows(clip: dict, window: int, rng: random.Random, min_valid: float = 0.8
-                   ) -> list[dict]:
+def random_windows(
+    clip: dict, window: int, rng: random.Random, min_valid: float = 0.8
+) -> list[dict]:
     """About F // window random windows of one clip, each with >= min_valid valid frames."""
     n = len(clip["valid"])
     if n < window:
@@ -200,8 +223,11 @@ def fixed_windows(clip: dict, window: int) -> list[dict]:
     """Consecutive non-overlapping windows (validation): deterministic, no randomness."""
     per_frame = _per_frame(clip)
     n = len(clip["valid"])
-    return [_slice(clip, s, window, per_frame) for s in range(0, n - window + 1, window)
-            if clip["valid"][s:s + window].any()]
+    return [
+        _slice(clip, s, window, per_frame)
+        for s in range(0, n - window + 1, window)
+        if clip["valid"][s : s + window].any()
+    ]
 
 
 def collate(windows: list[dict]) -> dict:
@@ -221,6 +247,7 @@ def collate(windows: list[dict]) -> dict:
 
 
 # ---- the training stream ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -252,19 +279,22 @@ class _ShardSource:
     def __call__(self) -> Iterator[dict]:
         worker, workers = _worker()
         slot, slots = self.rank * workers + worker, self.world * workers
-        urls = self.urls[slot::slots] if len(self.urls) >= slots else self.urls  # split by node+worker
+        urls = (
+            self.urls[slot::slots] if len(self.urls) >= slots else self.urls
+        )  # split by node+worker
         rng = random.Random(_seed(self.seed, self.epoch, self.rank, worker, 0))
         while True:
             yield {"url": urls[rng.randrange(len(urls))]}
 
 
 def parse_fold(text: str) -> tuple[int, int]:
-    """"K/N" -> (K, N): fold K (0-based) of N."""
+    """ "K/N" -> (K, N): fold K (0-based) of N."""
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise UserError(f"--fold takes K/N (fold K of N, counted from 0), e.g. 0/2; got "
-                        f"{text!r}") from None
+        raise UserError(
+            f"--fold takes K/N (fold K of N, counted from 0), e.g. 0/2; got {text!r}"
+        ) from None
     if n < 2 or not 0 <= k < n:
         raise UserError(f"--fold {text}: need N >= 2 and 0 <= K < N")
     return k, n
@@ -275,8 +305,9 @@ def fold_keys(shards: str | Path, k: int, n: int, split: str = "train") -> list[
     key order (a stage-1 model trained with `--fold K/N` leaves these out; cross-fitting)."""
     keys = sorted(c["key"] for c in iter_clips(shards, split, ("valid", "audio")))
     if len(keys) < n:
-        raise UserError(f"--fold .../{n}: the {split} split has only {len(keys)} clips, fewer "
-                        "than folds")
+        raise UserError(
+            f"--fold .../{n}: the {split} split has only {len(keys)} clips, fewer than folds"
+        )
     return keys[k::n]
 
 
@@ -330,14 +361,24 @@ def with_speech(urls: list[str]) -> list[str]:
         if n is None or n > 0:
             out.append(url)
     if not out:
-        raise UserError(f"none of the {len(urls)} shards holds a clip with speech (every source "
-                        "was marked `audio: no`): the lip expert and the motion transformers "
-                        "need talking videos")
+        raise UserError(
+            f"none of the {len(urls)} shards holds a clip with speech (every source "
+            "was marked `audio: no`): the lip expert and the motion transformers "
+            "need talking videos"
+        )
     return out
 
 
-def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
-                  epoch: int, rank: int = 0, world: int = 1, make_items=None) -> Iterator[dict]:
+def train_batches(
+    urls: list[str],
+    config: StreamConfig,
+    fields: tuple[str, ...],
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    make_items=None,
+) -> Iterator[dict]:
     """Exactly `config.epoch_batches` batches of epoch `epoch` for this rank (dicts of tensors).
 
     make_items(clip, rng) -> list of items (dicts of numpy arrays) cut from one decoded clip;
@@ -355,25 +396,35 @@ def train_batches(urls: list[str], config: StreamConfig, fields: tuple[str, ...]
         _ShardSource(urls, seed, epoch, rank, world),
         wds.tarfile_to_samples(handler=wds.reraise_exception),
         wds.pipelinefilter(_items_stage)(
-            fields, make_items or RandomWindows(config.window, config.min_valid), seed, epoch,
-            rank),
+            fields, make_items or RandomWindows(config.window, config.min_valid), seed, epoch, rank
+        ),
         wds.pipelinefilter(_shuffle_stage)(config.shuffle_buffer, seed, epoch, rank),
         wds.batched(config.batch_size, collation_fn=collate, partial=False),
     ).with_epoch(per_worker)
     if workers == 0:
         return itertools.islice(iter(pipeline), config.epoch_batches)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        pipeline, batch_size=None, num_workers=workers, persistent_workers=False
+    )
     return itertools.islice(iter(loader), config.epoch_batches)
 
 
-def batches_from(urls: list[str], config: StreamConfig, fields: tuple[str, ...], seed: int,
-                 step: int, rank: int = 0, world: int = 1, make_items=None) -> Iterator[dict]:
+def batches_from(
+    urls: list[str],
+    config: StreamConfig,
+    fields: tuple[str, ...],
+    seed: int,
+    step: int,
+    rank: int = 0,
+    world: int = 1,
+    make_items=None,
+) -> Iterator[dict]:
     """The endless batch stream of a run, starting at global step `step` (resume)."""
     epoch, skip = divmod(step, config.epoch_batches)
     while True:
-        for i, batch in enumerate(train_batches(urls, config, fields, seed, epoch, rank, world,
-                                                make_items)):
+        for i, batch in enumerate(
+            train_batches(urls, config, fields, seed, epoch, rank, world, make_items)
+        ):
             if i >= skip:
                 yield batch
         epoch, skip = epoch + 1, 0

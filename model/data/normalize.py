@@ -1,4 +1,4 @@
-"""Per-dimension normalisation of coefficients and audio features (issue 3).
+"""Per-dimension normalisation of coefficients and audio features.
 
 The motion networks see `(x - mean) / std` for expression, pose and audio, with mean and std
 computed once over the valid frames of the training split and stored in every checkpoint, so
@@ -77,16 +77,23 @@ class Stats:
             return mean.astype(x.dtype), std.astype(x.dtype)
         import torch
 
-        return (torch.as_tensor(mean, dtype=x.dtype, device=x.device),
-                torch.as_tensor(std, dtype=x.dtype, device=x.device))
+        return (
+            torch.as_tensor(mean, dtype=x.dtype, device=x.device),
+            torch.as_tensor(std, dtype=x.dtype, device=x.device),
+        )
 
     def state_dict(self) -> dict:
         """Plain lists, so the checkpoint loads with `torch.load(weights_only=True)`."""
-        return {"mean": {k: v.tolist() for k, v in self.mean.items()},
-                "std": {k: v.tolist() for k, v in self.std.items()}, "frames": self.frames}
+        return {
+            "mean": {k: v.tolist() for k, v in self.mean.items()},
+            "std": {k: v.tolist() for k, v in self.std.items()},
+            "frames": self.frames,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Stats:
-        return cls({k: np.asarray(v, np.float32) for k, v in state["mean"].items()},
-                   {k: np.asarray(v, np.float32) for k, v in state["std"].items()},
-                   int(state["frames"]))
+        return cls(
+            {k: np.asarray(v, np.float32) for k, v in state["mean"].items()},
+            {k: np.asarray(v, np.float32) for k, v in state["std"].items()},
+            int(state["frames"]),
+        )

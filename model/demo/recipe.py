@@ -38,10 +38,20 @@ from fd2talk.model import configs as C
 
 LIPSYNC = dict(steps=600, batch_size=16, val_every=200)
 MOTION = dict(steps=600, batch_size=16, lr=1e-3, val_every=200)
-AUTOENCODER = dict(steps=1500, batch_size=8, lr=1e-3, lambda_per=0, image_size=64, jitter=0.15,
-                   val_every=500)
-FRAMES = dict(steps=1500, batch_size=16, lr=1e-3, image_size=64, jitter=0.2, val_every=500,
-              ref_input=True, relative_pose=True, ref_frame="random")
+AUTOENCODER = dict(
+    steps=1500, batch_size=8, lr=1e-3, lambda_per=0, image_size=64, jitter=0.15, val_every=500
+)
+FRAMES = dict(
+    steps=1500,
+    batch_size=16,
+    lr=1e-3,
+    image_size=64,
+    jitter=0.2,
+    val_every=500,
+    ref_input=True,
+    relative_pose=True,
+    ref_frame="random",
+)
 FOLDS = 2  # stage-1 fold models for the frame UNet's cross-fitted expression
 
 
@@ -49,7 +59,9 @@ def _stale(cfg) -> bool:
     """Whether cfg.out holds a run made with other settings (an older recipe's): the resume
     check's own comparison, on config.json (tuples recorded as lists)."""
     from fd2talk.core.errors import UserError
-    from fd2talk.model.training.trainer import RESUMABLE, RUN_CONFIG, check_resumable, config_dict
+    from fd2talk.model.configs import RESUMABLE
+    from fd2talk.model.store.checkpoint import check_resumable, config_dict
+    from fd2talk.model.training.run import RUN_CONFIG
 
     path = Path(cfg.out) / RUN_CONFIG
     if not path.is_file():
@@ -59,8 +71,13 @@ def _stale(cfg) -> bool:
         return json.loads(json.dumps(d))
 
     try:
-        check_resumable(json.loads(path.read_text())["config"], as_json(config_dict(cfg)),
-                        RESUMABLE, path, as_json(defaults(type(cfg))))
+        check_resumable(
+            json.loads(path.read_text())["config"],
+            as_json(config_dict(cfg)),
+            RESUMABLE,
+            path,
+            as_json(defaults(type(cfg))),
+        )
     except UserError:
         return True
     return False
@@ -70,44 +87,43 @@ def _train(name: str, cfg, progress: bool, restart: bool) -> bool:
     """Train (or resume) one run of the recipe; a run an older recipe made, or any run after
     one whose weights changed (`restart`), starts again. Returns whether later runs must:
     whether this run trained a step (anew, or resumed to more steps than it had)."""
-    from fd2talk.model.training import (
-        autoencoder as train_autoencoder,
-    )
-    from fd2talk.model.training import (
-        frames as train_frames,
-    )
-    from fd2talk.model.training import (
-        lipsync as train_lipsync,
-    )
-    from fd2talk.model.training import (
-        motion as train_motion,
-    )
-    from fd2talk.model.training.trainer import load_checkpoint
+    from fd2talk.model.store.checkpoint import CHECKPOINT, load_checkpoint
+    from fd2talk.model.training.autoencoder import train_autoencoder
+    from fd2talk.model.training.frames import train_frames
+    from fd2talk.model.training.lipsync import train_lipsync
+    from fd2talk.model.training.motion import train_motion
 
-    fn = {"lipsync": train_lipsync.train_lipsync, "motion": train_motion.train_motion,
-          "autoencoder": train_autoencoder.train_autoencoder,
-          "frames": train_frames.train_frames}[name]
+    fn = {
+        "lipsync": train_lipsync,
+        "motion": train_motion,
+        "autoencoder": train_autoencoder,
+        "frames": train_frames,
+    }[name]
     out = Path(cfg.out)
     if out.is_dir() and (restart or _stale(cfg)):
-        print(f"== demo: {out} was made by an older recipe or from older runs: training it "
-              "again", flush=True)
+        print(
+            f"== demo: {out} was made by an older recipe or from older runs: training it again",
+            flush=True,
+        )
         shutil.rmtree(out)
         restart = True
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT
 
     def step() -> int | None:
         return int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
 
     before = step()
     if progress:
-        print(f"== demo: {name}{' (resuming)' if before is not None else ''} -> {cfg.out}",
-              flush=True)
+        print(
+            f"== demo: {name}{' (resuming)' if before is not None else ''} -> {cfg.out}", flush=True
+        )
     fn(cfg, resume=before is not None, progress=progress)
     return restart or step() != before
 
 
-def train_demo(work: str | Path, runs: str | Path, model: str | Path,
-               progress: bool = True, seed: int = 0) -> Path:
+def train_demo(
+    work: str | Path, runs: str | Path, model: str | Path, progress: bool = True, seed: int = 0
+) -> Path:
     """Train both stages on the prepared demo in `work`; runs under `runs`, the model folder
     at `model` (returned). `seed`: every run's seed (bench/demo_quality.py varies it)."""
     from fd2talk.model.store.folder import export
@@ -120,15 +136,39 @@ def train_demo(work: str | Path, runs: str | Path, model: str | Path,
     motion_runs = [(out["motion"], None)] + [(f, f"{k}/{FOLDS}") for k, f in enumerate(folds)]
     configs = [
         ("lipsync", C.LipsyncTrainConfig(shards=shards, out=out["lipsync"], **LIPSYNC, **common)),
-        *[("motion", C.MotionTrainConfig(shards=shards, out=path, lip_expert=out["lipsync"],
-                                          fold=fold, **MOTION, **common))
-          for path, fold in motion_runs],
-        ("autoencoder", C.AutoencoderTrainConfig(shards=shards, out=out["autoencoder"],
-                                                 **AUTOENCODER, **common)),
-        ("frames", C.FramesTrainConfig(shards=shards, out=out["frames"],
-                                       autoencoder=str(runs / "autoencoder" / "autoencoder"),
-                                       motion=out["motion"], motion_folds=tuple(folds),
-                                       **FRAMES, **common))]
+        *[
+            (
+                "motion",
+                C.MotionTrainConfig(
+                    shards=shards,
+                    out=path,
+                    lip_expert=out["lipsync"],
+                    fold=fold,
+                    **MOTION,
+                    **common,
+                ),
+            )
+            for path, fold in motion_runs
+        ],
+        (
+            "autoencoder",
+            C.AutoencoderTrainConfig(
+                shards=shards, out=out["autoencoder"], **AUTOENCODER, **common
+            ),
+        ),
+        (
+            "frames",
+            C.FramesTrainConfig(
+                shards=shards,
+                out=out["frames"],
+                autoencoder=str(runs / "autoencoder" / "autoencoder"),
+                motion=out["motion"],
+                motion_folds=tuple(folds),
+                **FRAMES,
+                **common,
+            ),
+        ),
+    ]
     restart = False
     for name, cfg in configs:
         restart = _train(name, cfg, progress, restart)

@@ -1,4 +1,4 @@
-"""Speech for the demo videos, made offline (issue 2 item 6, DESIGN.md section 6).
+"""Speech for the demo videos, made offline (the bundled demo dataset, DESIGN.md section 6).
 
 Two sources, both deterministic for a given `numpy.random.Generator`:
 
@@ -29,18 +29,32 @@ ESPEAK_TIMEOUT = 30.0  # seconds per sentence
 SPEECH_RMS = 0.1  # speech is scaled to this RMS (about -20 dBFS)
 
 SENTENCES = (  # Harvard sentences (IEEE 1969)
-    "The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.", "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.", "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.", "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.", "A rod is used to catch pink salmon.",
-    "The source of the huge river is the clear spring.", "Kick the ball straight and follow through.",
-    "Help the woman get back to her feet.", "A pot of tea helps to pass the evening.",
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.",
+    "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.",
+    "A pot of tea helps to pass the evening.",
 )
 VOICES = ("en-us+f3", "en-gb+f2", "en-us+f4", "en+f5", "en-gb-x-rp+f1", "en-us+f2")
-VOWELS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410),
-          (300, 870, 2240), (660, 1720, 2410))  # formants F1-F3 (Hz) of a, e, i, o, u, ae
+VOWELS = (
+    (730, 1090, 2440),
+    (530, 1840, 2480),
+    (270, 2290, 3010),
+    (570, 840, 2410),
+    (300, 870, 2240),
+    (660, 1720, 2410),
+)  # formants F1-F3 (Hz) of a, e, i, o, u, ae
 FORMANT_BANDWIDTHS = (80, 100, 140)  # Hz, of F1-F3
 
 
@@ -50,6 +64,7 @@ def speech_source(use_espeak: bool) -> str:
 
 
 # ---- espeak-ng ------------------------------------------------------------------------------
+
 
 def espeak(text: str, voice: str, speed: int, pitch: int, sample_rate: int) -> np.ndarray:
     """One sentence from espeak-ng -> (n,) float32 mono at `sample_rate`."""
@@ -74,8 +89,16 @@ def espeak(text: str, voice: str, speed: int, pitch: int, sample_rate: int) -> n
     return resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
 
 
-def espeak_speech(n: int, sample_rate: int, rng: np.random.Generator, *, voice: str, speed: int,
-                  pitch: int, first_sentence: int) -> np.ndarray:
+def espeak_speech(
+    n: int,
+    sample_rate: int,
+    rng: np.random.Generator,
+    *,
+    voice: str,
+    speed: int,
+    pitch: int,
+    first_sentence: int,
+) -> np.ndarray:
     """`SENTENCES` from `first_sentence` on, with pauses, until `n` samples are filled: (n,) float32.
 
     `speed` in words per minute, `pitch` 0..99 (espeak-ng's `-s` and `-p`).
@@ -91,6 +114,7 @@ def espeak_speech(n: int, sample_rate: int, rng: np.random.Generator, *, voice: 
 
 
 # ---- the synthetic voice --------------------------------------------------------------------
+
 
 def _resonator(x: np.ndarray, freq: float, bw: float, sr: int) -> np.ndarray:
     """Two-pole resonator at `freq` Hz with bandwidth `bw` Hz over (n,) `x`."""
@@ -113,8 +137,9 @@ def synthetic_speech(n: int, sample_rate: int, rng: np.random.Generator) -> np.n
 
     sr = sample_rate
     t = np.arange(n) / sr
-    f0 = rng.uniform(110, 220) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t
-                                                     + rng.uniform(0, 2 * np.pi)))
+    f0 = rng.uniform(110, 220) * (
+        1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.2, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    )
     phase = np.cumsum(f0 / sr)
     pulses = np.diff(np.floor(phase), prepend=0.0)  # 1 at each glottal closure
     source = lfilter([1.0], [1.0, -1.9, 0.9025], pulses)  # glottal shape, -12 dB/octave

@@ -1,5 +1,5 @@
 """The metrics of `fd2talk-eval`, as math on arrays (the networks that feed some of them live
-in `eval_nets.py`, the command in `evaluate.py`). Each follows a published protocol; where the
+in `nets.py`, the scoring of a video in `scoring.py`). Each follows a published protocol; where the
 paper leaves a choice open, the choice is written here and in the README's metric section.
 
 - PSNR and SSIM: RGB in [0, 1], `data_range=1`; SSIM with Wang et al.'s settings (Gaussian
@@ -32,10 +32,51 @@ import warnings
 
 import numpy as np
 
+from fd2talk.core.schema import FPS, SAMPLE_RATE
+
 # MediaPipe face mesh lip landmarks (FACEMESH_LIPS: outer and inner contours, 40 points)
-LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270,
-        409, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311,
-        310, 415)
+LIPS = (
+    61,
+    146,
+    91,
+    181,
+    84,
+    17,
+    314,
+    405,
+    321,
+    375,
+    291,
+    185,
+    40,
+    39,
+    37,
+    0,
+    267,
+    269,
+    270,
+    409,
+    78,
+    95,
+    88,
+    178,
+    87,
+    14,
+    317,
+    402,
+    318,
+    324,
+    308,
+    191,
+    80,
+    81,
+    82,
+    13,
+    312,
+    311,
+    310,
+    415,
+)
 EYE_CORNERS = (33, 263)  # the outer corners of the right and left eye
 
 BEAT_SIGMA2 = 9.0  # Bailando: frames^2
@@ -67,10 +108,20 @@ def ssim(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
     if gen.shape != ref.shape:
         raise ValueError(f"frames differ in shape: {gen.shape} vs {ref.shape}")
-    return np.array([structural_similarity(a, b, data_range=1.0, channel_axis=-1,
-                                           gaussian_weights=True, sigma=1.5,
-                                           use_sample_covariance=False)
-                     for a, b in zip(_unit(gen), _unit(ref), strict=True)])
+    return np.array(
+        [
+            structural_similarity(
+                a,
+                b,
+                data_range=1.0,
+                channel_axis=-1,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+            for a, b in zip(_unit(gen), _unit(ref), strict=True)
+        ]
+    )
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +132,9 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (pytorch-fid's, with its fallback of
     eps on the diagonals when the product is singular)."""
     from scipy import linalg
@@ -127,24 +179,28 @@ def lse(video: np.ndarray, audio: np.ndarray, vshift: int = 15) -> dict[str, flo
     SyncNet embeddings of the video and the audio (syncnet_python's `evaluate`)."""
     mdist = sync_distances(video, audio, vshift).mean(1)  # (31,) averaged over windows
     k = int(np.argmin(mdist))
-    return {"lse_d": float(mdist[k]), "lse_c": float(np.median(mdist) - mdist[k]),
-            "av_offset": int(vshift - k)}
+    return {
+        "lse_d": float(mdist[k]),
+        "lse_c": float(np.median(mdist) - mdist[k]),
+        "av_offset": int(vshift - k),
+    }
 
 
-def speech_onsets(samples: np.ndarray, frames: int, sr: int = 16000) -> np.ndarray:
+def speech_onsets(samples: np.ndarray, frames: int, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Frame indices (25 fps) of the speech's onsets: peaks of the half-wave rectified
     spectral flux of the log-magnitude spectrum (one 40 ms hop per frame), above its mean
     plus half its spread and at least 3 frames apart (a simple onset detector in the manner
     of librosa's `onset_detect`, which the audio-beat part of Bailando uses)."""
     from scipy.signal import find_peaks
 
-    hop = sr // 25
+    hop = sr // FPS
     pad = np.zeros(frames * hop, np.float64)
-    pad[:min(len(samples), len(pad))] = samples[:len(pad)]
+    pad[: min(len(samples), len(pad))] = samples[: len(pad)]
     win = np.hanning(2 * hop)
     padded = np.pad(pad, (hop // 2, hop + hop // 2))  # window i is centred on frame i
-    spec = np.stack([np.abs(np.fft.rfft(win * padded[i * hop:i * hop + 2 * hop]))
-                     for i in range(frames)])  # (F, hop + 1)
+    spec = np.stack(
+        [np.abs(np.fft.rfft(win * padded[i * hop : i * hop + 2 * hop])) for i in range(frames)]
+    )  # (F, hop + 1)
     logs = np.log1p(100 * spec)
     flux = np.concatenate([[0.0], np.maximum(np.diff(logs, axis=0), 0).sum(1)])  # (F,)
     if flux.std() == 0:
@@ -182,8 +238,9 @@ def diversity(angles: np.ndarray) -> float:
     return float(angles.std(0).mean()) if len(angles) >= 2 else float("nan")
 
 
-def lmd(gen_lm: np.ndarray, ref_lm: np.ndarray, gen_valid: np.ndarray,
-        ref_valid: np.ndarray) -> float:
+def lmd(
+    gen_lm: np.ndarray, ref_lm: np.ndarray, gen_valid: np.ndarray, ref_valid: np.ndarray
+) -> float:
     """Mouth landmark distance (module doc) of landmarks (F, 478, 2) in image coordinates;
     nan when no frame has a face in both."""
     n = min(len(gen_lm), len(ref_lm))

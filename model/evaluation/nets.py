@@ -23,17 +23,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from fd2talk.core.schema import SAMPLE_RATE, SAMPLES_PER_FRAME
+
 SYNCNET_ENV = "FD2TALK_SYNCNET"
-SYNCNET_HELP = ("syncnet_v2.model from joonson/syncnet_python (its download_model.sh fetches "
-                "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model); pass "
-                f"--syncnet PATH or set ${SYNCNET_ENV}")
+SYNCNET_HELP = (
+    "syncnet_v2.model from joonson/syncnet_python (its download_model.sh fetches "
+    "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model); pass "
+    f"--syncnet PATH or set ${SYNCNET_ENV}"
+)
 HOPENET_ENV = "FD2TALK_HOPENET"
-HOPENET_HELP = ("hopenet_robust_alpha1.pkl from natanielruiz/deep-head-pose (its README links "
-                f"the 300W-LP alpha 1 robust model); pass --hopenet PATH or set ${HOPENET_ENV}")
+HOPENET_HELP = (
+    "hopenet_robust_alpha1.pkl from natanielruiz/deep-head-pose (its README links "
+    f"the 300W-LP alpha 1 robust model); pass --hopenet PATH or set ${HOPENET_ENV}"
+)
 INCEPTION_ENV = "FD2TALK_INCEPTION"
-INCEPTION_HELP = ("pt_inception-2015-12-05-6726825d.pth from pytorch-fid's releases "
-                  "(github.com/mseitzer/pytorch-fid/releases/download/fid_weights/); pass "
-                  f"--inception PATH or set ${INCEPTION_ENV}")
+INCEPTION_HELP = (
+    "pt_inception-2015-12-05-6726825d.pth from pytorch-fid's releases "
+    "(github.com/mseitzer/pytorch-fid/releases/download/fid_weights/); pass "
+    f"--inception PATH or set ${INCEPTION_ENV}"
+)
 VSHIFT = 15  # offsets -15..15 frames, as Wav2Lip's and the paper's evaluations use
 
 
@@ -66,25 +74,33 @@ class SyncNet(nn.Module):
         super().__init__()
         c2, c3 = nn.Conv2d, nn.Conv3d
         self.netcnnaud = nn.Sequential(
-            *_bn_relu(c2(1, 64, 3, 1, 1), 64, 2), nn.MaxPool2d(1, 1),
-            *_bn_relu(c2(64, 192, 3, 1, 1), 192, 2), nn.MaxPool2d(3, (1, 2)),
+            *_bn_relu(c2(1, 64, 3, 1, 1), 64, 2),
+            nn.MaxPool2d(1, 1),
+            *_bn_relu(c2(64, 192, 3, 1, 1), 192, 2),
+            nn.MaxPool2d(3, (1, 2)),
             *_bn_relu(c2(192, 384, 3, padding=1), 384, 2),
             *_bn_relu(c2(384, 256, 3, padding=1), 256, 2),
-            *_bn_relu(c2(256, 256, 3, padding=1), 256, 2), nn.MaxPool2d(3, 2),
-            *_bn_relu(c2(256, 512, (5, 4)), 512, 2, inplace=False))
-        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                                      nn.Linear(512, fc))
-        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                                      nn.Linear(512, fc))
+            *_bn_relu(c2(256, 256, 3, padding=1), 256, 2),
+            nn.MaxPool2d(3, 2),
+            *_bn_relu(c2(256, 512, (5, 4)), 512, 2, inplace=False),
+        )
+        self.netfcaud = nn.Sequential(
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, fc)
+        )
+        self.netfclip = nn.Sequential(
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, fc)
+        )
         self.netcnnlip = nn.Sequential(
-            *_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2)), 96, 3), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu(c3(3, 96, (5, 7, 7), (1, 2, 2)), 96, 3),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
             *_bn_relu(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), 256, 3),
             nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
             *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, 3),
             *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, 3),
             *_bn_relu(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, 3),
             nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
-            *_bn_relu(c3(256, 512, (1, 6, 6)), 512, 3))
+            *_bn_relu(c3(256, 512, (1, 6, 6)), 512, 3),
+        )
 
     def forward_aud(self, x: torch.Tensor) -> torch.Tensor:
         return self.netfcaud(self.netcnnaud(x).flatten(1))
@@ -98,21 +114,31 @@ def _state(path: Path, what: str, file: str, help_: str, want: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise Unavailable(f"{what}: {path} is not a readable weights file "
-                          f"({type(e).__name__}: {e}); {help_}") from None
+        raise Unavailable(
+            f"{what}: {path} is not a readable weights file ({type(e).__name__}: {e}); {help_}"
+        ) from None
     if not isinstance(state, dict):
         raise Unavailable(f"{what}: {path} holds no state dict; {help_}")
     # files saved before PyTorch 0.4.1 (Hopenet's, maybe SyncNet's) have no BatchNorm
     # `num_batches_tracked`: it only counts training steps, and is 0 when absent
-    state = {**{k: torch.zeros((), dtype=torch.long) for k in want
-                if k.endswith("num_batches_tracked") and k not in state}, **state}
+    state = {
+        **{
+            k: torch.zeros((), dtype=torch.long)
+            for k in want
+            if k.endswith("num_batches_tracked") and k not in state
+        },
+        **state,
+    }
     missing = sorted(set(want) - set(state))
     extra = sorted(set(state) - set(want))
-    shapes = sorted(k for k in set(want) & set(state)
-                    if tuple(want[k].shape) != tuple(state[k].shape))
+    shapes = sorted(
+        k for k in set(want) & set(state) if tuple(want[k].shape) != tuple(state[k].shape)
+    )
     if missing or extra or shapes:
-        raise Unavailable(f"{what}: {path} is not {file}'s layout (missing {missing[:3]}, "
-                          f"unexpected {extra[:3]}, other shapes {shapes[:3]}); {help_}")
+        raise Unavailable(
+            f"{what}: {path} is not {file}'s layout (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, other shapes {shapes[:3]}); {help_}"
+        )
     return state
 
 
@@ -121,8 +147,9 @@ def load_syncnet(path: str | None = None, device: str = "cpu") -> SyncNet:
     is Unavailable with the keys that differ."""
     path = weights_path(path, SYNCNET_ENV, "LSE-D/LSE-C", SYNCNET_HELP)
     net = SyncNet()
-    net.load_state_dict(_state(path, "LSE-D/LSE-C", "syncnet_v2.model", SYNCNET_HELP,
-                               net.state_dict()))
+    net.load_state_dict(
+        _state(path, "LSE-D/LSE-C", "syncnet_v2.model", SYNCNET_HELP, net.state_dict())
+    )
     return net.eval().to(device)
 
 
@@ -136,10 +163,18 @@ class Hopenet(nn.Module):
         from torchvision.models.resnet import Bottleneck, ResNet
 
         trunk = ResNet(Bottleneck, [3, 4, 6, 3])
-        self.conv1, self.bn1, self.relu, self.maxpool = (trunk.conv1, trunk.bn1, trunk.relu,
-                                                         trunk.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = (trunk.layer1, trunk.layer2,
-                                                              trunk.layer3, trunk.layer4)
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            trunk.conv1,
+            trunk.bn1,
+            trunk.relu,
+            trunk.maxpool,
+        )
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            trunk.layer1,
+            trunk.layer2,
+            trunk.layer3,
+            trunk.layer4,
+        )
         self.avgpool = nn.AvgPool2d(7)
         self.fc_yaw, self.fc_pitch, self.fc_roll = (nn.Linear(2048, bins) for _ in range(3))
         self.fc_finetune = nn.Linear(2048 + 3, 3)  # vestigial in the original, kept to load
@@ -155,8 +190,15 @@ def load_hopenet(path: str | None = None, device: str = "cpu") -> Hopenet:
     """Hopenet from `hopenet_robust_alpha1.pkl` (flag, else $FD2TALK_HOPENET)."""
     path = weights_path(path, HOPENET_ENV, "Diversity/Beat Align (Hopenet)", HOPENET_HELP)
     net = Hopenet()
-    net.load_state_dict(_state(path, "Diversity/Beat Align (Hopenet)",
-                               "hopenet_robust_alpha1.pkl", HOPENET_HELP, net.state_dict()))
+    net.load_state_dict(
+        _state(
+            path,
+            "Diversity/Beat Align (Hopenet)",
+            "hopenet_robust_alpha1.pkl",
+            HOPENET_HELP,
+            net.state_dict(),
+        )
+    )
     return net.eval().to(device)
 
 
@@ -174,13 +216,18 @@ def hopenet_angles(net: Hopenet, frames: np.ndarray, batch: int = 32) -> np.ndar
     idx = torch.arange(66, dtype=torch.float32, device=device)
     out = []
     for a in range(0, len(frames), batch):
-        x = torch.from_numpy(frames[a:a + batch]).to(device).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(frames[a : a + batch]).to(device).permute(0, 3, 1, 2).float() / 255
         h, w = x.shape[2:]
         k = 224 / min(h, w)
-        x = F.interpolate(x, size=(max(224, round(h * k)), max(224, round(w * k))),
-                          mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x,
+            size=(max(224, round(h * k)), max(224, round(w * k))),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         top, left = (x.shape[2] - 224) // 2, (x.shape[3] - 224) // 2
-        x = (x[:, :, top:top + 224, left:left + 224] - mean) / std
+        x = (x[:, :, top : top + 224, left : left + 224] - mean) / std
         out.append(torch.stack([(F.softmax(y, 1) * idx).sum(1) * 3 - 99 for y in net(x)], 1))
     return torch.cat(out).cpu().numpy().astype(np.float64)
 
@@ -233,12 +280,12 @@ def inception_features(net, frames: np.ndarray, batch: int = 50) -> np.ndarray:
     device = next(net.parameters()).device
     out = []
     for a in range(0, len(frames), batch):
-        x = torch.from_numpy(frames[a:a + batch]).to(device).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(frames[a : a + batch]).to(device).permute(0, 3, 1, 2).float() / 255
         out.append(net(x)[0].flatten(1))
     return torch.cat(out).cpu().numpy().astype(np.float64)
 
 
-def mfcc(samples: np.ndarray, sr: int = 16000) -> np.ndarray:
+def mfcc(samples: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """(13, T) MFCC at 100 Hz: python_speech_features' defaults, as syncnet_python computes it
     from 16-bit samples (float samples in [-1, 1] are scaled to that range first)."""
     import python_speech_features
@@ -248,8 +295,9 @@ def mfcc(samples: np.ndarray, sr: int = 16000) -> np.ndarray:
 
 
 @torch.no_grad()
-def syncnet_embeddings(net: SyncNet, frames: np.ndarray, samples: np.ndarray,
-                       batch: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def syncnet_embeddings(
+    net: SyncNet, frames: np.ndarray, samples: np.ndarray, batch: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-window embeddings (W, 1024) of the lips and the audio, syncnet_python's `evaluate`:
     frames (F, H, W, 3) uint8 RGB face crops (resized to 224 and turned BGR here), 16 kHz
     samples; window i = frames i..i+4 and MFCC columns 4i..4i+19; W = min(F, len/640) - 5."""
@@ -257,16 +305,21 @@ def syncnet_embeddings(net: SyncNet, frames: np.ndarray, samples: np.ndarray,
 
     device = next(net.parameters()).device
     cc = torch.from_numpy(mfcc(samples).astype(np.float32))[None, None]  # (1, 1, 13, T)
-    n = min(len(frames), len(samples) // 640) - 5
+    n = min(len(frames), len(samples) // SAMPLES_PER_FRAME) - 5
     if n < 1:
         raise ValueError(f"LSE needs at least 6 frames of video and audio, got {n + 5}")
-    bgr = np.stack([cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA)[..., ::-1]
-                    for f in frames[:n + 5]])  # (F, 224, 224, 3)
+    bgr = np.stack(
+        [
+            cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA)[..., ::-1]
+            for f in frames[: n + 5]
+        ]
+    )  # (F, 224, 224, 3)
     video = torch.from_numpy(bgr.astype(np.float32)).permute(3, 0, 1, 2)[None]  # (1, 3, F, ..)
     lips, auds = [], []
     for a in range(0, n, batch):
         idx = range(a, min(n, a + batch))
-        lips.append(net.forward_lip(torch.cat([video[:, :, i:i + 5] for i in idx]).to(device)))
-        auds.append(net.forward_aud(torch.cat([cc[..., 4 * i:4 * i + 20] for i in idx]
-                                              ).to(device)))
+        lips.append(net.forward_lip(torch.cat([video[:, :, i : i + 5] for i in idx]).to(device)))
+        auds.append(
+            net.forward_aud(torch.cat([cc[..., 4 * i : 4 * i + 20] for i in idx]).to(device))
+        )
     return torch.cat(lips).cpu().numpy(), torch.cat(auds).cpu().numpy()

@@ -27,14 +27,19 @@ def read_jobs(path: Path) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise UserError(f"{path}: the header lacks {', '.join(missing)} (need columns "
-                            f"{','.join(COLUMNS)})")
+            raise UserError(
+                f"{path}: the header lacks {', '.join(missing)} (need columns {','.join(COLUMNS)})"
+            )
         rows = []
         for i, row in enumerate(reader, start=2):
             if not any((row.get(c) or "").strip() for c in COLUMNS):
                 continue  # a blank line
-            rows.append({"line": i, **{c: _resolve(path.parent, (row.get(c) or "").strip())
-                                       for c in COLUMNS}})
+            rows.append(
+                {
+                    "line": i,
+                    **{c: _resolve(path.parent, (row.get(c) or "").strip()) for c in COLUMNS},
+                }
+            )
     return rows
 
 
@@ -71,8 +76,9 @@ def run_jobs(pipe, jobs: Path, options, progress: bool = True) -> int:
             rec.update(status="skipped", reason="out exists")
         else:
             try:
-                result = pipe(row["image"], row["audio"], out=row["out"], options=options,
-                              progress=progress)
+                result = pipe(
+                    row["image"], row["audio"], out=row["out"], options=options, progress=progress
+                )
                 rec.update(status="ok", reason="; ".join(result.notes))
             except UserError as e:
                 rec.update(status="failed", reason=str(e))
@@ -81,11 +87,16 @@ def run_jobs(pipe, jobs: Path, options, progress: bool = True) -> int:
         _write_results(out_path, results)
         if progress:
             colour = {"ok": None, "skipped": typer.colors.BLUE, "failed": typer.colors.RED}
-            typer.secho(f"[{k}/{len(rows)}] {rec['status']}: {row['out']}"
-                        + (f" ({rec['reason']})" if rec["reason"] else ""),
-                        fg=colour[rec["status"]], err=rec["status"] == "failed")
+            typer.secho(
+                f"[{k}/{len(rows)}] {rec['status']}: {row['out']}"
+                + (f" ({rec['reason']})" if rec["reason"] else ""),
+                fg=colour[rec["status"]],
+                err=rec["status"] == "failed",
+            )
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "failed")}
     if progress:
-        typer.echo(f"jobs: {counts['ok']} made, {counts['skipped']} skipped (out exists), "
-                   f"{counts['failed']} failed; per row: {out_path}")
+        typer.echo(
+            f"jobs: {counts['ok']} made, {counts['skipped']} skipped (out exists), "
+            f"{counts['failed']} failed; per row: {out_path}"
+        )
     return counts["failed"]

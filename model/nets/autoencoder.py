@@ -56,7 +56,8 @@ PRETRAINED_HINT = (
     "pass a diffusers-format VQ-f4 autoencoder folder (config.json + weights), e.g. the `vqvae` "
     "folder of CompVis/ldm-celebahq-256 downloaded beforehand on a machine with internet "
     "(huggingface-cli download CompVis/ldm-celebahq-256 --include 'vqvae/*'), or use `--preset` "
-    "to train an autoencoder from scratch")
+    "to train an autoencoder from scratch"
+)
 
 
 class RefAutoencoder(nn.Module):
@@ -105,22 +106,28 @@ class RefAutoencoder(nn.Module):
             path = path / "vqvae"  # the whole LDM pipeline folder was given
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise UserError(f"no VQ autoencoder at {path} (no config.json there): "
-                            f"{PRETRAINED_HINT}")
+            raise UserError(
+                f"no VQ autoencoder at {path} (no config.json there): {PRETRAINED_HINT}"
+            )
         try:
             raw = json.loads(config_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{config_file} is not a readable diffusers config ({e}): "
-                            f"{PRETRAINED_HINT}") from None
+            raise UserError(
+                f"{config_file} is not a readable diffusers config ({e}): {PRETRAINED_HINT}"
+            ) from None
         if raw.get("_class_name") != "VQModel":
-            raise UserError(f"{path} holds a {raw.get('_class_name')!r}, not a diffusers "
-                            f"VQModel: {PRETRAINED_HINT}")
+            raise UserError(
+                f"{path} holds a {raw.get('_class_name')!r}, not a diffusers "
+                f"VQModel: {PRETRAINED_HINT}"
+            )
         _check_supported(raw, path)
         try:
             vq = VQModel.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"could not load the VQ autoencoder in {path}: "
-                            f"{str(e).strip()[:300]}; {PRETRAINED_HINT}") from None
+            raise UserError(
+                f"could not load the VQ autoencoder in {path}: "
+                f"{str(e).strip()[:300]}; {PRETRAINED_HINT}"
+            ) from None
         config = AutoencoderConfig.from_dict(dict(vq.config))
         return cls(config, vq.float())
 
@@ -133,9 +140,11 @@ class RefAutoencoder(nn.Module):
         path = Path(path).expanduser()
         config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
         if not config_file.is_file() or not weights_file.is_file():
-            raise UserError(f"no fine-tuned autoencoder at {path} (needs {CONFIG_FILE} and "
-                            f"{WEIGHTS_FILE}, written by the autoencoder training step); for a "
-                            "diffusers VQModel folder use the pretrained-autoencoder option")
+            raise UserError(
+                f"no fine-tuned autoencoder at {path} (needs {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}, written by the autoencoder training step); for a "
+                "diffusers VQModel folder use the pretrained-autoencoder option"
+            )
         meta = json.loads(config_file.read_text())
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise UserError(f"{config_file} is not a {FORMAT} v{FORMAT_VERSION} config")
@@ -144,17 +153,23 @@ class RefAutoencoder(nn.Module):
             state = load_file(weights_file)
             model.load_state_dict(state)
         except (SafetensorError, RuntimeError) as e:
-            raise UserError(f"{weights_file} does not match {config_file}: "
-                            f"{str(e).strip()[:300]}") from None
+            raise UserError(
+                f"{weights_file} does not match {config_file}: {str(e).strip()[:300]}"
+            ) from None
         model.scaling_factor = meta.get("scaling_factor")
         return model
 
     def record(self) -> dict:
         """The autoencoder.json record: format, config, fingerprint and the measured latent
         scaling factor (None until `latent_scale.measure` set it)."""
-        return {"format": FORMAT, "version": FORMAT_VERSION, "latent_scale": LATENT_SCALE,
-                "scaling_factor": self.scaling_factor, "fingerprint": self.fingerprint(),
-                "config": dataclasses.asdict(self.config)}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "latent_scale": LATENT_SCALE,
+            "scaling_factor": self.scaling_factor,
+            "fingerprint": self.fingerprint(),
+            "config": dataclasses.asdict(self.config),
+        }
 
     def save(self, path: str | Path) -> None:
         """Write `model.safetensors`, then `autoencoder.json` (last), atomically, into `path`."""
@@ -185,8 +200,10 @@ class RefAutoencoder(nn.Module):
         equal exactly when two autoencoders produce the same latents."""
         from fd2talk.core.revision import tensor_fingerprint
 
-        return tensor_fingerprint({"config": dataclasses.asdict(self.config),
-                                   "latent_scale": LATENT_SCALE}, self.state_dict())
+        return tensor_fingerprint(
+            {"config": dataclasses.asdict(self.config), "latent_scale": LATENT_SCALE},
+            self.state_dict(),
+        )
 
     # ---- the network --------------------------------------------------------------------
 
@@ -194,8 +211,9 @@ class RefAutoencoder(nn.Module):
         """img (N,3,H,W) in [-1,1] -> pre-quantisation latent (N,d,H/f,W/f), times LATENT_SCALE."""
         f = self.factor
         if img.ndim != 4 or img.shape[1] != 3 or img.shape[2] % f or img.shape[3] % f:
-            raise ValueError(f"expected images (N, 3, H, W) with H, W divisible by {f}, "
-                             f"got {tuple(img.shape)}")
+            raise ValueError(
+                f"expected images (N, 3, H, W) with H, W divisible by {f}, got {tuple(img.shape)}"
+            )
         h = self.vq.encoder(img)  # (N, d, h, w)
         return self.vq.quant_conv(h) * LATENT_SCALE  # (N, d, h, w)
 
@@ -204,12 +222,15 @@ class RefAutoencoder(nn.Module):
         quant, commit, _ = self.vq.quantize(latent / LATENT_SCALE)  # straight-through gradient
         return self.vq.post_quant_conv(quant), commit
 
-    def decode_with_commit(self, ref_latent: torch.Tensor,
-                           latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_with_commit(
+        self, ref_latent: torch.Tensor, latent: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ref_latent, latent) (N,d,h,w) each -> (img (N,3,h*f,w*f), commit loss (scalar))."""
         if ref_latent.shape != latent.shape:
-            raise ValueError(f"reference latent {tuple(ref_latent.shape)} and latent "
-                             f"{tuple(latent.shape)} differ in shape")
+            raise ValueError(
+                f"reference latent {tuple(ref_latent.shape)} and latent "
+                f"{tuple(latent.shape)} differ in shape"
+            )
         ref_q, ref_commit = self._quantise(ref_latent)  # (N, d, h, w)
         tgt_q, tgt_commit = self._quantise(latent)  # (N, d, h, w)
         img = self.vq.decoder(torch.cat([ref_q, tgt_q], dim=1))  # (N,2d,h,w) -> (N,3,H,W)
@@ -219,8 +240,9 @@ class RefAutoencoder(nn.Module):
         """(ref_latent, latent) (N,d,h,w) each -> img (N,3,h*f,w*f): D([x, J0])."""
         return self.decode_with_commit(ref_latent, latent)[0]
 
-    def reconstruct(self, ref_img: torch.Tensor,
-                    img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(
+        self, ref_img: torch.Tensor, img: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ref_img F1, img F2) (N,3,H,W) -> (D([E(F1), E(F2)]) (N,3,H,W), commit loss ())."""
         n = img.shape[0]
         z = self.encode(torch.cat([ref_img, img]))  # (2N, d, h, w): one encoder pass
@@ -244,14 +266,18 @@ def _check_supported(raw: dict, path: Path) -> None:
         if raw.get(key, 3) != 3:
             problems.append(f"{key}={raw[key]} (only 3)")
     if problems:
-        raise UserError(f"the VQModel in {path} has settings this autoencoder does not support: "
-                        f"{'; '.join(problems)}; {PRETRAINED_HINT}")
+        raise UserError(
+            f"the VQModel in {path} has settings this autoencoder does not support: "
+            f"{'; '.join(problems)}; {PRETRAINED_HINT}"
+        )
 
 
 def load_autoencoder(path: str | Path | None, device: str) -> RefAutoencoder:
     """The frozen fine-tuned autoencoder in `path` (RUN/autoencoder or MODEL/autoencoder), for
     the frame UNet's training and for sampling."""
     if not path:
-        raise UserError("--autoencoder is required: train one with `fd2talk-train autoencoder "
-                        "--shards SHARDS --out RUN`, then pass RUN/autoencoder")
+        raise UserError(
+            "--autoencoder is required: train one with `fd2talk-train autoencoder "
+            "--shards SHARDS --out RUN`, then pass RUN/autoencoder"
+        )
     return RefAutoencoder.load(path).to(device).eval().requires_grad_(False)

@@ -50,9 +50,46 @@ BACKENDS = ("deep3d", "mediapipe")
 # MediaPipe face mesh: the 40 landmarks of FACEMESH_LIPS (outer and inner lip contours), sorted
 # (= sorted set of the endpoints of mediapipe's FaceLandmarksConnections.FACE_LANDMARKS_LIPS).
 MOUTH: tuple[int, ...] = (
-    0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181,
-    185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405,
-    409, 415,
+    0,
+    13,
+    14,
+    17,
+    37,
+    39,
+    40,
+    61,
+    78,
+    80,
+    81,
+    82,
+    84,
+    87,
+    88,
+    91,
+    95,
+    146,
+    178,
+    181,
+    185,
+    191,
+    267,
+    269,
+    270,
+    291,
+    308,
+    310,
+    311,
+    312,
+    314,
+    317,
+    318,
+    321,
+    324,
+    375,
+    402,
+    405,
+    409,
+    415,
 )
 MP_POINTS = 478  # MediaPipe landmarks per face (468 mesh + 10 iris)
 
@@ -60,12 +97,14 @@ MP_POINTS = 478  # MediaPipe landmarks per face (468 mesh + 10 iris)
 BFM_MOUTH_KEYPOINTS = slice(48, 68)
 BFM_NAME = "BFM_model_front.mat"
 BFM_ENV = "FD2TALK_BFM_DIR"  # the folder Deep3D calls BFM (also holds similarity_Lm3D_all.mat)
-BFM_HINT = (f"{BFM_NAME} is Deep3DFaceRecon_pytorch's converted Basel Face Model: get BFM09 "
-            "(01_MorphableModel.mat) from the Basel Face Model site "
-            "(https://faces.dmi.unibas.ch/bfm/main.php?nav=1-2&id=downloads) and Exp_Pca.bin "
-            "(the expression basis linked in Deep3DFaceRecon_pytorch's README), put both in its "
-            "BFM folder and let its util/load_mats.py write "
-            f"{BFM_NAME}; then pass that folder or file")
+BFM_HINT = (
+    f"{BFM_NAME} is Deep3DFaceRecon_pytorch's converted Basel Face Model: get BFM09 "
+    "(01_MorphableModel.mat) from the Basel Face Model site "
+    "(https://faces.dmi.unibas.ch/bfm/main.php?nav=1-2&id=downloads) and Exp_Pca.bin "
+    "(the expression basis linked in Deep3DFaceRecon_pytorch's README), put both in its "
+    "BFM folder and let its util/load_mats.py write "
+    f"{BFM_NAME}; then pass that folder or file"
+)
 
 # Ridge of the mediapipe fit, relative to the mean diagonal of beta's Gram matrix (so it does
 # not fade with more frames). Measured on the shared clips (one clip fitted, another tested):
@@ -100,19 +139,27 @@ class FaceModel(nn.Module):
     id_basis: torch.Tensor
     exp_basis: torch.Tensor
 
-    def __init__(self, mean, id_basis, exp_basis, backend: str,
-                 vertex_ids: Iterable[int] | None = None):
+    def __init__(
+        self, mean, id_basis, exp_basis, backend: str, vertex_ids: Iterable[int] | None = None
+    ):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).reshape(-1)  # (3M,)
         id_basis = torch.as_tensor(np.asarray(id_basis), dtype=torch.float32)  # (3M, D_id)
         exp_basis = torch.as_tensor(np.asarray(exp_basis), dtype=torch.float32)  # (3M, D_exp)
-        if mean.numel() % 3 or id_basis.shape[0] != mean.numel() or \
-                exp_basis.shape[0] != mean.numel() or id_basis.ndim != 2 or exp_basis.ndim != 2:
-            raise ValueError(f"bases disagree: mean {tuple(mean.shape)}, id_basis "
-                             f"{tuple(id_basis.shape)}, exp_basis {tuple(exp_basis.shape)} "
-                             "(expected (3M,), (3M, D_id), (3M, D_exp))")
+        if (
+            mean.numel() % 3
+            or id_basis.shape[0] != mean.numel()
+            or exp_basis.shape[0] != mean.numel()
+            or id_basis.ndim != 2
+            or exp_basis.ndim != 2
+        ):
+            raise ValueError(
+                f"bases disagree: mean {tuple(mean.shape)}, id_basis "
+                f"{tuple(id_basis.shape)}, exp_basis {tuple(exp_basis.shape)} "
+                "(expected (3M,), (3M, D_id), (3M, D_exp))"
+            )
         self.register_buffer("mean", mean.contiguous())
         self.register_buffer("id_basis", id_basis.contiguous())
         self.register_buffer("exp_basis", exp_basis.contiguous())
@@ -143,8 +190,7 @@ class FaceModel(nn.Module):
         s = self.mean + beta.to(self.exp_basis.dtype) @ self.exp_basis.T  # (..., 3M)
         if alpha is not None:
             if alpha.shape[-1] != self.id_dim:
-                raise ValueError(f"alpha has {alpha.shape[-1]} dims, this face model "
-                                 f"{self.id_dim}")
+                raise ValueError(f"alpha has {alpha.shape[-1]} dims, this face model {self.id_dim}")
             ident = alpha.to(self.id_basis.dtype) @ self.id_basis.T  # (..., 3M)
             while ident.ndim < s.ndim:  # alpha (N, D_id) vs beta (N, F, D_exp): per sequence
                 ident = ident.unsqueeze(-2)
@@ -154,7 +200,8 @@ class FaceModel(nn.Module):
     def identity_points(self, alpha: torch.Tensor) -> torch.Tensor:
         """(..., D_id) -> (..., M, 3): S_bar + B_id alpha (the face with beta = 0)."""
         return (self.mean + alpha.to(self.id_basis.dtype) @ self.id_basis.T).unflatten(
-            -1, (self.n_points, 3))
+            -1, (self.n_points, 3)
+        )
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -169,36 +216,49 @@ class FaceModel(nn.Module):
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], prefix: str = "") -> FaceModel:
         """Rebuild a FaceModel saved with `state_dict()` (e.g. inside a checkpoint)."""
         extra = state.get(prefix + "_extra_state") or {}
-        model = cls(state[prefix + "mean"], state[prefix + "id_basis"],
-                    state[prefix + "exp_basis"], extra.get("backend", "deep3d"),
-                    extra.get("vertex_ids"))
+        model = cls(
+            state[prefix + "mean"],
+            state[prefix + "id_basis"],
+            state[prefix + "exp_basis"],
+            extra.get("backend", "deep3d"),
+            extra.get("vertex_ids"),
+        )
         return model
 
     def to_state(self) -> dict:
         """Plain dict for a checkpoint: the three bases (CPU tensors), backend, vertex ids and
         the fit report (a dict, or None); `from_state` rebuilds the model from it."""
         report = self.fit_report
-        return {"mean": self.mean.detach().cpu().clone(),
-                "id_basis": self.id_basis.detach().cpu().clone(),
-                "exp_basis": self.exp_basis.detach().cpu().clone(),
-                "backend": self.backend,
-                "vertex_ids": list(self.vertex_ids) if self.vertex_ids is not None else None,
-                "fit_report": dataclasses.asdict(report) if report is not None else None}
+        return {
+            "mean": self.mean.detach().cpu().clone(),
+            "id_basis": self.id_basis.detach().cpu().clone(),
+            "exp_basis": self.exp_basis.detach().cpu().clone(),
+            "backend": self.backend,
+            "vertex_ids": list(self.vertex_ids) if self.vertex_ids is not None else None,
+            "fit_report": dataclasses.asdict(report) if report is not None else None,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping) -> FaceModel:
         """Inverse of `to_state` (also accepts a `state_dict()`)."""
         if "_extra_state" in state:
             return cls.from_state_dict(state)
-        model = cls(state["mean"], state["id_basis"], state["exp_basis"], state["backend"],
-                    state.get("vertex_ids"))
+        model = cls(
+            state["mean"],
+            state["id_basis"],
+            state["exp_basis"],
+            state["backend"],
+            state.get("vertex_ids"),
+        )
         if state.get("fit_report"):
             model.fit_report = FitReport(**state["fit_report"])
         return model
 
     def extra_repr(self) -> str:
-        return (f"backend={self.backend!r}, n_points={self.n_points}, id_dim={self.id_dim}, "
-                f"exp_dim={self.exp_dim}")
+        return (
+            f"backend={self.backend!r}, n_points={self.n_points}, id_dim={self.id_dim}, "
+            f"exp_dim={self.exp_dim}"
+        )
 
     # ---- builders ------------------------------------------------------------------------------
 
@@ -215,17 +275,20 @@ class FaceModel(nn.Module):
         ex_base = np.asarray(mat["exBase"], np.float32)  # (3N, 64)
         keypoints = np.asarray(mat["keypoints"]).reshape(-1).astype(np.int64) - 1  # (68,) 0-based
         if len(keypoints) != 68 or id_base.shape[0] != mean.size or ex_base.shape[0] != mean.size:
-            raise UserError(f"{path}: not Deep3D's {BFM_NAME} layout (meanshape {mean.size}, "
-                            f"idBase {id_base.shape}, exBase {ex_base.shape}, "
-                            f"{len(keypoints)} keypoints; expected 3N, (3N, 80), (3N, 64), 68)")
+            raise UserError(
+                f"{path}: not Deep3D's {BFM_NAME} layout (meanshape {mean.size}, "
+                f"idBase {id_base.shape}, exBase {ex_base.shape}, "
+                f"{len(keypoints)} keypoints; expected 3N, (3N, 80), (3N, 64), 68)"
+            )
         mean = mean - mean.mean(0, keepdims=True)  # Deep3D's recenter=True
         verts = keypoints[BFM_MOUTH_KEYPOINTS]  # (20,)
         rows = (3 * verts[:, None] + np.arange(3)).reshape(-1)  # (60,) interleaved x, y, z
         return cls(mean.reshape(-1)[rows], id_base[rows], ex_base[rows], "deep3d", verts)
 
     @classmethod
-    def fit_mediapipe(cls, samples: Iterable[Mapping[str, np.ndarray]],
-                      ridge: float = RIDGE) -> FaceModel:
+    def fit_mediapipe(
+        cls, samples: Iterable[Mapping[str, np.ndarray]], ridge: float = RIDGE
+    ) -> FaceModel:
         """Fit S_bar and B_exp of the mouth on samples with numpy arrays exp (F, 52),
         lm3d (F, 478, 3), id (1434,), valid (F,); B_id selects the mouth from id.
         The in-sample fit quality is in `model.fit_report` (and logged)."""
@@ -233,21 +296,29 @@ class FaceModel(nn.Module):
         for sample in samples:
             normal.add(sample)
         if normal.frames == 0:
-            raise UserError("no valid frames to fit the mediapipe mouth model on: the samples "
-                            "have no frame with valid=True")
+            raise UserError(
+                "no valid frames to fit the mediapipe mouth model on: the samples "
+                "have no frame with valid=True"
+            )
         coef = normal.solve(ridge)  # (D_exp + 1, 3M)
         model = cls(coef[-1], mouth_selection(), coef[:-1].T, "mediapipe", MOUTH)
         model.fit_report = normal.report(coef)
-        log.info("mediapipe mouth model: R^2 %.4f, rmse %.4f cm over %d frames",
-                 model.fit_report.r2, model.fit_report.rmse, model.fit_report.frames)
+        log.info(
+            "mediapipe mouth model: R^2 %.4f, rmse %.4f cm over %d frames",
+            model.fit_report.r2,
+            model.fit_report.rmse,
+            model.fit_report.frames,
+        )
         return model
 
     def evaluate(self, samples: Iterable[Mapping[str, np.ndarray]]) -> FitReport:
         """R^2 of this (mediapipe) model on other samples (same dict layout as fit_mediapipe),
         e.g. held-out clips; r2 is relative to the samples' own mean of the target."""
         if self.backend != "mediapipe":
-            raise ValueError("evaluate() scores a mediapipe face model on MediaPipe landmarks; "
-                             f"this one is {self.backend!r}")
+            raise ValueError(
+                "evaluate() scores a mediapipe face model on MediaPipe landmarks; "
+                f"this one is {self.backend!r}"
+            )
         normal = _NormalEquations()
         for sample in samples:
             normal.add(sample)
@@ -257,12 +328,15 @@ class FaceModel(nn.Module):
 
 # ---- helpers ------------------------------------------------------------------------------------
 
+
 def bfm_path(path: str | Path | None = None) -> Path:
     """Resolve BFM_model_front.mat: `path` (the file or its folder), else $FD2TALK_BFM_DIR."""
     value = path or os.environ.get(BFM_ENV)
     if not value:
-        raise UserError(f"{BFM_NAME} is needed for the deep3d face model: pass its folder (or "
-                        f"the file) or set {BFM_ENV} ({BFM_HINT}), or use the mediapipe backend")
+        raise UserError(
+            f"{BFM_NAME} is needed for the deep3d face model: pass its folder (or "
+            f"the file) or set {BFM_ENV} ({BFM_HINT}), or use the mediapipe backend"
+        )
     p = Path(value).expanduser()
     if p.is_dir():
         p = p / BFM_NAME
@@ -323,13 +397,17 @@ class _NormalEquations:
     def report(self, coef: np.ndarray) -> FitReport:
         n, k = self.frames, self.xty.shape[1]
         # sum |Y - X W|^2 = sum Y^2 - 2 tr(W^T X^T Y) + tr(W^T X^T X W), exactly, in one pass
-        ss_res = self.yy - 2.0 * float((coef * self.xty).sum()) + float(
-            (coef * (self.xtx @ coef)).sum())
-        ss_tot = self.yy - float((self.ysum ** 2).sum()) / n
+        ss_res = (
+            self.yy - 2.0 * float((coef * self.xty).sum()) + float((coef * (self.xtx @ coef)).sum())
+        )
+        ss_tot = self.yy - float((self.ysum**2).sum()) / n
         ss_res = max(ss_res, 0.0)
-        return FitReport(frames=n, r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-                         rmse=float(np.sqrt(ss_res / (n * k))),
-                         std=float(np.sqrt(max(ss_tot, 0.0) / (n * k))))
+        return FitReport(
+            frames=n,
+            r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+            rmse=float(np.sqrt(ss_res / (n * k))),
+            std=float(np.sqrt(max(ss_tot, 0.0) / (n * k))),
+        )
 
 
 from_bfm = FaceModel.from_bfm

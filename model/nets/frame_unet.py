@@ -38,7 +38,7 @@ Departures from / choices beyond the paper, all small:
 
 Building blocks are diffusers' (ResnetBlock2D, Downsample2D, Upsample2D, Attention,
 Timesteps, TimestepEmbedding); diffusers is imported inside the constructors so importing this
-module stays cheap (fd2talk/cli/model.py's --help).
+module stays cheap (fd2talk-train's --help).
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ from fd2talk.model.configs import UNET_PRESETS as PRESETS  # noqa: F401  (re-exp
 MAX_PERIOD = 10_000.0  # longest period of the 2-D sinusoidal reference positions
 
 
-def sinusoid_2d(h: int, w: int, dim: int, device: torch.device | str | None = None,
-                stride: float = 1.0) -> torch.Tensor:
+def sinusoid_2d(
+    h: int, w: int, dim: int, device: torch.device | str | None = None, stride: float = 1.0
+) -> torch.Tensor:
     """(h·w, dim) float32 2-D sinusoidal positions, row-major like `x.flatten(2)`.
 
     The first dim/2 channels encode the row y, the last dim/2 the column x, each as
@@ -84,8 +85,13 @@ def _cross_attention(width: int, ctx_dim: int, head_dim: int, dropout: float) ->
     from diffusers.models.attention_processor import Attention
 
     attn = Attention(
-        query_dim=width, cross_attention_dim=ctx_dim, heads=width // head_dim,
-        dim_head=head_dim, dropout=dropout, bias=False, out_bias=True,
+        query_dim=width,
+        cross_attention_dim=ctx_dim,
+        heads=width // head_dim,
+        dim_head=head_dim,
+        dropout=dropout,
+        bias=False,
+        out_bias=True,
     )
     nn.init.zeros_(attn.to_out[0].weight)
     nn.init.zeros_(attn.to_out[0].bias)
@@ -129,7 +135,10 @@ class DualCrossAttention(nn.Module):
         return a.to_out[1](a.to_out[0](o))  # (N, HW, C)
 
     def forward(
-        self, f: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor | None,
+        self,
+        f: torch.Tensor,
+        motion: torch.Tensor,
+        ref: torch.Tensor | None,
         ref_hw: tuple[int, int] | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -170,8 +179,11 @@ class FrameUNet(nn.Module):
 
         def resnet(c_in: int, c_out: int) -> nn.Module:
             return ResnetBlock2D(
-                in_channels=c_in, out_channels=c_out, temb_channels=t_dim,
-                groups=config.norm_groups, dropout=config.dropout,
+                in_channels=c_in,
+                out_channels=c_out,
+                temb_channels=t_dim,
+                groups=config.norm_groups,
+                dropout=config.dropout,
             )
 
         def attention(level: int) -> nn.Module:
@@ -237,13 +249,18 @@ class FrameUNet(nn.Module):
         """Everything the network computes from the reference x (1, d, h, w) alone: its tokens
         and every φ2's keys and values. Pass it as `forward(..., cache=)`: a video's frames and
         steps then skip that work (bench/generate.py measures the gain)."""
-        _, r = self.condition(torch.zeros(1, self.motion_dim, device=ref.device,
-                                          dtype=ref.dtype), ref)
+        _, r = self.condition(
+            torch.zeros(1, self.motion_dim, device=ref.device, dtype=ref.dtype), ref
+        )
         blocks = [b for b in self.modules() if isinstance(b, DualCrossAttention)]
         return {"ref": ref, "tokens": r, "kv": {b: b.reference_kv(r) for b in blocks}}
 
     def forward(
-        self, j_t: torch.Tensor, t: torch.Tensor, motion: torch.Tensor, ref: torch.Tensor,
+        self,
+        j_t: torch.Tensor,
+        t: torch.Tensor,
+        motion: torch.Tensor,
+        ref: torch.Tensor,
         cache: dict | None = None,
     ) -> torch.Tensor:
         """j_t (N, d, h, w), t (N,) int64, motion [β, p] (N, D_m), ref x (N or 1, d, h, w)
@@ -303,8 +320,14 @@ class FrameUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))  # (N, d, h, w)
 
     @staticmethod
-    def _attend(block: nn.Module, x: torch.Tensor, m: torch.Tensor, r: torch.Tensor,
-                grid: tuple[int, int] | None, kv: dict):
+    def _attend(
+        block: nn.Module,
+        x: torch.Tensor,
+        m: torch.Tensor,
+        r: torch.Tensor,
+        grid: tuple[int, int] | None,
+        kv: dict,
+    ):
         return x if isinstance(block, nn.Identity) else block(x, m, r, grid, kv.get(block))
 
     def predictor(

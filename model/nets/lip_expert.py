@@ -57,8 +57,9 @@ class _Encoder(nn.Module):
     def __init__(self, in_dim: int, config: LipExpertConfig):
         super().__init__()
         self.inp = nn.Linear(in_dim, config.width)
-        self.blocks = nn.ModuleList(_ConvBlock(config.width, config.kernel)
-                                    for _ in range(config.layers))
+        self.blocks = nn.ModuleList(
+            _ConvBlock(config.width, config.kernel) for _ in range(config.layers)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.out = nn.Linear(config.window * config.width, config.embed_dim)
 
@@ -74,8 +75,9 @@ class _Encoder(nn.Module):
 class LipExpert(nn.Module):
     """forward(mouth (N, W, M, 3), audio (N, W, D_a)) -> P_sync (N,) in [eps, 1]."""
 
-    def __init__(self, config: LipExpertConfig = LipExpertConfig(), n_points: int = 20,
-                 audio_dim: int = 80):
+    def __init__(
+        self, config: LipExpertConfig = LipExpertConfig(), n_points: int = 20, audio_dim: int = 80
+    ):
         super().__init__()
         self.config = config
         self.n_points = n_points
@@ -90,8 +92,9 @@ class LipExpert(nn.Module):
     def _check(self, x: torch.Tensor, trailing: tuple[int, ...], what: str) -> None:
         want = (self.config.window, *trailing)
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"{what} must be (N, {', '.join(map(str, want))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{what} must be (N, {', '.join(map(str, want))}), got {tuple(x.shape)}"
+            )
 
     def embed_mouth(self, mouth: torch.Tensor) -> torch.Tensor:
         """(N, W, M, 3) mouth points (any units) -> (N, E) unit vectors."""
@@ -147,10 +150,14 @@ def windows(x: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
     return x.unfold(1, window, 1).movedim(-1, 2)
 
 
-def make_pairs(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor,
-               window: int = WINDOW, min_shift: int = MIN_SHIFT,
-               generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_pairs(
+    mouth: torch.Tensor,
+    audio: torch.Tensor,
+    valid: torch.Tensor,
+    window: int = WINDOW,
+    min_shift: int = MIN_SHIFT,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One in-sync and one off-sync pair per sequence, for pre-training the expert.
 
     mouth (N, F, M, 3), audio (N, F, D_a), valid (N, F) bool ->
@@ -165,14 +172,20 @@ def make_pairs(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor,
     n, f = valid.shape
     n_starts = f - window + 1
     if n_starts - 1 < min_shift or min_shift < 1:
-        raise ValueError(f"{f} frames leave no audio shift of at least {min_shift} frames for "
-                         f"a {window}-frame window (need F >= W + min_shift, min_shift >= 1)")
+        raise ValueError(
+            f"{f} frames leave no audio shift of at least {min_shift} frames for "
+            f"a {window}-frame window (need F >= W + min_shift, min_shift >= 1)"
+        )
     ok = windows(valid.bool(), window).all(-1).cpu()  # (N, S) window fully valid
     idx = torch.arange(n_starts)
     far = (idx[:, None] - idx[None]).abs() >= min_shift  # (S, S)
-    tiers = torch.stack([ok[:, :, None] & ok[:, None, :] & far,  # both windows valid
-                         ok[:, :, None] & far,  # the mouth window valid
-                         far.expand(n, -1, -1)])  # anywhere: (3, N, S, S)
+    tiers = torch.stack(
+        [
+            ok[:, :, None] & ok[:, None, :] & far,  # both windows valid
+            ok[:, :, None] & far,  # the mouth window valid
+            far.expand(n, -1, -1),
+        ]
+    )  # anywhere: (3, N, S, S)
     tier = tiers.flatten(2).any(-1).int().argmax(0)  # (N,) first tier with a pair
     allowed = tiers[tier, torch.arange(n)]  # (N, S, S)
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)  # two draws per sequence
@@ -187,8 +200,11 @@ def make_pairs(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor,
     audio_pos = aw[rows_n, starts]  # (N, W, D_a)
     audio_neg = aw[rows_n, shifted]  # (N, W, D_a)
     label = torch.cat([torch.ones(n), torch.zeros(n)]).to(mouth.device)  # (2N,)
-    return (torch.cat([mouth_w, mouth_w]).contiguous(),
-            torch.cat([audio_pos, audio_neg]).contiguous(), label)
+    return (
+        torch.cat([mouth_w, mouth_w]).contiguous(),
+        torch.cat([audio_pos, audio_neg]).contiguous(),
+        label,
+    )
 
 
 def _pick(mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,8 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """
     half = dim // 2
     freqs = torch.exp(
-        -math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=positions.device)
+        -math.log(MAX_PERIOD)
+        * torch.arange(half, dtype=torch.float32, device=positions.device)
         / half
     )  # (half,)
     args = positions.to(torch.float32)[..., None] * freqs  # (*S, half)

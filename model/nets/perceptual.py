@@ -36,16 +36,19 @@ from fd2talk.core.errors import UserError
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 VGG16 file name
 VGG16_ENV = "FD2TALK_VGG16"
 VGG16_HINT = (
-    "on a machine with internet, `python -c \"import torchvision; torchvision.models.vgg16("
+    'on a machine with internet, `python -c "import torchvision; torchvision.models.vgg16('
     "weights='IMAGENET1K_V1')\"` writes it to ~/.cache/torch/hub/checkpoints/; copy it here and "
     f"pass its path (the VGG16 flag or ${VGG16_ENV}), or train with `--lambda-per 0` to drop the "
-    "perceptual term")
+    "perceptual term"
+)
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # conv indices in `features`
 LPIPS_VERSION = "0.1"
 LPIPS_NET = "vgg"
 # lpips' deprecation warnings from torchvision (its `pretrained=` call): harmless at 0.29
-_TORCHVISION_WARNINGS = (r"The parameter 'pretrained' is deprecated",
-                         r"Arguments other than a weight enum")
+_TORCHVISION_WARNINGS = (
+    r"The parameter 'pretrained' is deprecated",
+    r"Arguments other than a weight enum",
+)
 
 
 def default_vgg16_path() -> Path:
@@ -66,8 +69,10 @@ def vgg16_path(flag: str | Path | None = None) -> Path:
         path, source = default_vgg16_path(), "torchvision's default location"
     path = path.expanduser()
     if not path.is_file():
-        raise UserError(f"VGG16 weights {VGG16_FILE} for the LPIPS loss not found at {path} "
-                        f"(from {source}): {VGG16_HINT}")
+        raise UserError(
+            f"VGG16 weights {VGG16_FILE} for the LPIPS loss not found at {path} "
+            f"(from {source}): {VGG16_HINT}"
+        )
     return path
 
 
@@ -80,8 +85,10 @@ def _lpips_heads_file() -> Path:
         raise UserError("the lpips package is not installed: `pip install lpips==0.1.4`")
     path = Path(spec.origin).parent / "weights" / f"v{LPIPS_VERSION}" / f"{LPIPS_NET}.pth"
     if not path.is_file():
-        raise UserError(f"lpips' linear-head weights {path} are missing: reinstall "
-                        "`pip install --force-reinstall lpips==0.1.4`")
+        raise UserError(
+            f"lpips' linear-head weights {path} are missing: reinstall "
+            "`pip install --force-reinstall lpips==0.1.4`"
+        )
     return path
 
 
@@ -90,16 +97,20 @@ def _load_features(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise UserError(f"{path} is not a readable torch state dict ({str(e).strip()[:200]}): "
-                        f"{VGG16_HINT}") from None
+        raise UserError(
+            f"{path} is not a readable torch state dict ({str(e).strip()[:200]}): {VGG16_HINT}"
+        ) from None
     if not isinstance(state, dict):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a VGG16 state dict: "
-                        f"{VGG16_HINT}")
+        raise UserError(
+            f"{path} holds a {type(state).__name__}, not a VGG16 state dict: {VGG16_HINT}"
+        )
     for index in VGG16_CONVS:  # checked before lpips builds its (slow) network
         for kind in ("weight", "bias"):
             if f"features.{index}.{kind}" not in state:
-                raise UserError(f"{path} has no features.{index}.{kind}: is it torchvision's "
-                                f"VGG16 ({VGG16_FILE})? {VGG16_HINT}")
+                raise UserError(
+                    f"{path} has no features.{index}.{kind}: is it torchvision's "
+                    f"VGG16 ({VGG16_FILE})? {VGG16_HINT}"
+                )
     return {k: v for k, v in state.items() if k.startswith("features.")}
 
 
@@ -117,8 +128,14 @@ class Perceptual(nn.Module):
             for message in _TORCHVISION_WARNINGS:
                 warnings.filterwarnings("ignore", message=message, category=UserWarning)
             # pretrained=True: linear heads from `heads`; pnet_rand=True: no backbone download
-            self.lpips = lpips.LPIPS(pretrained=True, net=LPIPS_NET, version=LPIPS_VERSION,
-                                     pnet_rand=True, model_path=str(heads), verbose=False)
+            self.lpips = lpips.LPIPS(
+                pretrained=True,
+                net=LPIPS_NET,
+                version=LPIPS_VERSION,
+                pnet_rand=True,
+                model_path=str(heads),
+                verbose=False,
+            )
         # lpips' backbone keeps torchvision's layer indices inside its 5 slices:
         # features.<i>.weight -> slice<k>.<i>.weight
         wanted = self.lpips.net.state_dict()
@@ -127,14 +144,17 @@ class Perceptual(nn.Module):
             _, index, kind = key.split(".")  # "slice1", "0", "weight"
             source = f"features.{index}.{kind}"
             if source not in features:
-                raise UserError(f"{self.weights_path} has no {source}: is it torchvision's "
-                                f"VGG16 ({VGG16_FILE})? {VGG16_HINT}")
+                raise UserError(
+                    f"{self.weights_path} has no {source}: is it torchvision's "
+                    f"VGG16 ({VGG16_FILE})? {VGG16_HINT}"
+                )
             mapped[key] = features[source]
         try:
             self.lpips.net.load_state_dict(mapped, strict=True)
         except RuntimeError as e:
-            raise UserError(f"{self.weights_path} does not fit VGG16 "
-                            f"({str(e).strip()[:300]}): {VGG16_HINT}") from None
+            raise UserError(
+                f"{self.weights_path} does not fit VGG16 ({str(e).strip()[:300]}): {VGG16_HINT}"
+            ) from None
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -146,6 +166,8 @@ class Perceptual(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a, b (N,3,H,W) in [-1,1] -> LPIPS distances (N,); differentiable in a and b."""
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
-            raise ValueError(f"expected two (N, 3, H, W) images of one shape, got "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"expected two (N, 3, H, W) images of one shape, got "
+                f"{tuple(a.shape)} and {tuple(b.shape)}"
+            )
         return self.lpips(a, b, normalize=False).reshape(a.shape[0])  # (N,1,1,1) -> (N,)

@@ -1,2 +1,3 @@
-"""Training: the shared machinery (distributed set-up, runs, EMA, checkpoints) and one module
-per trainer (lipsync, motion, autoencoder, frames)."""
+"""Training: the run layer every trainer shares (run, distributed, ema, rng, metrics; the
+checkpoint format is model/store/checkpoint.py) and one module per trainer (lipsync, motion,
+autoencoder, frames), each with its own explicit loop."""

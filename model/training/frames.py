@@ -17,9 +17,9 @@ loss is `Diffusion.loss` (x0 prediction) on J0. Latents come from the shards' la
 when it was made by this run's autoencoder (`fd2talk-prep latents`), else the frozen encoder
 runs on the decoded frames every step; a cache made by another autoencoder is an error.
 
-Same machinery as stage 1 (model/training/trainer.py): EMA, atomic checkpoints, bit-for-bit resume,
-DDP under torchrun, bf16 autocast on CUDA, validation (x0 loss on fixed items at step 0 and
-every `val_every` steps), metrics.jsonl.
+Same machinery as stage 1 (model/training/run.py and its helpers): EMA, atomic checkpoints,
+bit-for-bit resume, DDP under torchrun, bf16 autocast on CUDA, validation (x0 loss of the EMA
+UNet on fixed items at step 0 and every `val_every` steps), metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fd2talk.core.device import autocast
 from fd2talk.core.errors import UserError
 from fd2talk.core.schema import CROP_SIZE, POSE_DIM
 from fd2talk.model.configs import FramesTrainConfig
@@ -41,14 +42,25 @@ from fd2talk.model.data import loader as data_mod
 from fd2talk.model.data.frame_items import FrameItems
 from fd2talk.model.data.normalize import Stats
 from fd2talk.model.diffusion import Diffusion, DiffusionConfig
-from fd2talk.model.training import trainer
+from fd2talk.model.training.distributed import Dist, barrier, gather, no_sync, wrap_ddp
+from fd2talk.model.training.ema import EMA
+from fd2talk.model.training.metrics import Mean
+from fd2talk.model.training.rng import noise_generator
+from fd2talk.model.training.run import Parts, Run, start_run
 
 MOTION_CACHE = "predicted_motion.npz"
 CACHE_META = "fd2talk.meta"  # the cache's record of what made it (no clip key has a dot)
 
 
-def motion_cache_meta(part, source: str, shards: str, splits: tuple[str, ...], steps: int,
-                      seed: int, info: data_mod.DatasetInfo) -> dict:
+def motion_cache_meta(
+    part,
+    source: str,
+    shards: str,
+    splits: tuple[str, ...],
+    steps: int,
+    seed: int,
+    info: data_mod.DatasetInfo,
+) -> dict:
     """What a predicted-motion cache must have been made with to be reused: the stage-1
     model's fingerprint (config and weights), the sampler, its steps and seed, the shards and
     splits. A stage-1 model (`part`, read from `source`) made for other shards (coefficients,
@@ -60,9 +72,14 @@ def motion_cache_meta(part, source: str, shards: str, splits: tuple[str, ...], s
 
     data_mod.check_same_kind(part.config["dataset"], info, f"the stage-1 model {source}")
     manifest = Path(shards) / data_mod.MANIFEST
-    return {"motion": pretrained.fingerprint(part), "sampler": Stitch.joint.value,
-            "steps": steps, "seed": seed, "splits": list(splits),
-            "shards": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    return {
+        "motion": pretrained.fingerprint(part),
+        "sampler": Stitch.joint.value,
+        "steps": steps,
+        "seed": seed,
+        "splits": list(splits),
+        "shards": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+    }
 
 
 def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
@@ -77,13 +94,23 @@ def read_motion_cache(path: Path, meta: dict) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError):
         saved = {"unreadable": True}
     changed = ", ".join(k for k in meta if saved.get(k) != meta[k])
-    print(f"{path} was made with another {changed}: sampling the stage-1 motion again",
-          file=sys.stderr)
+    print(
+        f"{path} was made with another {changed}: sampling the stage-1 motion again",
+        file=sys.stderr,
+    )
     return None
 
 
-def predicted_motion(model, shards: str, splits: tuple[str, ...], steps: int, seed: int,
-                     d: trainer.Dist, progress: bool = True, keys=None) -> dict[str, np.ndarray]:
+def predicted_motion(
+    model,
+    shards: str,
+    splits: tuple[str, ...],
+    steps: int,
+    seed: int,
+    d: Dist,
+    progress: bool = True,
+    keys=None,
+) -> dict[str, np.ndarray]:
     """{key: (F, D_exp + 6) raw [beta, p]} sampled by the stage-1 `MotionModel` from each
     clip's audio (only the clips in `keys`, when given); under DDP each rank samples every
     world-th clip and all ranks receive the whole dict."""
@@ -92,12 +119,16 @@ def predicted_motion(model, shards: str, splits: tuple[str, ...], steps: int, se
     from fd2talk.model.generation import motion as motion_mod
 
     out = {}
-    clips = [c for split in splits for c in data_mod.iter_clips(shards, split)
-             if keys is None or c["key"] in keys][d.rank::d.world]
+    clips = [
+        c
+        for split in splits
+        for c in data_mod.iter_clips(shards, split)
+        if keys is None or c["key"] in keys
+    ][d.rank :: d.world]
     for clip in tqdm(clips, desc="stage-1 motion", leave=False, disable=not progress):
         m = motion_mod.sample(model, clip["audio"], steps=steps, seed=seed)
         out[clip["key"]] = np.concatenate([m["exp"], m["pose"]], 1).astype(np.float32)
-    return {k: v for share in trainer.gather(d, out) for k, v in share.items()}
+    return {k: v for share in gather(d, out) for k, v in share.items()}
 
 
 def fold_parts(sources: tuple[str, ...], shards: str) -> list:
@@ -110,24 +141,38 @@ def fold_parts(sources: tuple[str, ...], shards: str) -> list:
         part = pretrained.require(pretrained.load_parts([source]), "motion", [source])
         fold = part.config.get("fold")
         if fold is None:
-            raise UserError(f"--motion-fold {source} was not trained with `fd2talk-train motion "
-                            "--fold K/N`: pass the fold runs, one per K")
+            raise UserError(
+                f"--motion-fold {source} was not trained with `fd2talk-train motion "
+                "--fold K/N`: pass the fold runs, one per K"
+            )
         k, n = data_mod.parse_fold(fold["fold"])
         if k in folds or (folds and n != len(sources)):
-            raise UserError(f"--motion-fold: {', '.join(sources)} are not the N runs of one "
-                            f"--fold K/N split, K = 0..N-1 (got {fold['fold']})")
+            raise UserError(
+                f"--motion-fold: {', '.join(sources)} are not the N runs of one "
+                f"--fold K/N split, K = 0..N-1 (got {fold['fold']})"
+            )
         if fold["held_out"] != data_mod.fold_keys(shards, k, n):
-            raise UserError(f"--motion-fold {source} left out other clips than fold {k}/{n} of "
-                            f"{shards} holds: train the fold runs on these shards")
+            raise UserError(
+                f"--motion-fold {source} left out other clips than fold {k}/{n} of "
+                f"{shards} holds: train the fold runs on these shards"
+            )
         folds[k] = part
     if sorted(folds) != list(range(len(sources))) or len(sources) < 2:
-        raise UserError(f"--motion-fold needs one run per fold K = 0..N-1 of one --fold K/N "
-                        f"split (got {len(sources)})")
+        raise UserError(
+            f"--motion-fold needs one run per fold K = 0..N-1 of one --fold K/N "
+            f"split (got {len(sources)})"
+        )
     return [folds[k] for k in range(len(sources))]
 
 
-def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | None,
-                 progress: bool, folds: list | None = None) -> dict[str, np.ndarray] | None:
+def motion_cache(
+    cfg: FramesTrainConfig,
+    run: Run,
+    part,
+    meta: dict | None,
+    progress: bool,
+    folds: list | None = None,
+) -> dict[str, np.ndarray] | None:
     """The stage-1 predictions training conditions on (None: ground truth), by the stage-1
     `part`, with each training clip's expression by the fold model of `folds` that left it
     out (when given). Kept in the run directory with what made them (`meta`), and sampled
@@ -141,12 +186,27 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | No
         from fd2talk.model.generation.motion import from_part
 
         with torch.random.fork_rng(devices=[]):  # the run is the same with or without a cache
-            cache = predicted_motion(from_part(part, d.device), cfg.shards, splits,
-                                     cfg.motion_steps, cfg.seed, d, progress and d.main)
+            cache = predicted_motion(
+                from_part(part, d.device),
+                cfg.shards,
+                splits,
+                cfg.motion_steps,
+                cfg.seed,
+                d,
+                progress and d.main,
+            )
             for fold in folds or []:
                 held = set(fold.config["fold"]["held_out"])
-                out = predicted_motion(from_part(fold, d.device), cfg.shards, ("train",),
-                                       cfg.motion_steps, cfg.seed, d, progress and d.main, held)
+                out = predicted_motion(
+                    from_part(fold, d.device),
+                    cfg.shards,
+                    ("train",),
+                    cfg.motion_steps,
+                    cfg.seed,
+                    d,
+                    progress and d.main,
+                    held,
+                )
                 for key, row in out.items():  # its expression, the full model's pose
                     pose = cache[key][:, -POSE_DIM:]
                     cache[key] = np.concatenate([row[:, :-POSE_DIM], pose], 1)
@@ -155,12 +215,13 @@ def motion_cache(cfg: FramesTrainConfig, run: trainer.Run, part, meta: dict | No
             tmp = path.with_name(f".{path.name}.tmp.npz")
             np.savez(tmp, **{CACHE_META: np.array(json.dumps(meta))}, **cache)
             tmp.replace(path)
-        trainer.barrier(d)
+        barrier(d)
     return cache
 
 
-def motion_condition(batch: dict, stats: Stats, cache: dict | None, relative_pose: bool = False
-                     ) -> torch.Tensor:
+def motion_condition(
+    batch: dict, stats: Stats, cache: dict | None, relative_pose: bool = False
+) -> torch.Tensor:
     """(N, D_exp + 6) normalised [beta, p]: ground truth, or the stage-1 predictions; with
     `relative_pose`, p minus the reference frame's true pose (`frames.condition`). A
     video-only clip (no speech to predict from) has no prediction: its truth stands in."""
@@ -180,8 +241,9 @@ def motion_condition(batch: dict, stats: Stats, cache: dict | None, relative_pos
     return condition(stats, exp, pose, batch["ref_pose"] if relative_pose else None)
 
 
-def latents(batch: dict, ae, cached: bool, device: str, scale: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def latents(
+    batch: dict, ae, cached: bool, device: str, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(J0, x): target and reference latents (N, d, h, w) times `scale`, from the cache or the
     encoder."""
     ref, frame = batch["ref"].to(device), batch["frame"].to(device)
@@ -191,8 +253,9 @@ def latents(batch: dict, ae, cached: bool, device: str, scale: float
         return ae.encode(frame) * scale, ae.encode(ref) * scale
 
 
-def val_items(shards: str, split: str, maker: FrameItems, size: int, seed: int,
-              limit: int = 64) -> list[dict]:
+def val_items(
+    shards: str, split: str, maker: FrameItems, size: int, seed: int, limit: int = 64
+) -> list[dict]:
     rng = random.Random(seed)
     items = []
     for clip in data_mod.iter_clips(shards, split, maker.fields()):
@@ -200,7 +263,7 @@ def val_items(shards: str, split: str, maker: FrameItems, size: int, seed: int,
         if len(items) >= limit:
             break
     items = items[:limit]
-    return [data_mod.collate(items[i:i + size]) for i in range(0, len(items), size)]
+    return [data_mod.collate(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -211,79 +274,132 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
 
     if cfg.cond not in ("dual", "concat"):
         raise UserError(f"--cond must be dual or concat, not {cfg.cond!r}")
-    run = trainer.start_run(cfg, "frames", resume, PRESETS)
+    run = start_run(cfg, "frames", resume, PRESETS)
     d = run.d
     ae = load_autoencoder(cfg.autoencoder, d.device)
     scale = ae.scaling_factor
     if scale is None:
-        raise UserError(f"the autoencoder {cfg.autoencoder} has no measured latent scaling factor "
-                        "(an older fd2talk wrote it): train it again with `fd2talk-train "
-                        "autoencoder` (this version measures and saves it)")
+        raise UserError(
+            f"the autoencoder {cfg.autoencoder} has no measured latent scaling factor "
+            "(an older fd2talk wrote it): train it again with `fd2talk-train "
+            "autoencoder` (this version measures and saves it)"
+        )
     if run.state:
-        run.refuse(None if run.extras["autoencoder"] == ae.fingerprint() else
-                   f"trained with another autoencoder than {cfg.autoencoder}: resume with the "
-                   "same one")
+        run.refuse(
+            None
+            if run.extras["autoencoder"] == ae.fingerprint()
+            else f"trained with another autoencoder than {cfg.autoencoder}: resume with the "
+            "same one"
+        )
     info = data_mod.dataset_info(cfg.shards, "train", ("exp", "pose", "valid"))
     urls = data_mod.split_shards(cfg.shards, "train")
     cached = cfg.latent_cache and check_latents(cfg.shards, ae.fingerprint(), ae.latent_channels)
     if cached and cfg.image_size != CROP_SIZE:
-        raise UserError(f"the shards' latent cache holds {CROP_SIZE}px frames' latents but "
-                        f"--image-size is {cfg.image_size}: use {CROP_SIZE}, or --no-latent-cache")
+        raise UserError(
+            f"the shards' latent cache holds {CROP_SIZE}px frames' latents but "
+            f"--image-size is {cfg.image_size}: use {CROP_SIZE}, or --no-latent-cache"
+        )
     if cached and cfg.jitter > 0:
-        raise UserError(f"--jitter {cfg.jitter} recolours the frames before they are encoded, so "
-                        "it cannot use the shards' latent cache: add --no-latent-cache, or "
-                        "--jitter 0")
-    maker = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size,
-                       ref_frame=cfg.ref_frame,
-                       jitter=cfg.jitter)
+        raise UserError(
+            f"--jitter {cfg.jitter} recolours the frames before they are encoded, so "
+            "it cannot use the shards' latent cache: add --no-latent-cache, or "
+            "--jitter 0"
+        )
+    maker = FrameItems(
+        cfg.items_per_clip,
+        latents=cached,
+        image_size=cfg.image_size,
+        ref_frame=cfg.ref_frame,
+        jitter=cfg.jitter,
+    )
     plain = FrameItems(cfg.items_per_clip, latents=cached, image_size=cfg.image_size)  # val
-    val = (val_items(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1)
-           if cfg.val_split else [])
-    stats = (Stats.from_state_dict(run.extras["stats"]) if run.state else
-             Stats.compute(data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
-                           streams=("exp", "pose")))
+    val = (
+        val_items(cfg.shards, cfg.val_split, plain, cfg.batch_size, cfg.seed + 1)
+        if cfg.val_split
+        else []
+    )
+    stats = (
+        Stats.from_state_dict(run.extras["stats"])
+        if run.state
+        else Stats.compute(
+            data_mod.iter_clips(cfg.shards, "train", ("exp", "pose", "valid")),
+            streams=("exp", "pose"),
+        )
+    )
     part = meta = folds = None
     if cfg.motion:  # the stage-1 model is read once: for its record and, if need be, sampling
         from fd2talk.model.store import folder as pretrained
 
         part = pretrained.require(pretrained.load_parts([cfg.motion]), "motion", [cfg.motion])
         splits = ("train",) + ((cfg.val_split,) if cfg.val_split else ())
-        meta = motion_cache_meta(part, cfg.motion, cfg.shards, splits, cfg.motion_steps,
-                                 cfg.seed, info)
+        meta = motion_cache_meta(
+            part, cfg.motion, cfg.shards, splits, cfg.motion_steps, cfg.seed, info
+        )
         if cfg.motion_folds:
             folds = fold_parts(cfg.motion_folds, cfg.shards)
             meta["folds"] = [pretrained.fingerprint(f) for f in folds]
     elif cfg.motion_folds:
-        raise UserError("--motion-fold needs --motion: the stage-1 model trained on every clip "
-                        "(the pose, the validation clips and generation use it)")
+        raise UserError(
+            "--motion-fold needs --motion: the stage-1 model trained on every clip "
+            "(the pose, the validation clips and generation use it)"
+        )
     if run.state:
-        run.refuse(None if run.extras["dataset"] == dataclasses.asdict(info) else
-                   f"trained on {run.extras['dataset']} but the shards hold "
-                   f"{dataclasses.asdict(info)}: use the shards it was trained on")
-        run.refuse(None if run.extras.get("motion_cache") == meta else
-                   f"conditioned on the stage-1 model {cfg.motion} as it was when the run "
-                   "started, and that model has changed since: start a new run")
+        run.refuse(
+            None
+            if run.extras["dataset"] == dataclasses.asdict(info)
+            else f"trained on {run.extras['dataset']} but the shards hold "
+            f"{dataclasses.asdict(info)}: use the shards it was trained on"
+        )
+        run.refuse(
+            None
+            if run.extras.get("motion_cache") == meta
+            else f"conditioned on the stage-1 model {cfg.motion} as it was when the run "
+            "started, and that model has changed since: start a new run"
+        )
     cache = motion_cache(cfg, run, part, meta, progress, folds)
-    unet_config = dataclasses.replace(PRESETS[cfg.preset], cond=cfg.cond,
-                                      latent_channels=ae.latent_channels,
-                                      ref_input=cfg.ref_input)
+    unet_config = dataclasses.replace(
+        PRESETS[cfg.preset],
+        cond=cfg.cond,
+        latent_channels=ae.latent_channels,
+        ref_input=cfg.ref_input,
+    )
     net = FrameUNet(unet_config, info.exp_dim + 6).to(d.device)
     diffusion = Diffusion(DiffusionConfig(steps=cfg.diffusion_steps))
-    parts = trainer.Parts({"unet": net}, {"unet": torch.optim.Adam(net.parameters(), lr=cfg.lr)},
-                          {"unet": trainer.EMA(net, cfg.ema_decay)},
-                          trainer.noise_generator(cfg.seed, d.rank))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ema = EMA(net, cfg.ema_decay)
+    gen = noise_generator(cfg.seed, d.rank)  # diffusion timesteps and noise
+    parts = Parts({"unet": net}, {"unet": opt}, {"unet": ema}, gen)
     step = run.restore(parts)
-    gen, ema, opt = parts.generator, parts.emas["unet"], parts.optimizers["unet"]
-    model = trainer.wrap_ddp(net, d)
-    stream = data_mod.StreamConfig(batch_size=cfg.batch_size, workers=cfg.workers,
-                                   epoch_batches=cfg.epoch_batches, shuffle_buffer=4 * cfg.batch_size)
-    batches = data_mod.batches_from(urls, stream, maker.fields(), cfg.seed,
-                                    step * cfg.accumulate, d.rank, d.world, make_items=maker)
-    extras = {"dataset": dataclasses.asdict(info), "stats": stats.state_dict(),
-              "autoencoder": ae.fingerprint(), "autoencoder_path": str(cfg.autoencoder),
-              "latent_cache": cached, "latent_scale": scale, "motion_cache": meta,
-              "unet_config": dataclasses.asdict(unet_config), "motion_dim": info.exp_dim + 6,
-              "diffusion": dataclasses.asdict(diffusion.config), "relative_pose": cfg.relative_pose}
+    model = wrap_ddp(net, d)
+    stream = data_mod.StreamConfig(
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        epoch_batches=cfg.epoch_batches,
+        shuffle_buffer=4 * cfg.batch_size,
+    )
+    batches = data_mod.batches_from(
+        urls,
+        stream,
+        maker.fields(),
+        cfg.seed,
+        step * cfg.accumulate,
+        d.rank,
+        d.world,
+        make_items=maker,
+    )
+    extras = {
+        "dataset": dataclasses.asdict(info),
+        "stats": stats.state_dict(),
+        "autoencoder": ae.fingerprint(),
+        "autoencoder_path": str(cfg.autoencoder),
+        "latent_cache": cached,
+        "latent_scale": scale,
+        "motion_cache": meta,
+        "unet_config": dataclasses.asdict(unet_config),
+        "motion_dim": info.exp_dim + 6,
+        "diffusion": dataclasses.asdict(diffusion.config),
+        "relative_pose": cfg.relative_pose,
+    }
 
     def loss_of(unet, batch, g) -> torch.Tensor:
         j0, x = latents(batch, ae, cached, d.device, scale)
@@ -293,22 +409,39 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
         return diffusion.loss(lambda j_t, t_: unet(j_t, t_, cond, x), j0, t=t, noise=noise)["loss"]
 
     @torch.no_grad()
-    def validate() -> dict:
+    def validate() -> dict:  # the EMA UNet, what generation samples with
         g = torch.Generator().manual_seed(cfg.seed + 2)
         return {"loss": float(np.mean([float(loss_of(ema.model, b, g)) for b in val]))}
 
-    loop = trainer.RunLoop(run, step, parts, extras, validate, progress)
-    def micro(_: int):
-        batch = next(batches)
-        with trainer.autocast(d.device):
-            return loss_of(model, batch, gen), {}
-
+    run.begin(step)
+    metrics = {}
+    if cfg.val_split and step == 0:  # the untrained baseline
+        metrics = run.log_val(step, validate())
+    run.start_progress(step, progress)
     while step < cfg.steps:
+        # one optimizer step on the mean gradient of cfg.accumulate micro-batches
         opt.zero_grad(set_to_none=True)
-        values = trainer.accumulate([model], cfg.accumulate, micro)
+        train = Mean(cfg.accumulate)
+        for i in range(cfg.accumulate):
+            with no_sync([model], i < cfg.accumulate - 1):  # DDP all-reduces on the last
+                batch = next(batches)
+                with autocast(d.device, "bf16", cuda_only=True):
+                    loss = loss_of(model, batch, gen)
+                (loss / cfg.accumulate).backward()
+            train.add(loss)
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(net, step)
         step += 1
-        loop.step_done(step, values)
-    return loop.finish(step)
+
+        run.bar.update(1)
+        if run.should_log(step):
+            run.log_train(step, train.values)
+        if run.should_validate(step):
+            metrics = run.log_val(step, validate())
+        if run.should_save(step):
+            run.save(step, parts, extras)
+    if run.saved != step:  # --steps 0: the untrained model
+        run.save(step, parts, extras)
+    run.finish()  # RUN/model from the last checkpoint (the EMA UNet and its autoencoder)
+    return metrics

@@ -21,8 +21,10 @@ from fd2talk.model.data.normalize import Stats
 from fd2talk.model.nets.face_model import FaceModel
 from fd2talk.model.nets.lip_expert import LipExpert, LipExpertConfig, sync_loss, windows
 
-LIPSYNC_HINT = ("train one with `fd2talk-train lipsync --shards SHARDS --out RUN`, then pass "
-                "--lip-expert RUN (its run directory); or pass --lambda-sync 0 to train without L_sync")
+LIPSYNC_HINT = (
+    "train one with `fd2talk-train lipsync --shards SHARDS --out RUN`, then pass "
+    "--lip-expert RUN (its run directory); or pass --lambda-sync 0 to train without L_sync"
+)
 
 
 class SyncCritic(nn.Module):
@@ -34,8 +36,9 @@ class SyncCritic(nn.Module):
     def train(self, mode: bool = True) -> SyncCritic:  # always frozen, always eval
         return super().train(False)
 
-    def forward(self, beta: torch.Tensor, alpha: torch.Tensor, audio: torch.Tensor,
-                valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, beta: torch.Tensor, alpha: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         w = self.expert.config.window
         mouth = self.face(beta, alpha[:, None])  # (N, F, M, 3)
         audio = self.stats.normalize("audio", audio)  # (N, F, D_a)
@@ -58,7 +61,8 @@ def load_sync_critic(path: str | Path | None, info: DatasetInfo, device: str) ->
     part = pretrained.require(pretrained.load_parts([path]), "lip_expert", [path])
     check_same_kind(part.config["dataset"], info, f"the lip expert {path}")
     face = FaceModel.from_state({**part.config["face_model"], **part.sub("face")})
-    expert = LipExpert(LipExpertConfig(**part.config["expert_config"]), face.n_points,
-                       info.audio_dim)
+    expert = LipExpert(
+        LipExpertConfig(**part.config["expert_config"]), face.n_points, info.audio_dim
+    )
     expert.load_state_dict(part.sub("expert"))
     return SyncCritic(face, expert, Stats.from_state_dict(part.config["stats"])).to(device)

@@ -45,10 +45,11 @@ CONTEXT_SECONDS = 2.5  # extra audio on each side of a window, dropped when stit
 WAV2VEC2_ENV = "FD2TALK_WAV2VEC2"
 WAV2VEC2_HINT = (
     "pass --wav2vec2 DIR (or set FD2TALK_WAV2VEC2) with a model directory saved by "
-    "`save_pretrained`, e.g. on a machine with network: python -c \"from transformers import "
+    '`save_pretrained`, e.g. on a machine with network: python -c "from transformers import '
     "Wav2Vec2Model as M; M.from_pretrained('facebook/wav2vec2-base-960h')"
     ".save_pretrained('wav2vec2-base-960h')\" (save its Wav2Vec2FeatureExtractor there too, "
-    "so its do_normalize setting is used)")
+    "so its do_normalize setting is used)"
+)
 
 
 def fit_length(samples: np.ndarray, n_frames: int) -> np.ndarray:
@@ -60,20 +61,29 @@ def fit_length(samples: np.ndarray, n_frames: int) -> np.ndarray:
     return np.concatenate([samples, np.zeros(n - len(samples), np.float32)])
 
 
-
-
 # ----------------------------------------------------------------------------- log-mel
 
 
-def mel_filterbank(n_mels: int = MEL_BANDS, n_fft: int = MEL_WINDOW, sr: int = SAMPLE_RATE,
-                   fmin: float = MEL_FMIN, fmax: float = MEL_FMAX) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int = MEL_BANDS,
+    n_fft: int = MEL_WINDOW,
+    sr: int = SAMPLE_RATE,
+    fmin: float = MEL_FMIN,
+    fmax: float = MEL_FMAX,
+) -> np.ndarray:
     """Triangular, area-normalised (Slaney) mel filters on Slaney's mel scale (librosa's
     default): (n_mels, n_fft // 2 + 1) float32, from transformers' `mel_filter_bank`."""
     from transformers.audio_utils import mel_filter_bank
 
-    bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels,
-                           min_frequency=fmin, max_frequency=fmax, sampling_rate=sr,
-                           norm="slaney", mel_scale="slaney")  # (bins, n_mels) float64
+    bank = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=fmin,
+        max_frequency=fmax,
+        sampling_rate=sr,
+        norm="slaney",
+        mel_scale="slaney",
+    )  # (bins, n_mels) float64
     return np.ascontiguousarray(bank.T, np.float32)
 
 
@@ -96,9 +106,17 @@ class LogMel:
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * n / MEL_WINDOW)).astype(np.float32)
 
     def info(self) -> dict:
-        return {"backend": self.name, "dim": self.dim, "fps": FPS, "n_fft": MEL_WINDOW,
-                "hop": SAMPLES_PER_FRAME, "window": "hann", "fmin": MEL_FMIN, "fmax": MEL_FMAX,
-                "log": "ln(max(power, 1e-10))"}
+        return {
+            "backend": self.name,
+            "dim": self.dim,
+            "fps": FPS,
+            "n_fft": MEL_WINDOW,
+            "hop": SAMPLES_PER_FRAME,
+            "window": "hann",
+            "fmin": MEL_FMIN,
+            "fmax": MEL_FMAX,
+            "log": "ln(max(power, 1e-10))",
+        }
 
     def features(self, samples: np.ndarray, n_frames: int) -> np.ndarray:
         """(S,) float32 mono 16 kHz -> (n_frames, 80) float32."""
@@ -108,10 +126,10 @@ class LogMel:
         frames = np.lib.stride_tricks.sliding_window_view(x, MEL_WINDOW)[::SAMPLES_PER_FRAME]
         out = np.empty((n_frames, self.dim), np.float32)
         for a in range(0, n_frames, self.BLOCK):
-            block = frames[a:a + self.BLOCK] * self.window  # (B, 1280)
+            block = frames[a : a + self.BLOCK] * self.window  # (B, 1280)
             spec = np.fft.rfft(block, axis=1)  # (B, 641)
-            power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
-            out[a:a + len(block)] = np.log(np.maximum(power @ self.filters, LOG_FLOOR))
+            power = (spec.real**2 + spec.imag**2).astype(np.float32)
+            out[a : a + len(block)] = np.log(np.maximum(power @ self.filters, LOG_FLOOR))
         return out
 
 
@@ -137,8 +155,9 @@ def _check_source(src: str) -> None:
     path = Path(src).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         raise PrepError(f"wav2vec2 model directory {path} has no config.json: {WAV2VEC2_HINT}")
-    if not path.exists() and (path.is_absolute() or src.startswith((".", "~"))
-                              or src.count("/") > 1):
+    if not path.exists() and (
+        path.is_absolute() or src.startswith((".", "~")) or src.count("/") > 1
+    ):
         raise PrepError(f"wav2vec2 model directory {path} does not exist: {WAV2VEC2_HINT}")
 
 
@@ -146,7 +165,8 @@ def _missing(src: str, err: Exception) -> PrepError:
     return PrepError(
         f"cannot load wav2vec2 model {src!r}: it is neither a model directory nor in the "
         f"Hugging Face cache, and nothing is downloaded ({type(err).__name__}: "
-        f"{str(err).splitlines()[0] if str(err) else ''}); {WAV2VEC2_HINT}")
+        f"{str(err).splitlines()[0] if str(err) else ''}); {WAV2VEC2_HINT}"
+    )
 
 
 def wav2vec2_config(src: str):
@@ -165,8 +185,10 @@ def resolve_layer(layer: int, num_layers: int) -> int:
     """Layer index in [0, num_layers]: -1 is the last, -2 the one before; 0 is the encoder input."""
     k = layer if layer >= 0 else num_layers + 1 + layer
     if not 0 <= k <= num_layers:
-        raise PrepError(f"--layer {layer}: the model has {num_layers} transformer layers "
-                        f"(use 0..{num_layers}, or -1 for the last)")
+        raise PrepError(
+            f"--layer {layer}: the model has {num_layers} transformer layers "
+            f"(use 0..{num_layers}, or -1 for the last)"
+        )
     return k
 
 
@@ -240,8 +262,10 @@ class Wav2Vec2Features:
         except OSError:  # a model saved without its preprocessor_config.json: the defaults
             extractor = Wav2Vec2FeatureExtractor()
         if extractor.sampling_rate != SAMPLE_RATE:
-            raise PrepError(f"wav2vec2 model {src} expects {extractor.sampling_rate} Hz audio; "
-                            f"the pipeline has {SAMPLE_RATE} Hz")
+            raise PrepError(
+                f"wav2vec2 model {src} expects {extractor.sampling_rate} Hz audio; "
+                f"the pipeline has {SAMPLE_RATE} Hz"
+            )
         self.normalize = bool(extractor.do_normalize)
         keep_layers(model, self.layer)
         self.model = model.eval().to(self.device)
@@ -251,9 +275,16 @@ class Wav2Vec2Features:
 
     def info(self) -> dict:
         o = self.options
-        return {"backend": self.name, "dim": self.dim, "fps": FPS, "model": self.src,
-                "layer": self.layer, "normalize": self.normalize,
-                "chunk_seconds": o.chunk_seconds, "context_seconds": o.context_seconds}
+        return {
+            "backend": self.name,
+            "dim": self.dim,
+            "fps": FPS,
+            "model": self.src,
+            "layer": self.layer,
+            "normalize": self.normalize,
+            "chunk_seconds": o.chunk_seconds,
+            "context_seconds": o.context_seconds,
+        }
 
     def normalise(self, samples: np.ndarray, n_frames: int) -> np.ndarray:
         """Fit to n_frames * 640 samples, then zero mean and unit variance over the real ones.
@@ -263,8 +294,8 @@ class Wav2Vec2Features:
         """
         samples = np.asarray(samples, np.float32).reshape(-1)
         x = np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32)
-        real = x[:min(len(samples), len(x))]
-        real[:] = samples[:len(real)]
+        real = x[: min(len(samples), len(x))]
+        real[:] = samples[: len(real)]
         if self.normalize and len(real):
             mean, var = real.mean(dtype=np.float64), real.var(dtype=np.float64)
             real -= np.float32(mean)
@@ -288,18 +319,19 @@ class Wav2Vec2Features:
             return out
         x = torch.from_numpy(self.normalise(samples, n_frames))
         o = self.options
-        width, plan = plan_windows(n_frames, round(o.chunk_seconds * FPS),
-                                   round(o.context_seconds * FPS))
+        width, plan = plan_windows(
+            n_frames, round(o.chunk_seconds * FPS), round(o.context_seconds * FPS)
+        )
         pos = self.positions(width).to(self.device)  # (width,)
         spf = SAMPLES_PER_FRAME
         with torch.inference_mode():
             for b in range(0, len(plan), self.batch_size):
-                batch = plan[b:b + self.batch_size]
-                inputs = torch.stack([x[s * spf:(s + width) * spf] for s, _, _ in batch])
+                batch = plan[b : b + self.batch_size]
+                inputs = torch.stack([x[s * spf : (s + width) * spf] for s, _, _ in batch])
                 hidden = self.model(inputs.to(self.device)).last_hidden_state  # (B, T, D)
                 rows = _interpolate(hidden, pos).float().cpu().numpy()  # (B, width, D)
                 for (s, a, e), r in zip(batch, rows, strict=True):
-                    out[a:e] = r[a - s:e - s]
+                    out[a:e] = r[a - s : e - s]
         return out
 
 
@@ -346,14 +378,27 @@ def save_random_wav2vec2(path: Path, size: str = "tiny", seed: int = 0) -> Path:
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     presets = {
-        "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                     num_conv_pos_embedding_groups=4),
+        "tiny": dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            conv_dim=(32,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
         # the tiny shape with pre-norm layers and a final LayerNorm (as large-lv60, XLS-R)
-        "tiny-stable": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=128, conv_dim=(32,) * 7,
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                            do_stable_layer_norm=True, feat_extract_norm="layer"),
+        "tiny-stable": dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            conv_dim=(32,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            do_stable_layer_norm=True,
+            feat_extract_norm="layer",
+        ),
         "base": {},  # Wav2Vec2Config's defaults are the base model
     }
     if size not in presets:

@@ -79,9 +79,12 @@ class MediaPipeDetector(ClosedOnExit):
 
         task = weights.face_model_path(face_model)
         options = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_buffer=weights.task_member(task,
-                                                                            MEDIAPIPE_MEMBER)),
-            running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_score)
+            base_options=BaseOptions(
+                model_asset_buffer=weights.task_member(task, MEDIAPIPE_MEMBER)
+            ),
+            running_mode=vision.RunningMode.IMAGE,
+            min_detection_confidence=min_score,
+        )
         self._detector = None
         try:
             with native_stderr_silenced():
@@ -89,7 +92,6 @@ class MediaPipeDetector(ClosedOnExit):
         except (RuntimeError, ValueError, OSError, IndexError) as e:  # MediaPipe refuses it
             raise weights.model_load_error(task, f"face detector ({MEDIAPIPE_MEMBER})", e) from None
         self._first = True  # the first inference logs too
-
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         import mediapipe as mp
@@ -106,9 +108,15 @@ class MediaPipeDetector(ClosedOnExit):
             b = d.bounding_box
             bw, bh = float(b.width), float(b.height)
             el, et, er, eb = MEDIAPIPE_BOX_TO_FACE
-            out.append((b.origin_x - el * bw, b.origin_y - et * bh,
-                        b.origin_x + (1 + er) * bw, b.origin_y + (1 + eb) * bh,
-                        float(d.categories[0].score)))
+            out.append(
+                (
+                    b.origin_x - el * bw,
+                    b.origin_y - et * bh,
+                    b.origin_x + (1 + er) * bw,
+                    b.origin_y + (1 + eb) * bh,
+                    float(d.categories[0].score),
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -121,10 +129,14 @@ class MediaPipeDetector(ClosedOnExit):
 def s3fd_weights_path(flag: str | Path | None = None) -> Path:
     """Resolve S3FD's weights: `flag`, else $FD2TALK_S3FD_WEIGHTS; a missing file is a PrepError."""
     return local_weight(
-        flag, flag_name="--s3fd-weights PATH", env=S3FD_ENV, name=f"S3FD weights {S3FD_FILE}",
+        flag,
+        flag_name="--s3fd-weights PATH",
+        env=S3FD_ENV,
+        name=f"S3FD weights {S3FD_FILE}",
         hint=f"download {S3FD_FILE} from {S3FD_URL}, face-alignment's published S3FD weights "
         "(github.com/1adrianb/face-alignment fetches it on first use), and give its path",
-        alternative="--detector mediapipe")
+        alternative="--detector mediapipe",
+    )
 
 
 class S3FDDetector(ClosedOnExit):
@@ -133,8 +145,12 @@ class S3FDDetector(ClosedOnExit):
 
     name = "s3fd"
 
-    def __init__(self, weights_path: str | Path | None = None, device: str = "auto",
-                 min_score: float = MIN_SCORE):
+    def __init__(
+        self,
+        weights_path: str | Path | None = None,
+        device: str = "auto",
+        min_score: float = MIN_SCORE,
+    ):
         path = s3fd_weights_path(weights_path)
         self.device = resolve_device(device)
         self.min_score = min_score
@@ -155,8 +171,17 @@ def load_errors() -> tuple[type[BaseException], ...]:
     import struct
     import zipfile
 
-    return (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, AttributeError,
-            ValueError, TypeError, struct.error, zipfile.BadZipFile)
+    return (
+        RuntimeError,
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        AttributeError,
+        ValueError,
+        TypeError,
+        struct.error,
+        zipfile.BadZipFile,
+    )
 
 
 def check_state_dict(path: Path, net, name: str, url: str) -> None:
@@ -169,8 +194,9 @@ def check_state_dict(path: Path, net, name: str, url: str) -> None:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (*load_errors(), OSError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PrepError(f"{path} is not face-alignment's {name}: {first[:300]}; get it "
-                        f"from {url}") from None
+        raise PrepError(
+            f"{path} is not face-alignment's {name}: {first[:300]}; get it from {url}"
+        ) from None
 
 
 def load_s3fd(path: Path, device: str, min_score: float = MIN_SCORE):
@@ -183,8 +209,9 @@ def load_s3fd(path: Path, device: str, min_score: float = MIN_SCORE):
     return SFDDetector(device, path_to_detector=str(path), filter_threshold=min_score)
 
 
-def check_detector(name: str, face_model: str | Path | None = None,
-                   s3fd_weights: str | Path | None = None) -> None:
+def check_detector(
+    name: str, face_model: str | Path | None = None, s3fd_weights: str | Path | None = None
+) -> None:
     """Fail fast (PrepError) on an unknown backend or a missing weight file; loads nothing."""
     if name not in DETECTORS:
         raise PrepError(f"unknown detector {name!r}; choose one of {DETECTORS}")
@@ -194,8 +221,12 @@ def check_detector(name: str, face_model: str | Path | None = None,
         s3fd_weights_path(s3fd_weights)
 
 
-def make_detector(name: str, face_model: str | Path | None = None,
-                  s3fd_weights: str | Path | None = None, device: str = "auto") -> Detector:
+def make_detector(
+    name: str,
+    face_model: str | Path | None = None,
+    s3fd_weights: str | Path | None = None,
+    device: str = "auto",
+) -> Detector:
     """Build the named backend; an unknown name or a missing weight file is a PrepError."""
     check_detector(name, face_model, s3fd_weights)
     if name == "mediapipe":

@@ -56,14 +56,19 @@ _HUB_LOCK = threading.Lock()  # torch.hub's directory is process-wide
 def fan_weights_path(flag: str | Path | None = None) -> Path:
     """Resolve FAN's weights: `flag`, else $FD2TALK_FAN_WEIGHTS; a missing file is a PrepError."""
     return local_weight(
-        flag, flag_name="--fan-weights PATH", env=FAN_ENV, name=f"2D-FAN weights {FAN_FILE}",
+        flag,
+        flag_name="--fan-weights PATH",
+        env=FAN_ENV,
+        name=f"2D-FAN weights {FAN_FILE}",
         hint=f"download {FAN_FILE} from {FAN_URL}, face-alignment's published 2D-FAN-4 "
         "(it fetches it on first use), and give its path",
-        alternative="--landmarks mediapipe")
+        alternative="--landmarks mediapipe",
+    )
 
 
-def check_weights(fan_weights: str | Path | None = None,
-                  s3fd_weights: str | Path | None = None) -> tuple[Path, Path]:
+def check_weights(
+    fan_weights: str | Path | None = None, s3fd_weights: str | Path | None = None
+) -> tuple[Path, Path]:
     """Both files resolved (PrepError naming a missing one); loads nothing."""
     return fan_weights_path(fan_weights), s3fd_weights_path(s3fd_weights)
 
@@ -95,8 +100,12 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
 class FanLandmarker(ClosedOnExit):
     """face-alignment's `FaceAlignment` (2D, FAN-4, S3FD) from local files, on CUDA when present."""
 
-    def __init__(self, fan_weights: str | Path | None = None,
-                 s3fd_weights: str | Path | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        fan_weights: str | Path | None = None,
+        s3fd_weights: str | Path | None = None,
+        device: str = "auto",
+    ):
         fan, s3fd = check_weights(fan_weights, s3fd_weights)
         self.device = resolve_device(device)
         import face_alignment
@@ -108,16 +117,20 @@ class FanLandmarker(ClosedOnExit):
         with _hub_dir_holding(fan), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its compile notice
             self._fa = face_alignment.FaceAlignment(
-                face_alignment.LandmarksType.TWO_D, device=self.device, face_detector="sfd",
+                face_alignment.LandmarksType.TWO_D,
+                device=self.device,
+                face_detector="sfd",
                 face_detector_kwargs={"path_to_detector": str(s3fd)},
-                compile=self.device.startswith("cuda"))
+                compile=self.device.startswith("cuda"),
+            )
 
     def landmarks(self, frame: np.ndarray) -> np.ndarray | None:
         """The 68 points (float32 pixels) of the largest face S3FD finds in the RGB `frame`."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No faces were detected."
             points, _, boxes = self._fa.get_landmarks_from_image(
-                np.ascontiguousarray(frame), return_bboxes=True)
+                np.ascontiguousarray(frame), return_bboxes=True
+            )
         if not points:
             return None
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
@@ -125,4 +138,3 @@ class FanLandmarker(ClosedOnExit):
 
     def close(self) -> None:
         self._fa = None
-

@@ -3,7 +3,7 @@
 The offline coefficient backend (and the landmark source of the `deep3d` backend):
 
     with Landmarker(face_model) as lmk:          # VIDEO mode, one face, one clip
-        frame = lmk.detect(rgb, index)           # timestamp = index * 1000 / 25 ms
+        frame = lmk.detect(rgb, index)           # timestamp = index * 1000 / FPS ms
         track = lmk.track(frames)                # every frame of a clip -> Track
 
 Per frame it gives whether a face was found, the 52 blendshape scores in
@@ -19,14 +19,8 @@ Derived quantities:
   factored as R = Rz(roll) @ Ry(yaw) @ Rx(pitch), the order Deep3D's
   `compute_rotation` uses for its (x, y, z) angles; angles in radians,
   yaw in [-pi/2, pi/2]. Translation is M[:3, 3] in cm.
-- `canonical_landmarks`: the similarity transform (rotation, uniform scale,
-  translation) is removed by weighted Procrustes (Umeyama) of the frame's
-  landmarks onto MediaPipe's own canonical face mesh, using the 33 rigid
-  "procrustes basis" points and weights MediaPipe's geometry pipeline uses
-  (both read from `geometry_pipeline_metadata_landmarks.binarypb` inside the
-  `.task` bundle). The result is in the canonical model's frame and units (cm),
-  so it is the same for any rotated/scaled/shifted copy of the input and
-  comparable across clips; perspective is not modelled (weak perspective).
+- the pose-removed (canonical) landmarks: `canonical.canonical_landmarks`, against the
+  canonical face of the same `.task` bundle (`check_task` checks it holds both).
 - `five_points`: Deep3D's 5 alignment points (image-left eye centre,
   image-right eye centre, nose tip, image-left and image-right mouth corners)
   from the 478: eye centres are the means of the eye corners, as Deep3D's
@@ -35,8 +29,6 @@ Derived quantities:
 
 from __future__ import annotations
 
-import functools
-import struct
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,17 +45,58 @@ N_LANDMARKS = 478  # 468 face mesh points + 10 iris points
 N_BLENDSHAPES = 52
 # MediaPipe's blendshape categories in the fixed order of its output (index = position).
 BLENDSHAPE_NAMES: tuple[str, ...] = (
-    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
-    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
-    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
-    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
-    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
-    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
-    "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
-    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "noseSneerLeft", "noseSneerRight",
+    "_neutral",
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "eyeLookDownLeft",
+    "eyeLookDownRight",
+    "eyeLookInLeft",
+    "eyeLookInRight",
+    "eyeLookOutLeft",
+    "eyeLookOutRight",
+    "eyeLookUpLeft",
+    "eyeLookUpRight",
+    "eyeSquintLeft",
+    "eyeSquintRight",
+    "eyeWideLeft",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawOpen",
+    "jawRight",
+    "mouthClose",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthFunnel",
+    "mouthLeft",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthPucker",
+    "mouthRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "noseSneerLeft",
+    "noseSneerRight",
 )
 BLENDSHAPE_INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
 JAW_OPEN = BLENDSHAPE_INDEX["jawOpen"]  # 25
@@ -78,8 +111,11 @@ UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14  # inner-lip midpoints: their gap = mo
 FIVE_POINT_IDS: tuple[tuple[int, ...], ...] = ((33, 133), (362, 263), (4,), (61,), (291,))
 
 GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
-LANDMARKER_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite",
-                      "face_blendshapes.tflite")
+LANDMARKER_MEMBERS = (
+    "face_detector.tflite",
+    "face_landmarks_detector.tflite",
+    "face_blendshapes.tflite",
+)
 
 
 @dataclass
@@ -94,8 +130,12 @@ class Frame:
     @classmethod
     def empty(cls) -> Frame:
         """No face: all zeros."""
-        return cls(False, np.zeros(N_BLENDSHAPES, np.float32), np.zeros((4, 4), np.float32),
-                   np.zeros((N_LANDMARKS, 3), np.float32))
+        return cls(
+            False,
+            np.zeros(N_BLENDSHAPES, np.float32),
+            np.zeros((4, 4), np.float32),
+            np.zeros((N_LANDMARKS, 3), np.float32),
+        )
 
 
 @dataclass
@@ -113,12 +153,18 @@ class Track:
     @classmethod
     def stack(cls, frames: list[Frame]) -> Track:
         if not frames:
-            return cls(np.zeros(0, bool), np.zeros((0, N_BLENDSHAPES), np.float32),
-                       np.zeros((0, 4, 4), np.float32), np.zeros((0, N_LANDMARKS, 3), np.float32))
-        return cls(np.array([f.found for f in frames], bool),
-                   np.stack([f.blendshapes for f in frames]),
-                   np.stack([f.matrix for f in frames]),
-                   np.stack([f.landmarks for f in frames]))
+            return cls(
+                np.zeros(0, bool),
+                np.zeros((0, N_BLENDSHAPES), np.float32),
+                np.zeros((0, 4, 4), np.float32),
+                np.zeros((0, N_LANDMARKS, 3), np.float32),
+            )
+        return cls(
+            np.array([f.found for f in frames], bool),
+            np.stack([f.blendshapes for f in frames]),
+            np.stack([f.matrix for f in frames]),
+            np.stack([f.landmarks for f in frames]),
+        )
 
 
 def timestamp_ms(index: int, fps: float = FPS) -> int:
@@ -135,8 +181,13 @@ class Landmarker:
     `.task` bytes already read.
     """
 
-    def __init__(self, model: str | Path | bytes | None = None, fps: float = FPS,
-                 min_confidence: float = 0.5, origin: str | Path | None = None):
+    def __init__(
+        self,
+        model: str | Path | bytes | None = None,
+        fps: float = FPS,
+        min_confidence: float = 0.5,
+        origin: str | Path | None = None,
+    ):
         """`origin`: where bytes given as `model` came from (named in a load error)."""
         from mediapipe.tasks.python import BaseOptions, vision
 
@@ -147,11 +198,14 @@ class Landmarker:
             buffer = origin.read_bytes()
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=buffer),
-            running_mode=vision.RunningMode.VIDEO, num_faces=1,
+            running_mode=vision.RunningMode.VIDEO,
+            num_faces=1,
             min_face_detection_confidence=min_confidence,
             min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
-            output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+        )
         self._landmarker = None
         try:
             with native_stderr_silenced():
@@ -210,7 +264,34 @@ def bare_inference(frames: np.ndarray, model: str | Path | bytes | None = None) 
     return found
 
 
+# ---- the .task bundle ---------------------------------------------------------------------
+
+
+def check_task(model: str | Path | None = None) -> Path:
+    """Resolve the face landmarker bundle and check it is a zip holding every member the
+    landmarker and the canonical face need (reads only the zip's directory); else PrepError."""
+    task = weights.face_model_path(model)
+    try:
+        with zipfile.ZipFile(task) as zf:
+            names = set(zf.namelist())
+    except zipfile.BadZipFile as e:
+        raise PrepError(
+            f"{task} is not a readable MediaPipe {weights.FACE_MODEL_NAME} bundle "
+            f"({e}): {weights.FETCH_HINT}, or pass --face-model PATH to a good "
+            "copy"
+        ) from None
+    missing = [m for m in (*LANDMARKER_MEMBERS, GEOMETRY_MEMBER) if m not in names]
+    if missing:
+        raise PrepError(
+            f"{task} holds no {', '.join(missing)}: is it MediaPipe's "
+            f"{weights.FACE_MODEL_NAME}? {weights.FETCH_HINT}, or pass "
+            "--face-model PATH to a good copy"
+        )
+    return task
+
+
 # ---- pose ---------------------------------------------------------------------------------
+
 
 def rotation_from_angles(angles: np.ndarray) -> np.ndarray:
     """(..., 3) [pitch, yaw, roll] radians -> (..., 3, 3) R = Rz(roll) @ Ry(yaw) @ Rx(pitch)."""
@@ -254,142 +335,12 @@ def pose_from_matrix(matrix: np.ndarray) -> np.ndarray:
     return pose.astype(np.float32)
 
 
-# ---- canonical (pose-removed) landmarks -----------------------------------------------------
-
-@functools.cache
-def _geometry_message() -> type:
-    """The protobuf message class of MediaPipe's GeometryPipelineMetadata as this bundle's file
-    lays it out (mediapipe/modules/face_geometry/protos; MediaPipe's wheel ships no Python
-    classes for it): {1: canonical mesh {3: vertex_buffer (x y z u v)...}, 2: procrustes
-    basis {1: landmark_id, 2: weight}}; other fields are kept as unknown ones."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    f = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="fd2talk/geometry_pipeline_metadata.proto", package="fd2talk.geometry",
-        syntax="proto2")
-    mesh = proto.message_type.add(name="Mesh3d")
-    mesh.field.add(name="vertex_buffer", number=3, type=f.TYPE_FLOAT, label=f.LABEL_REPEATED)
-    ref = proto.message_type.add(name="WeightedLandmarkRef")
-    ref.field.add(name="landmark_id", number=1, type=f.TYPE_UINT32, label=f.LABEL_OPTIONAL)
-    ref.field.add(name="weight", number=2, type=f.TYPE_FLOAT, label=f.LABEL_OPTIONAL)
-    meta = proto.message_type.add(name="GeometryPipelineMetadata")
-    meta.field.add(name="canonical_mesh", number=1, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
-                   type_name=".fd2talk.geometry.Mesh3d")
-    meta.field.add(name="procrustes_landmark_basis", number=2, type=f.TYPE_MESSAGE,
-                   label=f.LABEL_REPEATED, type_name=".fd2talk.geometry.WeightedLandmarkRef")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("fd2talk.geometry.GeometryPipelineMetadata"))
-
-
-@dataclass(frozen=True)
-class CanonicalFace:
-    """MediaPipe's canonical face model and its Procrustes basis (geometry pipeline metadata)."""
-
-    mesh: np.ndarray  # (468, 3) float64 canonical vertices, cm, y up, z towards the camera
-    basis_ids: np.ndarray  # (33,) int landmark indices of the rigid Procrustes basis
-    basis_weights: np.ndarray  # (33,) float64 their weights
-
-
-def parse_geometry_metadata(data: bytes) -> CanonicalFace:
-    """GeometryPipelineMetadata {canonical_mesh = 1 {vertex_buffer = 3 (x y z u v)...},
-    procrustes_landmark_basis = 2 {landmark_id = 1, weight = 2}}, decoded by protobuf; bytes
-    that are no such message raise ValueError."""
-    from google.protobuf.message import DecodeError
-
-    try:
-        meta = _geometry_message().FromString(data)
-    except DecodeError as e:
-        raise ValueError(f"not a GeometryPipelineMetadata message: {e}") from None
-    vertices = list(meta.canonical_mesh.vertex_buffer)
-    ids = [b.landmark_id for b in meta.procrustes_landmark_basis]
-    wts = [b.weight for b in meta.procrustes_landmark_basis]
-    if len(vertices) != 468 * 5 or not ids:
-        raise ValueError(f"expected 468 canonical vertices (x y z u v) and a Procrustes basis, "
-                         f"got {len(vertices)} values and {len(ids)} basis points")
-    mesh = np.asarray(vertices, np.float64).reshape(-1, 5)[:, :3]
-    ids_arr = np.asarray(ids, np.int64)
-    if ids_arr.max() >= len(mesh):
-        raise ValueError("Procrustes basis landmark ids outside the canonical mesh")
-    return CanonicalFace(mesh, ids_arr, np.asarray(wts, np.float64))
-
-
-@functools.cache
-def canonical_face(model: str | None = None) -> CanonicalFace:
-    """The canonical face of the `.task` bundle at `model` (flag/env/default resolution).
-
-    A bundle that is not a zip, lacks a member or holds unreadable geometry is a PrepError.
-    """
-    task = check_task(model)
-    try:
-        return parse_geometry_metadata(weights.task_member(task, GEOMETRY_MEMBER))
-    except (ValueError, IndexError, struct.error) as e:
-        raise weights.model_load_error(task, f"canonical face ({GEOMETRY_MEMBER})", e) from None
-
-
-def check_task(model: str | Path | None = None) -> Path:
-    """Resolve the face landmarker bundle and check it is a zip holding every member the
-    landmarker and the canonical face need (reads only the zip's directory); else PrepError."""
-    task = weights.face_model_path(model)
-    try:
-        with zipfile.ZipFile(task) as zf:
-            names = set(zf.namelist())
-    except zipfile.BadZipFile as e:
-        raise PrepError(f"{task} is not a readable MediaPipe {weights.FACE_MODEL_NAME} bundle "
-                        f"({e}): {weights.FETCH_HINT}, or pass --face-model PATH to a good "
-                        "copy") from None
-    missing = [m for m in (*LANDMARKER_MEMBERS, GEOMETRY_MEMBER) if m not in names]
-    if missing:
-        raise PrepError(f"{task} holds no {', '.join(missing)}: is it MediaPipe's "
-                        f"{weights.FACE_MODEL_NAME}? {weights.FETCH_HINT}, or pass "
-                        "--face-model PATH to a good copy")
-    return task
-
-
-def similarity_to(src: np.ndarray, dst: np.ndarray, w: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted Umeyama: s, R, t minimising sum w |s R src + t - dst|^2 (proper rotation).
-
-    src: (..., K, 3), dst: (K, 3), w: (K,) -> s (...,), R (..., 3, 3), t (..., 3).
-    """
-    w = w / w.sum()
-    mu_s = np.einsum("k,...kd->...d", w, src)  # (..., 3)
-    mu_d = w @ dst  # (3,)
-    sc, dc = src - mu_s[..., None, :], dst - mu_d
-    cov = np.einsum("k,kd,...ke->...de", w, dc, sc)  # (..., 3, 3) dst x src
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.sign(np.linalg.det(u @ vt))
-    d = np.ones(sig.shape)
-    d[..., 2] = np.where(sign == 0, 1.0, sign)
-    r = u @ (d[..., :, None] * vt)
-    var = np.einsum("k,...kd->...", w, sc**2)
-    s = (sig * d).sum(-1) / np.where(var > 0, var, 1.0)
-    t = mu_d - s[..., None] * np.einsum("...de,...e->...d", r, mu_s)
-    return s, r, t
-
-
-def canonical_landmarks(landmarks: np.ndarray, face: CanonicalFace | None = None) -> np.ndarray:
-    """(..., 478, 3) image-space landmarks -> (..., 478, 3) float32 pose-removed, in cm.
-
-    Image axes (x right, y down, z away) are turned to the model's (x right, y up,
-    z towards the camera), then the weighted similarity onto the canonical mesh
-    (basis points only) is applied to all points. All-zero inputs (no face) stay zero.
-    """
-    face = face or canonical_face()
-    x = np.asarray(landmarks, np.float64) * np.array([1.0, -1.0, -1.0])
-    s, r, t = similarity_to(x[..., face.basis_ids, :], face.mesh[face.basis_ids],
-                            face.basis_weights)
-    out = s[..., None, None] * np.einsum("...de,...ne->...nd", r, x) + t[..., None, :]
-    out[~np.any(np.asarray(landmarks) != 0, axis=(-1, -2))] = 0.0
-    return out.astype(np.float32)
-
-
 # ---- Deep3D's five points -------------------------------------------------------------------
 
-def five_points(landmarks: np.ndarray,
-                point_ids: tuple[tuple[int, ...], ...] = FIVE_POINT_IDS) -> np.ndarray:
+
+def five_points(
+    landmarks: np.ndarray, point_ids: tuple[tuple[int, ...], ...] = FIVE_POINT_IDS
+) -> np.ndarray:
     """(..., N, >=2) landmarks -> (..., 5, 2) Deep3D alignment points (same pixel frame): the
     mean of each group of `point_ids` (MediaPipe's 478 by default)."""
     lm = np.asarray(landmarks)[..., :2]

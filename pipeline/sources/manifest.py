@@ -80,8 +80,10 @@ def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Ro
     if not src:
         raise PrepError(f"{where}: row {key!r} has no path")
     if "://" in src:
-        raise PrepError(f"{where}: row {key!r} names a URL ({src}); download it first "
-                        "and give a local path (fd2talk never downloads)")
+        raise PrepError(
+            f"{where}: row {key!r} names a URL ({src}); download it first "
+            "and give a local path (fd2talk never downloads)"
+        )
     path = Path(src).expanduser()
     path = path if path.is_absolute() else (base / path)
     path = path.resolve()
@@ -101,8 +103,9 @@ def parse_row(raw: dict, where: str, base: Path, check_paths: bool = True) -> Ro
         if value not in YES + NO:
             raise PrepError(f"{where}: row {key!r}: audio {audio!r} is not yes or no")
         audio = value in YES
-    return Row(key, str(path), start, end, video_id,
-               str(raw.get("speaker_id") or "").strip(), split, audio)
+    return Row(
+        key, str(path), start, end, video_id, str(raw.get("speaker_id") or "").strip(), split, audio
+    )
 
 
 def read_manifest(path: Path, check_paths: bool = True) -> list[Row]:
@@ -139,17 +142,11 @@ def read_manifest(path: Path, check_paths: bool = True) -> list[Row]:
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if row.key in seen:
-            raise PrepError(f"{path}: key {row.key!r} appears twice (rows {seen[row.key] + 1} "
-                            f"and {i + 1}); keys must be unique")
+            raise PrepError(
+                f"{path}: key {row.key!r} appears twice (rows {seen[row.key] + 1} "
+                f"and {i + 1}); keys must be unique"
+            )
         seen[row.key] = i
     if not rows:
         raise PrepError(f"manifest {path} has no rows")
     return rows
-
-
-def write_manifest(path: Path, rows: list[Row]) -> None:
-    """Write rows as JSONL (paths stay absolute)."""
-    from fd2talk.core.atomic import write_bytes
-
-    text = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rows)
-    write_bytes(Path(path), text.encode())

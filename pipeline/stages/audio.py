@@ -1,15 +1,15 @@
-"""Stage `audio`: crops -> per-frame audio features at 25 fps (DESIGN.md section 2, issue 2).
+"""Stage `audio`: crops -> per-frame audio features at 25 fps (DESIGN.md section 2).
 
 Items are the complete crops (`crops/<key>.json`; its "frames" is the crop's video
 frame count F). For each, the crop's audio is decoded once (16 kHz mono float32) and
-checked against the video: if it lasts longer or shorter than F / 25 s by more than
+checked against the video: if it lasts longer or shorter than F / FPS s by more than
 `av_tolerance`, the crop is skipped (`av_length_mismatch`); otherwise it is padded or
 trimmed to exactly F * 640 samples and encoded (see `audio_features`: `logmel`, the
 offline default, or `wav2vec2` from a local model directory). Output per crop:
 `audio/<key>.npy`, float16 (F, D), written atomically; F equals the crop's frame count.
 
 `measure_peak_memory` runs this stage on one generated long crop in a fresh process
-and reports its peak resident memory (the issue asks < 2 GB on 10 minutes).
+and reports its peak resident memory (the target: under 2 GB on a 10-minute input).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from fd2talk.pipeline.backends.audio_features import (
     wav2vec2_config,
     wav2vec2_source,
 )
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.runner.work import Item
 from fd2talk.pipeline.stages.crop import OUT_DIR as CROPS_DIR
 from fd2talk.pipeline.stages.crop import crop_items
 
 OUT_DIR = "audio"
 BACKENDS = ("logmel", "wav2vec2")
 FEATURE_DTYPE = np.float16  # schema: audio.npy float16 (F, D)
-MEMORY_LIMIT_MB = 2048  # issue 2: peak memory on a 10-minute input
+MEMORY_LIMIT_MB = 2048  # the most peak memory a 10-minute input may take
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class AudioConfig:
     context_seconds: float = CONTEXT_SECONDS  # wav2vec2: extra audio each side of a window
     batch_size: int = 0  # wav2vec2: windows per forward (0: 1 on CPU, 4 on CUDA; the stage
     # records the resolved number, so a resume on another device is refused, not different)
-    av_tolerance: float = 0.2  # seconds the audio may differ from F / 25
+    av_tolerance: float = 0.2  # seconds the audio may differ from F / FPS
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     timeout: float = 600.0  # seconds per ffmpeg call
 
@@ -66,9 +66,11 @@ def resolve_config(config: AudioConfig) -> AudioConfig:
     if config.backend not in BACKENDS:
         raise PrepError(f"--backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")
     if config.chunk_seconds <= 0 or config.context_seconds < 0 or config.batch_size < 0:
-        raise PrepError(f"need --chunk-seconds > 0, --context-seconds >= 0, --batch-size >= 0 "
-                        f"(got {config.chunk_seconds}, {config.context_seconds}, "
-                        f"{config.batch_size})")
+        raise PrepError(
+            f"need --chunk-seconds > 0, --context-seconds >= 0, --batch-size >= 0 "
+            f"(got {config.chunk_seconds}, {config.context_seconds}, "
+            f"{config.batch_size})"
+        )
     if config.backend == "logmel":
         if config.wav2vec2:
             raise PrepError("--wav2vec2 is only used by --backend wav2vec2")
@@ -88,9 +90,13 @@ def make_encoder(config: AudioConfig) -> LogMel | Wav2Vec2Features:
     config = resolve_config(config)
     if config.backend == "logmel":
         return LogMel()
-    options = Wav2Vec2Options(layer=config.layer, chunk_seconds=config.chunk_seconds,
-                              context_seconds=config.context_seconds,
-                              batch_size=config.batch_size, device=config.device)
+    options = Wav2Vec2Options(
+        layer=config.layer,
+        chunk_seconds=config.chunk_seconds,
+        context_seconds=config.context_seconds,
+        batch_size=config.batch_size,
+        device=config.device,
+    )
     return Wav2Vec2Features(config.wav2vec2, options)
 
 
@@ -103,9 +109,15 @@ def feature_info(config: AudioConfig) -> dict:
     if config.backend == "logmel":
         return LogMel().info()
     w2v = wav2vec2_config(config.wav2vec2)
-    return {"backend": "wav2vec2", "dim": int(w2v.hidden_size), "fps": FPS,
-            "model": config.wav2vec2, "layer": resolve_layer(config.layer, w2v.num_hidden_layers),
-            "chunk_seconds": config.chunk_seconds, "context_seconds": config.context_seconds}
+    return {
+        "backend": "wav2vec2",
+        "dim": int(w2v.hidden_size),
+        "fps": FPS,
+        "model": config.wav2vec2,
+        "layer": resolve_layer(config.layer, w2v.num_hidden_layers),
+        "chunk_seconds": config.chunk_seconds,
+        "context_seconds": config.context_seconds,
+    }
 
 
 def decode_audio(path: Path, timeout: float) -> np.ndarray:
@@ -159,18 +171,22 @@ class AudioStage:
         samples = decode_audio(Path(work) / CROPS_DIR / f"{item.key}.mp4", cfg.timeout)
         audio_s, video_s = len(samples) / SAMPLE_RATE, n_frames / FPS
         if abs(audio_s - video_s) > cfg.av_tolerance:
-            raise Skip(SkipReason.AV_MISMATCH,
-                       f"audio lasts {audio_s:.3f} s, video {video_s:.3f} s ({n_frames} frames; "
-                       f"tolerance {cfg.av_tolerance} s)")
+            raise Skip(
+                SkipReason.AV_MISMATCH,
+                f"audio lasts {audio_s:.3f} s, video {video_s:.3f} s ({n_frames} frames; "
+                f"tolerance {cfg.av_tolerance} s)",
+            )
         feats = self._encoder.features(samples, n_frames)  # (F, D) float32
         with np.errstate(over="ignore"):  # an overflow is checked (and skipped) just below
             out = feats.astype(FEATURE_DTYPE)
         if not np.isfinite(out).all():
             bad = int((~np.isfinite(out)).any(1).sum())
-            raise Skip(SkipReason.NON_FINITE,
-                       f"{cfg.backend} features of {bad} of {len(out)} frames are inf/NaN in "
-                       f"float16 (largest finite |value| before the cast "
-                       f"{float(np.abs(feats[np.isfinite(feats)]).max(initial=0.0)):.3g})")
+            raise Skip(
+                SkipReason.NON_FINITE,
+                f"{cfg.backend} features of {bad} of {len(out)} frames are inf/NaN in "
+                f"float16 (largest finite |value| before the cast "
+                f"{float(np.abs(feats[np.isfinite(feats)]).max(initial=0.0)):.3g})",
+            )
         atomic.write_npy(Path(work) / OUT_DIR / f"{item.key}.npy", out)
         return [f"{OUT_DIR}/{item.key}.npy"]
 
@@ -181,7 +197,7 @@ _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from fd2talk.pipeline.stages.audio import AudioConfig, AudioStage
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.runner.work import Item
 
 def rss(field):
     for line in open('/proc/self/status'):
@@ -211,18 +227,29 @@ def make_long_crop(work: Path, key: str, seconds: float, timeout: float = 600.0)
     import ffmpeg
 
     video = ffmpeg.input(f"color=c=gray:size=32x32:rate={FPS}", format="lavfi")
-    noise = ffmpeg.input(f"anoisesrc=color=pink:amplitude=0.2:seed=1:sample_rate={SAMPLE_RATE}",
-                         format="lavfi")
-    cmd = media.command(ffmpeg.output(
-        video, noise, str(mp4), t=f"{frames / FPS:.6f}", preset="ultrafast", pix_fmt="yuv420p",
-        **{"frames:v": frames, "c:v": "libx264"}, **media.AAC))
+    noise = ffmpeg.input(
+        f"anoisesrc=color=pink:amplitude=0.2:seed=1:sample_rate={SAMPLE_RATE}", format="lavfi"
+    )
+    cmd = media.command(
+        ffmpeg.output(
+            video,
+            noise,
+            str(mp4),
+            t=f"{frames / FPS:.6f}",
+            preset="ultrafast",
+            pix_fmt="yuv420p",
+            **{"frames:v": frames, "c:v": "libx264"},
+            **media.AAC,
+        )
+    )
     media.run_tool(cmd, timeout, "ffmpeg making a long test crop")
     atomic.write_json(mp4.with_suffix(".json"), {"key": key, "frames": frames, "fps": FPS})
     return frames
 
 
-def measure_peak_memory(config: AudioConfig, seconds: float = 600.0,
-                        work: Path | None = None, timeout: float = 1200.0) -> dict:
+def measure_peak_memory(
+    config: AudioConfig, seconds: float = 600.0, work: Path | None = None, timeout: float = 1200.0
+) -> dict:
     """Peak resident memory (MB) of the audio stage on one `seconds`-long crop, in a fresh process.
 
     The child process loads the encoder, then decodes, encodes and writes one crop made
@@ -235,8 +262,15 @@ def measure_peak_memory(config: AudioConfig, seconds: float = 600.0,
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         key = "memory_probe"
         frames = make_long_crop(Path(tmp), key, seconds)
-        cmd = [sys.executable, "-c", _CHILD, json.dumps(dataclasses.asdict(config)), tmp, key,
-               str(frames)]
+        cmd = [
+            sys.executable,
+            "-c",
+            _CHILD,
+            json.dumps(dataclasses.asdict(config)),
+            tmp,
+            key,
+            str(frames),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"peak-memory child failed:\n{proc.stderr[-4000:]}")
@@ -244,4 +278,3 @@ def measure_peak_memory(config: AudioConfig, seconds: float = 600.0,
         out["frames_written"] = int(np.load(Path(tmp) / OUT_DIR / f"{key}.npy").shape[0])
     out.update(seconds=seconds, frames=frames, backend=config.backend)
     return out
-

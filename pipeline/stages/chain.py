@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fd2talk.pipeline.runner.runner import Part, Summary, print_summary, run_stage
+from fd2talk.pipeline.runner.runner import run_stage
+from fd2talk.pipeline.runner.summary import Summary, print_summary
+from fd2talk.pipeline.runner.work import Part
 from fd2talk.pipeline.stages.audio import AudioConfig, AudioStage
 from fd2talk.pipeline.stages.clip import ClipConfig, ClipStage
 from fd2talk.pipeline.stages.coeffs import CoeffsConfig, CoeffsStage
@@ -15,7 +17,9 @@ from fd2talk.pipeline.stages.shard import ShardConfig, run_shard
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class ChainConfig:
+    """The settings of every stage `run_all` runs, one config each."""
+
     clip: ClipConfig
     crop: CropConfig = CropConfig()
     coeffs: CoeffsConfig = CoeffsConfig()
@@ -23,17 +27,36 @@ class RunConfig:
     shard: ShardConfig = ShardConfig()
 
 
-def run_all(work: Path, config: RunConfig, workers: int = 1, part: Part = Part(),
-            force: bool = False, progress: bool = True, cluster: str | None = None,
-            cluster_gpus: float = 0.0) -> list[Summary]:
+def run_all(
+    work: Path,
+    config: ChainConfig,
+    workers: int = 1,
+    part: Part = Part(),
+    force: bool = False,
+    progress: bool = True,
+    cluster: str | None = None,
+    cluster_gpus: float = 0.0,
+) -> list[Summary]:
     """Run the stages in order; with a `part` of n > 1, stop before `shard` (run it once, when
     every part is done). Returns the stages' summaries."""
-    stages = [ClipStage(config.clip), CropStage(config.crop), CoeffsStage(config.coeffs),
-              AudioStage(config.audio)]
+    stages = [
+        ClipStage(config.clip),
+        CropStage(config.crop),
+        CoeffsStage(config.coeffs),
+        AudioStage(config.audio),
+    ]
     summaries = []
     for stage in stages:
-        summary = run_stage(stage, work, workers=workers, part=part, force=force,
-                            progress=progress, cluster=cluster, cluster_gpus=cluster_gpus)
+        summary = run_stage(
+            stage,
+            work,
+            workers=workers,
+            part=part,
+            force=force,
+            progress=progress,
+            cluster=cluster,
+            cluster_gpus=cluster_gpus,
+        )
         summaries.append(summary)
         if progress:
             print_summary(summary)

@@ -30,7 +30,7 @@ import ffmpeg
 from fd2talk.core import atomic, media
 from fd2talk.core.schema import FPS, SAMPLE_RATE
 from fd2talk.core.skip import Skip, SkipReason
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.runner.work import Item
 from fd2talk.pipeline.sources.manifest import Row, read_manifest
 
 OUT_DIR = "clips"
@@ -54,8 +54,15 @@ def fragments(n_frames: int, max_frames: int) -> list[tuple[int, int]]:
     return [(bounds[k], bounds[k + 1]) for k in range(n)]
 
 
-def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: float,
-                streams: tuple[int, int | None] | None = None, audio: bool = True) -> str:
+def encode_clip(
+    src: Path,
+    dst: Path,
+    start: float,
+    n_frames: int,
+    timeout: float,
+    streams: tuple[int, int | None] | None = None,
+    audio: bool = True,
+) -> str:
     """Cut `n_frames` frames at 25 fps from `start` s into `dst` (x264 + AAC 16 kHz mono).
 
     `streams`: the (video, audio) stream indices to take (`media.probe`'s choice,
@@ -64,22 +71,32 @@ def encode_clip(src: Path, dst: Path, start: float, n_frames: int, timeout: floa
     `first_pts=0`), video that starts late repeats its first frame (the fps
     filter), so sample 0 and frame 0 are presented at the same time. The audio
     is padded with silence if the source's ends a little early, so it always
-    lasts n_frames / 25 s. Keyframes: frames 0, KEYINT, 2 KEYINT, ... and the
+    lasts n_frames / FPS s. Keyframes: frames 0, KEYINT, 2 KEYINT, ... and the
     last frame. `audio=False` (a video-only row): the video alone. Returns ffmpeg's stderr.
     """
     source = ffmpeg.input(str(src), ss=f"{start:.6f}")
-    video = (source[str(streams[0]) if streams else "v:0"]
-             .filter("fps", FPS)
-             # 4:2:0 needs even sides: an odd-sized source loses its last row/column
-             .filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
-             .filter("setsar", 1))
+    video = (
+        source[str(streams[0]) if streams else "v:0"]
+        .filter("fps", FPS)
+        # 4:2:0 needs even sides: an odd-sized source loses its last row/column
+        .filter("crop", "trunc(iw/2)*2", "trunc(ih/2)*2", 0, 0)
+        .filter("setsar", 1)
+    )
     outputs = [video]
-    options = {"t": f"{n_frames / FPS:.6f}", "frames:v": n_frames, **media.x264(KEYINT),
-               "force_key_frames": f"expr:eq(n,{n_frames - 1})", **media.BITEXACT}
+    options = {
+        "t": f"{n_frames / FPS:.6f}",
+        "frames:v": n_frames,
+        **media.x264(KEYINT),
+        "force_key_frames": f"expr:eq(n,{n_frames - 1})",
+        **media.BITEXACT,
+    }
     if audio:
         sound = str(streams[1]) if streams and streams[1] is not None else "a:0"
-        outputs.append(source[sound].filter("aresample", SAMPLE_RATE, first_pts=0,
-                                            **{"async": 1}).filter("apad"))
+        outputs.append(
+            source[sound]
+            .filter("aresample", SAMPLE_RATE, first_pts=0, **{"async": 1})
+            .filter("apad")
+        )
         options.update(media.AAC)
     cmd = media.command(ffmpeg.output(*outputs, str(dst), **options))
     return media.run_tool(cmd, timeout, f"ffmpeg cutting {src}").stderr.decode(errors="replace")
@@ -92,12 +109,21 @@ def check_starts(path: Path, info: media.Probe, stderr: str = "") -> None:
     starting later would put the crop's audio out of step with its video.
     """
     late = {t.kind: t.start for t in media.mp4_tracks(path) if t.start > 0}
-    late.update({kind: t for kind, t in (("video", info.video_start),
-                                         ("audio", info.audio_start)) if abs(t) > START_TOLERANCE})
+    late.update(
+        {
+            kind: t
+            for kind, t in (("video", info.video_start), ("audio", info.audio_start))
+            if abs(t) > START_TOLERANCE
+        }
+    )
     if late:
-        raise Skip(SkipReason.AV_MISMATCH, "the clip's " + ", ".join(
-            f"{kind} starts at {t:.3f} s" for kind, t in sorted(late.items()))
-            + " (both must start at 0)", stderr)
+        raise Skip(
+            SkipReason.AV_MISMATCH,
+            "the clip's "
+            + ", ".join(f"{kind} starts at {t:.3f} s" for kind, t in sorted(late.items()))
+            + " (both must start at 0)",
+            stderr,
+        )
 
 
 class ClipStage:
@@ -123,17 +149,20 @@ class ClipStage:
         src = Path(row.path)
         info = media.probe(src, need_audio=row.audio)
         if row.audio and abs(info.video_duration - info.audio_duration) > cfg.av_tolerance:
-            raise Skip(SkipReason.AV_MISMATCH,
-                       f"video lasts {info.video_duration:.2f} s, audio "
-                       f"{info.audio_duration:.2f} s (tolerance {cfg.av_tolerance} s)")
-        length = (min(info.video_duration, info.audio_duration) if row.audio
-                  else info.video_duration)
+            raise Skip(
+                SkipReason.AV_MISMATCH,
+                f"video lasts {info.video_duration:.2f} s, audio "
+                f"{info.audio_duration:.2f} s (tolerance {cfg.av_tolerance} s)",
+            )
+        length = min(info.video_duration, info.audio_duration) if row.audio else info.video_duration
         start = row.start or 0.0
         end = min(row.end if row.end is not None else length, length)
         if end - start < cfg.min_seconds:
-            raise Skip(SkipReason.TOO_SHORT,
-                       f"{max(0.0, end - start):.2f} s from {start:.2f} s (minimum "
-                       f"{cfg.min_seconds} s; the source lasts {length:.2f} s)")
+            raise Skip(
+                SkipReason.TOO_SHORT,
+                f"{max(0.0, end - start):.2f} s from {start:.2f} s (minimum "
+                f"{cfg.min_seconds} s; the source lasts {length:.2f} s)",
+            )
         total = math.floor((end - start) * FPS + 1e-6)
         outputs = []
         for k, (f0, f1) in enumerate(fragments(total, round(cfg.max_seconds * FPS))):
@@ -141,29 +170,56 @@ class ClipStage:
             mp4 = work / OUT_DIR / f"{key}.mp4"
             t0 = start + f0 / FPS
             with atomic.atomic_path(mp4) as tmp:
-                stderr = encode_clip(src, tmp, t0, f1 - f0, cfg.timeout,
-                                     (info.video_index, info.audio_index), row.audio)
+                stderr = encode_clip(
+                    src,
+                    tmp,
+                    t0,
+                    f1 - f0,
+                    cfg.timeout,
+                    (info.video_index, info.audio_index),
+                    row.audio,
+                )
                 got = media.count_frames(tmp)
                 if got < f1 - f0:
-                    raise Skip(SkipReason.TRUNCATED,
-                               f"decoded {got} of {f1 - f0} frames from {t0:.2f} s: the source "
-                               "is cut short or damaged", stderr)
+                    raise Skip(
+                        SkipReason.TRUNCATED,
+                        f"decoded {got} of {f1 - f0} frames from {t0:.2f} s: the source "
+                        "is cut short or damaged",
+                        stderr,
+                    )
                 out = media.probe(tmp, need_audio=row.audio)
                 if row.audio and out.audio_duration + media.AV_TOLERANCE < (f1 - f0) / FPS:
-                    raise Skip(SkipReason.TRUNCATED,
-                               f"audio ends at {out.audio_duration:.2f} s of "
-                               f"{(f1 - f0) / FPS:.2f} s", stderr)
+                    raise Skip(
+                        SkipReason.TRUNCATED,
+                        f"audio ends at {out.audio_duration:.2f} s of {(f1 - f0) / FPS:.2f} s",
+                        stderr,
+                    )
                 check_starts(tmp, out, stderr)
             meta = {
-                "key": key, "source": str(src), "row": row.to_dict(), "fragment": k,
-                "video_id": row.video_id, "speaker_id": row.speaker_id, "split": row.split,
-                "start": round(t0, 6), "frames": f1 - f0, "fps": FPS,
-                "width": out.width, "height": out.height, "sample_rate": SAMPLE_RATE,
-                "keyint": KEYINT, "last_keyframe": True,
-                "source_probe": {"fps": round(info.fps, 4), "width": info.width,
-                                 "height": info.height, "video_codec": info.video_codec,
-                                 "audio_codec": info.audio_codec,
-                                 "sample_rate": info.sample_rate, "channels": info.channels},
+                "key": key,
+                "source": str(src),
+                "row": row.to_dict(),
+                "fragment": k,
+                "video_id": row.video_id,
+                "speaker_id": row.speaker_id,
+                "split": row.split,
+                "start": round(t0, 6),
+                "frames": f1 - f0,
+                "fps": FPS,
+                "width": out.width,
+                "height": out.height,
+                "sample_rate": SAMPLE_RATE,
+                "keyint": KEYINT,
+                "last_keyframe": True,
+                "source_probe": {
+                    "fps": round(info.fps, 4),
+                    "width": info.width,
+                    "height": info.height,
+                    "video_codec": info.video_codec,
+                    "audio_codec": info.audio_codec,
+                    "sample_rate": info.sample_rate,
+                    "channels": info.channels,
+                },
             }
             if not row.audio:
                 meta["audio"] = False  # a video-only clip (only then recorded)
@@ -174,5 +230,6 @@ class ClipStage:
 
 def clip_metadata(work: Path) -> dict[str, dict]:
     """key -> metadata of every complete clip in `work` (its json exists)."""
-    return {p.stem: json.loads(p.read_text())
-            for p in sorted((Path(work) / OUT_DIR).glob("*.json"))}
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted((Path(work) / OUT_DIR).glob("*.json"))
+    }

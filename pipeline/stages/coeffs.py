@@ -46,8 +46,8 @@ import numpy as np
 from fd2talk.core import atomic, media
 from fd2talk.core.schema import CROP_SIZE, FPS
 from fd2talk.core.skip import PrepError, Skip, SkipReason
-from fd2talk.pipeline.backends import deep3d, fan, landmarker
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.backends import canonical, deep3d, fan, landmarker
+from fd2talk.pipeline.runner.work import Item
 from fd2talk.pipeline.stages.crop import OUT_DIR as CROPS_DIR
 from fd2talk.pipeline.stages.crop import crop_items
 
@@ -61,8 +61,10 @@ MODEL_SECONDS_PER_FRAME = 1.0  # added to the per-clip timeout: inference runs w
 # --landmarks fan adds S3FD + FAN-4 with its flip test per frame: ~0.65 s a face for FAN alone
 # on 2 CPU cores (stand-in weights), so the budget grows by this much a frame
 FAN_SECONDS_PER_FRAME = 4.0
-POSE_CONVENTION = ("pitch, yaw, roll in radians with R = Rz(roll) @ Ry(yaw) @ Rx(pitch) "
-                   "(x right, y up, z towards the camera), then tx, ty, tz")
+POSE_CONVENTION = (
+    "pitch, yaw, roll in radians with R = Rz(roll) @ Ry(yaw) @ Rx(pitch) "
+    "(x right, y up, z towards the camera), then tx, ty, tz"
+)
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,23 @@ class CoeffsStage:
         if config.landmarks not in LANDMARKS:
             raise PrepError(f"unknown landmarks {config.landmarks!r}; choose one of {LANDMARKS}")
         if config.landmarks == "fan" and config.backend != "deep3d":
-            raise PrepError("--landmarks fan aligns Deep3D's input: use it with --backend deep3d "
-                            "(the mediapipe backend's coefficients come with its own landmarks)")
+            raise PrepError(
+                "--landmarks fan aligns Deep3D's input: use it with --backend deep3d "
+                "(the mediapipe backend's coefficients come with its own landmarks)"
+            )
         if config.batch_size < 1:
             raise PrepError(f"--batch-size {config.batch_size}: expected at least 1")
         self.config = config
         # Resolve every file now, so a missing one is reported before any work starts.
         self._face_model = landmarker.check_task(config.face_model)
-        landmarker.canonical_face(str(self._face_model))  # a corrupt bundle fails here
+        canonical.canonical_face(str(self._face_model))  # a corrupt bundle fails here
         if config.backend == "deep3d":
             deep3d.checkpoint_path(config.deep3d_checkpoint)
             deep3d.lm3d_path(config.bfm_dir)
         if config.landmarks == "fan":
             fan.check_weights(config.fan_weights, config.s3fd_weights)
         self._face_bytes: bytes | None = None
-        self._canonical: landmarker.CanonicalFace | None = None
+        self._canonical: canonical.CanonicalFace | None = None
         self._net = None
         self._fan: fan.FanLandmarker | None = None
         self._uses_fan = config.landmarks == "fan"
@@ -125,7 +129,7 @@ class CoeffsStage:
             return
         cfg = self.config
         self._face_bytes = self._face_model.read_bytes()
-        self._canonical = landmarker.canonical_face(str(self._face_model))
+        self._canonical = canonical.canonical_face(str(self._face_model))
         # MediaPipe loads the bundle's models now, so one it rejects fails before any clip.
         with landmarker.Landmarker(self._face_bytes, origin=self._face_model):
             pass
@@ -161,8 +165,11 @@ class CoeffsStage:
                     if points[-1] is None:
                         res = landmarker.Frame.empty()
                 if use_rnet and res.found:
-                    p5 = (fan.five_points(points[-1]) if self._fan is not None
-                          else landmarker.five_points(res.landmarks))  # (5, 2)
+                    p5 = (
+                        fan.five_points(points[-1])
+                        if self._fan is not None
+                        else landmarker.five_points(res.landmarks)
+                    )  # (5, 2)
                     if np.linalg.norm(p5[1] - p5[0]) < MIN_EYE_DISTANCE:
                         res = landmarker.Frame.empty()  # too small to align: no usable face
                 results.append(res)
@@ -177,7 +184,7 @@ class CoeffsStage:
         track = landmarker.Track.stack(results)
         valid = track.found
         n = len(track)
-        lm3d = landmarker.canonical_landmarks(track.landmarks, self._canonical)  # (F, 478, 3)
+        lm3d = canonical.canonical_landmarks(track.landmarks, self._canonical)  # (F, 478, 3)
         with np.errstate(over="ignore"):  # an overflow to inf is skipped by check_finite
             lm3d16 = lm3d.astype(np.float16)
         lm = track.landmarks[..., :2].copy()
@@ -194,12 +201,19 @@ class CoeffsStage:
             if outputs:
                 coeffs[valid] = torch.cat(outputs).float().cpu().numpy()
             parts = deep3d.split_coeffs(coeffs)
-            arrays.update(exp=parts["exp"], gamma=parts["gamma"],
-                          pose=np.concatenate([parts["angles"], parts["trans"]], 1),
-                          id=_valid_mean(parts["id"], valid), tex=_valid_mean(parts["tex"], valid))
+            arrays.update(
+                exp=parts["exp"],
+                gamma=parts["gamma"],
+                pose=np.concatenate([parts["angles"], parts["trans"]], 1),
+                id=_valid_mean(parts["id"], valid),
+                tex=_valid_mean(parts["tex"], valid),
+            )
         else:
-            arrays.update(exp=track.blendshapes, pose=landmarker.pose_from_matrix(track.matrix),
-                          id=_valid_mean(lm3d.reshape(n, -1), valid))
+            arrays.update(
+                exp=track.blendshapes,
+                pose=landmarker.pose_from_matrix(track.matrix),
+                id=_valid_mean(lm3d.reshape(n, -1), valid),
+            )
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         arrays["meta"] = np.array(json.dumps(self._meta(arrays), sort_keys=True))
         return arrays
@@ -207,27 +221,40 @@ class CoeffsStage:
     def _meta(self, arrays: dict[str, np.ndarray]) -> dict:
         backend = self.config.backend
         meta = {
-            "backend": backend, "fps": FPS, "frames": int(len(arrays["valid"])),
+            "backend": backend,
+            "fps": FPS,
+            "frames": int(len(arrays["valid"])),
             "valid_frames": int(arrays["valid"].sum()),
-            "exp_dim": int(arrays["exp"].shape[1]), "id_dim": int(arrays["id"].shape[0]),
-            "lm_points": int(arrays["lm"].shape[1]), "lm": "MediaPipe landmarks, crop pixels",
+            "exp_dim": int(arrays["exp"].shape[1]),
+            "id_dim": int(arrays["id"].shape[0]),
+            "lm_points": int(arrays["lm"].shape[1]),
+            "lm": "MediaPipe landmarks, crop pixels",
             "lm3d": "MediaPipe landmarks with the similarity transform removed "
-                    "(canonical face model frame, cm)",
+            "(canonical face model frame, cm)",
             "pose": POSE_CONVENTION,
         }
         if backend == "mediapipe":
-            meta.update(exp="MediaPipe blendshape scores", exp_names=list(
-                landmarker.BLENDSHAPE_NAMES), id="mean lm3d over valid frames, flattened",
-                pose_translation="cm, MediaPipe metric camera space")
+            meta.update(
+                exp="MediaPipe blendshape scores",
+                exp_names=list(landmarker.BLENDSHAPE_NAMES),
+                id="mean lm3d over valid frames, flattened",
+                pose_translation="cm, MediaPipe metric camera space",
+            )
         else:
-            meta.update(exp="Deep3D expression (BFM, 64)", id="Deep3D identity, mean over "
-                        "valid frames", tex="Deep3D texture, mean over valid frames",
-                        gamma="Deep3D SH illumination", pose_translation="Deep3D translation",
-                        coeff_slices={k: [s.start, s.stop] for k, s in
-                                      deep3d.COEFF_SLICES.items()})
+            meta.update(
+                exp="Deep3D expression (BFM, 64)",
+                id="Deep3D identity, mean over valid frames",
+                tex="Deep3D texture, mean over valid frames",
+                gamma="Deep3D SH illumination",
+                pose_translation="Deep3D translation",
+                coeff_slices={k: [s.start, s.stop] for k, s in deep3d.COEFF_SLICES.items()},
+            )
             if self.config.landmarks == "fan":
-                meta.update(landmarks="fan", lm="face-alignment 2D-FAN-4 landmarks (68, iBUG "
-                            "300-W order), crop pixels; valid: FAN and MediaPipe found the face")
+                meta.update(
+                    landmarks="fan",
+                    lm="face-alignment 2D-FAN-4 landmarks (68, iBUG "
+                    "300-W order), crop pixels; valid: FAN and MediaPipe found the face",
+                )
         return meta
 
     def bare_inference(self, frames: np.ndarray):
@@ -238,7 +265,7 @@ class CoeffsStage:
         self.setup()
         if self.config.backend == "deep3d":
             off = (frames.shape[1] - deep3d.INPUT_SIZE) // 2
-            crops = frames[:, off:off + deep3d.INPUT_SIZE, off:off + deep3d.INPUT_SIZE]
+            crops = frames[:, off : off + deep3d.INPUT_SIZE, off : off + deep3d.INPUT_SIZE]
             return deep3d.bare_inference(self._net, crops, self.config.batch_size)
         return landmarker.bare_inference(frames, self._face_bytes)
 
@@ -264,14 +291,17 @@ def check_valid(valid: np.ndarray, expected: int, max_invalid: float) -> None:
     """Raise the skip a clip deserves: frame count off, no face at all, too many invalid."""
     n = len(valid)
     if n != expected:
-        raise Skip(SkipReason.INCONSISTENT,
-                   f"decoded {n} frames from the crop, its json says {expected}")
+        raise Skip(
+            SkipReason.INCONSISTENT, f"decoded {n} frames from the crop, its json says {expected}"
+        )
     invalid = n - int(valid.sum())
     if invalid == n:
         raise Skip(SkipReason.NO_FACE, f"none of the {n} frames has a face")
     if invalid > max_invalid * n:
-        raise Skip(SkipReason.TOO_MANY_INVALID,
-                   f"{invalid} of {n} frames have no face (at most {max_invalid:.0%} allowed)")
+        raise Skip(
+            SkipReason.TOO_MANY_INVALID,
+            f"{invalid} of {n} frames have no face (at most {max_invalid:.0%} allowed)",
+        )
 
 
 def check_upright(pose: np.ndarray, valid: np.ndarray, max_roll: float) -> None:
@@ -281,17 +311,18 @@ def check_upright(pose: np.ndarray, valid: np.ndarray, max_roll: float) -> None:
     sideways faces; people tilt their heads by 10-20 degrees, not 40."""
     roll = np.degrees(np.abs(np.asarray(pose, np.float64)[valid, 2]))
     if len(roll) and (tilt := float(np.median(roll))) > max_roll:
-        raise Skip(SkipReason.FACE_ROTATED,
-                   f"the face is tilted by {tilt:.0f} degrees (median; at most {max_roll:g} "
-                   "allowed): re-encode the source upright (ffmpeg -vf transpose=1|2 or "
-                   "rotate), or raise --max-roll")
+        raise Skip(
+            SkipReason.FACE_ROTATED,
+            f"the face is tilted by {tilt:.0f} degrees (median; at most {max_roll:g} "
+            "allowed): re-encode the source upright (ffmpeg -vf transpose=1|2 or "
+            "rotate), or raise --max-roll",
+        )
 
 
 def check_finite(arrays: dict[str, np.ndarray]) -> None:
     """Skip (non_finite_values) a clip whose arrays hold inf/NaN, in the dtype written
     (lm3d is float16: a landmark beyond 65504 cm overflows to inf)."""
-    bad = [k for k, v in arrays.items()
-           if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    bad = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
     if bad:
         raise Skip(SkipReason.NON_FINITE, f"non-finite values in {', '.join(sorted(bad))}")
 

@@ -6,8 +6,8 @@ frames whose face is at least `min_face` pixels gets one square crop: its union
 box enlarged by 0.1, squared, fitted into the frame. A video with two people
 gives two crops.
 
-Detection is cheap by design (the issue's "not on every frame, as long as the
-boxes stay right"):
+Detection is cheap by design, not run on every frame where the boxes stay right
+without it:
 
 - frames are decoded at a reduced size (long side `detect_size`), and boxes
   are scaled back to clip pixels;
@@ -55,7 +55,7 @@ import ffmpeg
 from fd2talk.core import atomic, media
 from fd2talk.core.schema import CROP_SIZE, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from fd2talk.core.skip import Skip, SkipReason
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.runner.work import Item
 from fd2talk.pipeline.stages.clip import OUT_DIR as CLIPS_DIR
 from fd2talk.pipeline.stages.clip import clip_metadata
 from fd2talk.pipeline.stages.scan import Keyframes, Scan, scan_faces
@@ -75,7 +75,7 @@ class CropConfig:
     refine_iou: float = 0.6  # fill a gap when a face's boxes on its two sides overlap less
     iou_with_initial: float = IOU_WITH_INITIAL  # FOMM: a tube goes on while IoU(first box) > it
     increase: float = INCREASE  # FOMM: enlarge the tube box by this fraction per side
-    min_frames: int = 25  # shorter tubes are dropped (1 s at 25 fps; FOMM's default: 150)
+    min_frames: int = FPS  # shorter tubes are dropped (1 s; FOMM's default: 150 frames)
     min_face: int = 64  # tubes whose face (median box side, clip pixels) is smaller are dropped
     size: int = CROP_SIZE  # side of the output crops
     timeout: float = 600.0  # seconds per ffmpeg call
@@ -96,26 +96,36 @@ def select_tubes(scan: Scan, config: CropConfig) -> list[Tube]:
     """The tubes to crop; raises the skip that says why there are none."""
     checked = f"{scan.detected} of {scan.frames} frames checked"
     if not scan.tubes:
-        raise Skip(SkipReason.NO_FACE, f"no face detected ({checked}, detector "
-                   f"{config.detector})")
+        raise Skip(SkipReason.NO_FACE, f"no face detected ({checked}, detector {config.detector})")
     long = long_tubes(scan.tubes, config.min_frames)
     if not long:
         best = max(t.length for t in scan.tubes)
-        raise Skip(SkipReason.TOO_SHORT,
-                   f"{len(scan.tubes)} face tube(s), the longest {best} frames (minimum "
-                   f"{config.min_frames})")
+        raise Skip(
+            SkipReason.TOO_SHORT,
+            f"{len(scan.tubes)} face tube(s), the longest {best} frames (minimum "
+            f"{config.min_frames})",
+        )
     big = [t for t in long if face_size(t) >= config.min_face]
     if not big:
         best = max(face_size(t) for t in long)
-        raise Skip(SkipReason.FACE_TOO_SMALL,
-                   f"the largest face is {best:.0f} px (minimum {config.min_face} px) in a "
-                   f"{scan.width}x{scan.height} clip")
+        raise Skip(
+            SkipReason.FACE_TOO_SMALL,
+            f"the largest face is {best:.0f} px (minimum {config.min_face} px) in a "
+            f"{scan.width}x{scan.height} clip",
+        )
     return big
 
 
-def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
-                 boxes: Sequence[tuple[int, int, int, int]], size: int, timeout: float,
-                 wavs: Sequence[Path] = (), audio: bool = True) -> str:
+def encode_crops(
+    src: Path,
+    dsts: Sequence[Path],
+    tubes: Sequence[Tube],
+    boxes: Sequence[tuple[int, int, int, int]],
+    size: int,
+    timeout: float,
+    wavs: Sequence[Path] = (),
+    audio: bool = True,
+) -> str:
     """One ffmpeg pass writing every tube's crop to its `dsts` path (and, when `wavs` are
     given, its audio as exact-length 16 kHz mono PCM: F * 640 samples, read by the audio
     stage without starting a decoder); `audio=False`: video-only crops, no wavs. Returns
@@ -130,25 +140,36 @@ def encode_crops(src: Path, dsts: Sequence[Path], tubes: Sequence[Tube],
     outputs, wav_outputs = [], []  # mp4s first, then wavs, as the options' order
     for k, (tube, (x0, y0, x1, _)) in enumerate(zip(tubes, boxes, strict=True)):
         side = x1 - x0
-        video = (videos[k].trim(start_frame=tube.start, end_frame=tube.end + 1)
-                 .setpts("PTS-STARTPTS")
-                 .filter("crop", side, side, x0, y0, exact=1)
-                 .filter("scale", size, size, flags="area" if side >= size else "bicubic")
-                 .filter("setsar", 1))
+        video = (
+            videos[k]
+            .trim(start_frame=tube.start, end_frame=tube.end + 1)
+            .setpts("PTS-STARTPTS")
+            .filter("crop", side, side, x0, y0, exact=1)
+            .filter("scale", size, size, flags="area" if side >= size else "bicubic")
+            .filter("setsar", 1)
+        )
         if not audio:
             outputs.append(ffmpeg.output(video, str(dsts[k]), **media.X264, **media.BITEXACT))
             continue
-        sound = (sounds[k].filter("apad")
-                 .filter("atrim", start_sample=tube.start * SAMPLES_PER_FRAME,
-                         end_sample=(tube.end + 1) * SAMPLES_PER_FRAME)
-                 .filter("asetpts", "PTS-STARTPTS"))
+        sound = (
+            sounds[k]
+            .filter("apad")
+            .filter(
+                "atrim",
+                start_sample=tube.start * SAMPLES_PER_FRAME,
+                end_sample=(tube.end + 1) * SAMPLES_PER_FRAME,
+            )
+            .filter("asetpts", "PTS-STARTPTS")
+        )
         if wavs:
             both = sound.asplit()
             sound = both[0]
-            wav_outputs.append(ffmpeg.output(both[1], str(wavs[k]), **{"c:a": "pcm_s16le"},
-                                             **media.BITEXACT))
-        outputs.append(ffmpeg.output(video, sound, str(dsts[k]), **media.X264, **media.AAC,
-                                     **media.BITEXACT))
+            wav_outputs.append(
+                ffmpeg.output(both[1], str(wavs[k]), **{"c:a": "pcm_s16le"}, **media.BITEXACT)
+            )
+        outputs.append(
+            ffmpeg.output(video, sound, str(dsts[k]), **media.X264, **media.AAC, **media.BITEXACT)
+        )
     cmd = media.command(ffmpeg.merge_outputs(*outputs, *wav_outputs))
     return media.run_tool(cmd, timeout, f"ffmpeg cropping {src}").stderr.decode(errors="replace")
 
@@ -171,45 +192,74 @@ def check_crop(path: Path, frames: int, stderr: str, audio: bool = True) -> None
         return
     seconds = audio.duration if audio else 0.0
     if abs(seconds - frames / FPS) > AV_TOLERANCE:
-        raise Skip(SkipReason.AV_MISMATCH, f"crop audio lasts {seconds:.3f} s, its video "
-                   f"{frames / FPS:.3f} s", stderr)
+        raise Skip(
+            SkipReason.AV_MISMATCH,
+            f"crop audio lasts {seconds:.3f} s, its video {frames / FPS:.3f} s",
+            stderr,
+        )
 
 
 def _r(v: float) -> float:
     return round(float(v), 2)
 
 
-def crop_record(key: str, clip: dict, k: int, tube: Tube, box: tuple[int, int, int, int],
-                scan: Scan, config: CropConfig) -> dict:
+def crop_record(
+    key: str,
+    clip: dict,
+    k: int,
+    tube: Tube,
+    box: tuple[int, int, int, int],
+    scan: Scan,
+    config: CropConfig,
+) -> dict:
     """The json sidecar of one crop."""
     return {
-        "key": key, "clip": clip["key"], "tube": k, "row_key": clip["row"]["key"],
-        "video_id": clip.get("video_id"), "speaker_id": clip.get("speaker_id"),
-        "split": clip.get("split"), "source": clip.get("source"),
+        "key": key,
+        "clip": clip["key"],
+        "tube": k,
+        "row_key": clip["row"]["key"],
+        "video_id": clip.get("video_id"),
+        "speaker_id": clip.get("speaker_id"),
+        "split": clip.get("split"),
+        "source": clip.get("source"),
         "start": round(float(clip.get("start") or 0.0) + tube.start / FPS, 6),
-        "start_frame": tube.start, "end_frame": tube.end + 1,  # clip frames [start, end)
-        "frames": tube.length, "fps": FPS, "size": config.size, "sample_rate": SAMPLE_RATE,
+        "start_frame": tube.start,
+        "end_frame": tube.end + 1,  # clip frames [start, end)
+        "frames": tube.length,
+        "fps": FPS,
+        "size": config.size,
+        "sample_rate": SAMPLE_RATE,
         **({"audio": False} if clip.get("audio") is False else {}),  # video-only
-        "box": list(box), "clip_size": [scan.width, scan.height],
-        "tube_box": [_r(v) for v in tube.box], "face_size": _r(face_size(tube)),
+        "box": list(box),
+        "clip_size": [scan.width, scan.height],
+        "tube_box": [_r(v) for v in tube.box],
+        "face_size": _r(face_size(tube)),
         "boxes": [[f, *(_r(v) for v in b)] for f, b in sorted(tube.boxes.items())],
-        "detector": config.detector, "detect_size": config.detect_size,
-        "detect_every": config.detect_every, "detected_frames": scan.detected,
+        "detector": config.detector,
+        "detect_size": config.detect_size,
+        "detect_every": config.detect_every,
+        "detected_frames": scan.detected,
     }
 
 
 def crop_metadata(work: Path) -> dict[str, dict]:
     """key -> json of every complete crop in `work` (the json is written after its mp4)."""
-    return {p.stem: json.loads(p.read_text())
-            for p in sorted((Path(work) / OUT_DIR).glob("*.json"))}
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted((Path(work) / OUT_DIR).glob("*.json"))
+    }
 
 
 def crop_items(work: Path, *fields: str) -> list[Item]:
     """Items over the complete crops (for coeffs/audio): payload `frames` + `fields`, grouped
     by the manifest row so `--part` keeps every stage of one source together."""
-    return [Item(key, {"frames": int(meta["frames"]), **{f: meta.get(f) for f in fields}},
-                 group=meta.get("row_key") or key)
-            for key, meta in crop_metadata(work).items()]
+    return [
+        Item(
+            key,
+            {"frames": int(meta["frames"]), **{f: meta.get(f) for f in fields}},
+            group=meta.get("row_key") or key,
+        )
+        for key, meta in crop_metadata(work).items()
+    ]
 
 
 class CropStage:
@@ -226,16 +276,18 @@ class CropStage:
         self._detector = None
 
     def items(self, work: Path) -> list[Item]:
-        return [Item(key, meta, group=meta["row"]["key"])
-                for key, meta in clip_metadata(work).items()]
+        return [
+            Item(key, meta, group=meta["row"]["key"]) for key, meta in clip_metadata(work).items()
+        ]
 
     def setup(self) -> None:
         from fd2talk.pipeline.backends.detect import make_detector
 
         if self._detector is None:
             cfg = self.config
-            self._detector = make_detector(cfg.detector, cfg.face_model, cfg.s3fd_weights,
-                                           cfg.device)
+            self._detector = make_detector(
+                cfg.detector, cfg.face_model, cfg.s3fd_weights, cfg.device
+            )
 
     def close(self) -> None:
         if self._detector is not None:
@@ -253,11 +305,11 @@ class CropStage:
         if clip.get("width") and clip.get("height"):  # the clip json says: no probe needed
             width, height = int(clip["width"]), int(clip["height"])
         else:
-            info = media.probe(src, need_audio=bool(clip.get("audio", True)),
-                               timeout=cfg.timeout)
+            info = media.probe(src, need_audio=bool(clip.get("audio", True)), timeout=cfg.timeout)
             width, height = info.width, info.height
-        scan = scan_faces(src, width, height, cfg, self._detector.detect,
-                          keyframes=Keyframes.of_clip(clip))
+        scan = scan_faces(
+            src, width, height, cfg, self._detector.detect, keyframes=Keyframes.of_clip(clip)
+        )
         tubes = select_tubes(scan, cfg)
         boxes = [crop_box(t.box, width, height, cfg.increase) for t in tubes]
         keys = [f"{item.key}_t{k}" for k in range(len(tubes))]
@@ -273,12 +325,21 @@ class CropStage:
             for wav, tube in zip(wavs, tubes if audio else [], strict=True):
                 got = len(media.read_wav(wav))  # a damaged wav raises Skip(DECODE_ERROR)
                 if got != tube.length * SAMPLES_PER_FRAME:
-                    raise Skip(SkipReason.DECODE_ERROR, f"{wav.name}: {got} samples, the tube "
-                               f"needs {tube.length * SAMPLES_PER_FRAME}", stderr)
+                    raise Skip(
+                        SkipReason.DECODE_ERROR,
+                        f"{wav.name}: {got} samples, the tube "
+                        f"needs {tube.length * SAMPLES_PER_FRAME}",
+                        stderr,
+                    )
         outputs = []
         for k, (key, tube, box) in enumerate(zip(keys, tubes, boxes, strict=True)):
-            atomic.write_json(Path(work) / OUT_DIR / f"{key}.json",
-                              crop_record(key, item.payload, k, tube, box, scan, cfg))
-            outputs += [f"{OUT_DIR}/{key}.mp4", *([f"{OUT_DIR}/{key}.wav"] if audio else []),
-                        f"{OUT_DIR}/{key}.json"]
+            atomic.write_json(
+                Path(work) / OUT_DIR / f"{key}.json",
+                crop_record(key, item.payload, k, tube, box, scan, cfg),
+            )
+            outputs += [
+                f"{OUT_DIR}/{key}.mp4",
+                *([f"{OUT_DIR}/{key}.wav"] if audio else []),
+                f"{OUT_DIR}/{key}.json",
+            ]
         return outputs

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -26,8 +26,24 @@ from fd2talk.core.schema import FPS
 from fd2talk.core.skip import Skip, SkipReason
 from fd2talk.pipeline.stages.tubes import Box, Tube, TubeBuilder, iou
 
-if TYPE_CHECKING:
-    from fd2talk.pipeline.stages.crop import CropConfig
+
+class ScanSettings(Protocol):
+    """The detection settings the scan reads (the crop stage's `CropConfig` has them all)."""
+
+    @property
+    def detect_size(self) -> int: ...  # long side of the frames fed to the detector; 0: full
+
+    @property
+    def detect_every(self) -> int: ...  # detect every n-th frame (+ the last; + gaps)
+
+    @property
+    def refine_iou(self) -> float: ...  # fill a gap when a face's boxes overlap less
+
+    @property
+    def iou_with_initial(self) -> float: ...  # a tube goes on while IoU(first box) > it
+
+    @property
+    def timeout(self) -> float: ...  # seconds for the decoding
 
 
 def detect_dims(width: int, height: int, detect_size: int) -> tuple[int, int]:
@@ -52,8 +68,12 @@ class Keyframes:
         """From a clip's json; None when it does not say (clips of an older version)."""
         if not meta.get("keyint") or not meta.get("frames"):
             return None
-        return cls(int(meta["frames"]), int(meta["keyint"]), bool(meta.get("last_keyframe")),
-                   float(meta.get("fps") or FPS))
+        return cls(
+            int(meta["frames"]),
+            int(meta["keyint"]),
+            bool(meta.get("last_keyframe")),
+            float(meta.get("fps") or FPS),
+        )
 
     def indices(self) -> list[int]:
         """The keyframes' frame numbers, increasing."""
@@ -76,8 +96,9 @@ class Scan:
     keyframes: bool = False  # True: only keyframes and the gaps to fill were decoded
 
 
-def _needs_refine(prev: Sequence[Box], boxes: Sequence[Box], builder: TubeBuilder,
-                  refine_iou: float) -> bool:
+def _needs_refine(
+    prev: Sequence[Box], boxes: Sequence[Box], builder: TubeBuilder, refine_iou: float
+) -> bool:
     """Do the detections on the two sides of a gap disagree (so the gap must be detected)?"""
     if len(prev) != len(boxes) or builder.would_change(boxes):
         return True
@@ -98,8 +119,9 @@ class _Scanner:
     so they build the same tubes.
     """
 
-    def __init__(self, config: CropConfig, detect: Callable[[np.ndarray], list],
-                 sx: float, sy: float):
+    def __init__(
+        self, config: ScanSettings, detect: Callable[[np.ndarray], list], sx: float, sy: float
+    ):
         self.config = config
         self.builder = TubeBuilder(config.iou_with_initial)
         self._detect = detect
@@ -117,8 +139,11 @@ class _Scanner:
         """Detect frame `i`; when it disagrees with the last detected frame, the gap too."""
         boxes = self.run(frame)
         prev = self._prev
-        if (prev is not None and i > self.builder.last_frame + 1
-                and _needs_refine(prev, boxes, self.builder, self.config.refine_iou)):
+        if (
+            prev is not None
+            and i > self.builder.last_frame + 1
+            and _needs_refine(prev, boxes, self.builder, self.config.refine_iou)
+        ):
             for j, f in gap():
                 self.builder.update(j, self.run(f))
         self.builder.update(i, boxes)
@@ -129,8 +154,9 @@ class _NotAsSaid(Exception):
     """The clip's keyframes are not where its json says (the caller decodes every frame)."""
 
 
-def _scan_streaming(path: Path, dw: int, dh: int, every: int, scanner: _Scanner,
-                    timeout: float) -> int:
+def _scan_streaming(
+    path: Path, dw: int, dh: int, every: int, scanner: _Scanner, timeout: float
+) -> int:
     """Decode every frame once; frames between detections wait in a buffer. Returns the count."""
     buffer: list[tuple[int, np.ndarray]] = []  # frames since the last detected one
     n_frames = 0
@@ -148,8 +174,15 @@ def _scan_streaming(path: Path, dw: int, dh: int, every: int, scanner: _Scanner,
     return n_frames
 
 
-def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyframes,
-                    scanner: _Scanner, timeout: float) -> None:
+def _scan_keyframes(
+    path: Path,
+    dw: int,
+    dh: int,
+    every: int,
+    keyframes: Keyframes,
+    scanner: _Scanner,
+    timeout: float,
+) -> None:
     """Decode only the keyframes (every `every`-th frame is one), plus the gaps to fill.
 
     A gap (and the last frame, when it is no keyframe) is decoded by an exact
@@ -164,15 +197,23 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
     def remaining() -> float:  # what is left of `timeout`: a seek never extends it
         left = deadline - time.monotonic()
         if left <= 0:
-            raise Skip(SkipReason.TIMEOUT, f"decoding {path} for detection ran past "
-                       f"{timeout:.0f} s")
+            raise Skip(
+                SkipReason.TIMEOUT, f"decoding {path} for detection ran past {timeout:.0f} s"
+            )
         return left
 
     def seek(first: int, n: int) -> list[tuple[int, np.ndarray]]:  # frames [first, first + n)
         start = f"{(first - 0.5) / keyframes.fps:.6f}"  # half a frame early: no rounding issue
-        frames = list(media.iter_frames(path, dw, dh, remaining(), input_kwargs={"ss": start},
-                                        output_kwargs={"frames:v": n,
-                                                       "fps_mode": "passthrough"}))
+        frames = list(
+            media.iter_frames(
+                path,
+                dw,
+                dh,
+                remaining(),
+                input_kwargs={"ss": start},
+                output_kwargs={"frames:v": n, "fps_mode": "passthrough"},
+            )
+        )
         if len(frames) != n:
             raise _NotAsSaid(f"seeking to frame {first} gave {len(frames)} of {n} frames")
         scanner.read += n
@@ -182,8 +223,14 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
         first = scanner.builder.last_frame + 1
         return lambda: seek(first, i - first)
 
-    stream = media.iter_frames(path, dw, dh, remaining(), input_kwargs={"skip_frame": "nokey"},
-                               output_kwargs={"fps_mode": "passthrough"})
+    stream = media.iter_frames(
+        path,
+        dw,
+        dh,
+        remaining(),
+        input_kwargs={"skip_frame": "nokey"},
+        output_kwargs={"fps_mode": "passthrough"},
+    )
     n = 0
     with contextlib.closing(stream):
         for n, frame in enumerate(stream, 1):
@@ -200,9 +247,15 @@ def _scan_keyframes(path: Path, dw: int, dh: int, every: int, keyframes: Keyfram
         scanner.detect_at(i, frame, gap(i))
 
 
-def scan_faces(path: Path, width: int, height: int, config: CropConfig,
-               detect: Callable[[np.ndarray], list], *,
-               keyframes: Keyframes | None = None) -> Scan:
+def scan_faces(
+    path: Path,
+    width: int,
+    height: int,
+    config: ScanSettings,
+    detect: Callable[[np.ndarray], list],
+    *,
+    keyframes: Keyframes | None = None,
+) -> Scan:
     """Decode `path` (downscaled), detect sparsely, build the face tubes.
 
     `detect(frame)` returns `[(x0, y0, x1, y1, score), ...]` in the frame's pixels.
@@ -222,9 +275,15 @@ def scan_faces(path: Path, width: int, height: int, config: CropConfig,
         except _NotAsSaid:
             pass
         else:
-            return Scan(scanner.builder.tubes(), keyframes.frames, scanner.detected, width,
-                        height, scanner.read, keyframes=True)
+            return Scan(
+                scanner.builder.tubes(),
+                keyframes.frames,
+                scanner.detected,
+                width,
+                height,
+                scanner.read,
+                keyframes=True,
+            )
     scanner = _Scanner(config, detect, sx, sy)
     n_frames = _scan_streaming(path, dw, dh, every, scanner, config.timeout)
-    return Scan(scanner.builder.tubes(), n_frames, scanner.detected, width, height,
-                scanner.read)
+    return Scan(scanner.builder.tubes(), n_frames, scanner.detected, width, height, scanner.read)

@@ -36,7 +36,7 @@ SPLIT_UNITS = ("auto", "speaker", "video")
 
 def unit(group_id: str) -> float:
     """The group's fixed position in [0, 1)."""
-    return int(hashlib.sha1(f"{SALT}:{group_id}".encode()).hexdigest()[:13], 16) / 16 ** 13
+    return int(hashlib.sha1(f"{SALT}:{group_id}".encode()).hexdigest()[:13], 16) / 16**13
 
 
 def _ranges(ratios: tuple[float, float, float]) -> list[tuple[float, float]]:
@@ -45,8 +45,11 @@ def _ranges(ratios: tuple[float, float, float]) -> list[tuple[float, float]]:
     return [(cuts[i], cuts[i + 1]) for i in range(3)]
 
 
-def assign_splits(group_ids: set[str] | list[str], pinned: dict[str, str] | None = None,
-                  ratios: tuple[float, float, float] = DEFAULT_RATIOS) -> dict[str, str]:
+def assign_splits(
+    group_ids: set[str] | list[str],
+    pinned: dict[str, str] | None = None,
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS,
+) -> dict[str, str]:
     """group id -> split for every id; `pinned` ids keep their given split."""
     pinned = {v: s for v, s in (pinned or {}).items() if s}
     ranges = _ranges(ratios)
@@ -109,26 +112,34 @@ def _conflict(rows: list[dict], group_of: dict[str, str]) -> str | None:
         g = group_of[r["video_id"]]
         seen = first.setdefault(g, r)
         if seen["split"] != r["split"]:
-            return (f"rows {seen['key']!r} (split {seen['split']}) and {r['key']!r} (split "
-                    f"{r['split']}) are pinned to different splits but share the group {g!r}")
+            return (
+                f"rows {seen['key']!r} (split {seen['split']}) and {r['key']!r} (split "
+                f"{r['split']}) are pinned to different splits but share the group {g!r}"
+            )
     return None
 
 
-def plan_splits(rows: list[dict], split_by: str = "auto",
-                ratios: tuple[float, float, float] = DEFAULT_RATIOS) -> SplitPlan:
+def plan_splits(
+    rows: list[dict], split_by: str = "auto", ratios: tuple[float, float, float] = DEFAULT_RATIOS
+) -> SplitPlan:
     """Split the videos of manifest `rows` (dicts with key, video_id, speaker_id, split)
     by `split_by` ("auto", "speaker" or "video"); raise `PrepError` on conflicting pins."""
     if split_by not in SPLIT_UNITS:
         raise PrepError(f"split_by {split_by!r} is not one of {SPLIT_UNITS}")
     missing = [r["key"] for r in rows if not r.get("speaker_id")]
     if split_by == "speaker" and missing:
-        raise PrepError(f"split by speaker: {len(missing)} row(s) have no speaker_id (first: "
-                        f"{missing[0]!r}); give every row one, or split by video")
+        raise PrepError(
+            f"split by speaker: {len(missing)} row(s) have no speaker_id (first: "
+            f"{missing[0]!r}); give every row one, or split by video"
+        )
     used, reason = split_by, f"split_by={split_by} was asked for"
     if split_by == "auto":
         used = "video" if missing else "speaker"
-        reason = (f"auto: {len(missing)} of {len(rows)} rows have no speaker_id" if missing
-                  else "auto: every row has a speaker_id")
+        reason = (
+            f"auto: {len(missing)} of {len(rows)} rows have no speaker_id"
+            if missing
+            else "auto: every row has a speaker_id"
+        )
     by_video = {r["video_id"]: r["video_id"] for r in rows}
     group_of = _speaker_groups(rows) if used == "speaker" else by_video
     problem = _conflict(rows, group_of)
@@ -147,5 +158,9 @@ def plan_splits(rows: list[dict], split_by: str = "auto",
         merged = ["+".join(sorted(s)) for g, s in sorted(speakers.items()) if len(s) > 1]
         if merged:
             reason += f"; speakers sharing a video are one group: {', '.join(merged)}"
-    return SplitPlan(used, reason, dict(sorted(groups.items())),
-                     {v: groups[g] for v, g in sorted(group_of.items())})
+    return SplitPlan(
+        used,
+        reason,
+        dict(sorted(groups.items())),
+        {v: groups[g] for v, g in sorted(group_of.items())},
+    )

@@ -117,23 +117,15 @@ class TubeBuilder:
             b = tuple(float(v) for v in b[:4])
             tube = self._best_tube(b, self.running)
             if tube is None:
-                self.running.append(Tube(initial=b, start=frame, end=frame, box=b,
-                                         boxes={frame: b}))
+                self.running.append(
+                    Tube(initial=b, start=frame, end=frame, box=b, boxes={frame: b})
+                )
             else:
                 tube.add(frame, b)
 
     def tubes(self) -> list[Tube]:
         """Every tube so far (finished and running), in order of their start."""
         return sorted(self.finished + self.running, key=lambda t: t.start)
-
-
-def build_tubes(detections: Sequence[tuple[int, Sequence[Box]]],
-                iou_with_initial: float = IOU_WITH_INITIAL) -> list[Tube]:
-    """Tubes from `[(frame, [box, ...]), ...]` (frames increasing; gaps allowed)."""
-    builder = TubeBuilder(iou_with_initial)
-    for frame, boxes in detections:
-        builder.update(frame, boxes)
-    return builder.tubes()
 
 
 def long_tubes(tubes: Sequence[Tube], min_frames: int) -> list[Tube]:
@@ -179,7 +171,8 @@ def square_in_frame(box: Sequence[float], width: int, height: int) -> tuple[int,
     return (left, top, left + side, top + side)
 
 
-def crop_box(tube_box: Sequence[float], width: int, height: int,
-             increase: float = INCREASE) -> tuple[int, int, int, int]:
+def crop_box(
+    tube_box: Sequence[float], width: int, height: int, increase: float = INCREASE
+) -> tuple[int, int, int, int]:
     """Tube union box -> the square crop in a `width` x `height` frame (steps 5 above)."""
     return square_in_frame(enlarge(tube_box, increase), width, height)

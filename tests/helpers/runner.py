@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from fd2talk.core.skip import Skip, SkipReason
-from fd2talk.pipeline.runner.runner import Item
+from fd2talk.pipeline.runner.work import Item
 from helpers import ffmpeg_video
 
 
@@ -41,15 +41,23 @@ class CountingStage:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".tmp" not in p.parts
+    }
 
 
 def counting_manifest(tmp_path, n=5):
     rows = ["key,path"]
     for i in range(n):
-        src = ffmpeg_video(tmp_path / f"src{i}.mp4", seconds=1.0 + 0.4 * i, fps=24 + i,
-                           sample_rate=44100, channels=2)
+        src = ffmpeg_video(
+            tmp_path / f"src{i}.mp4",
+            seconds=1.0 + 0.4 * i,
+            fps=24 + i,
+            sample_rate=44100,
+            channels=2,
+        )
         rows.append(f"v{i},{src}")
     path = tmp_path / "m.csv"
     path.write_text("\n".join(rows) + "\n")

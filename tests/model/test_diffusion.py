@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fd2talk.model.diffusion import PRESETS, Diffusion, DiffusionConfig
+from fd2talk.model.diffusion import Diffusion, DiffusionConfig
 
 T = 1000
 
@@ -87,7 +87,7 @@ def test_schedule_invariants(diff: Diffusion) -> None:
     np.testing.assert_allclose(ab.numpy(), np_alphas_bar(), rtol=1e-12)
 
 
-def test_config_validation_and_presets() -> None:
+def test_config_validation_and_paper_defaults() -> None:
     for bad in (
         {"steps": 0},
         {"beta_start": 0.0},
@@ -98,8 +98,14 @@ def test_config_validation_and_presets() -> None:
     ):
         with pytest.raises(ValueError):
             DiffusionConfig(**bad)
-    assert PRESETS["paper"] == DiffusionConfig(steps=1000, sample_steps=50, eta=0.0)
-    assert PRESETS["tiny"].sample_steps < PRESETS["paper"].sample_steps
+    paper = DiffusionConfig()  # the defaults are the paper's: T = 1000, 50 DDIM steps
+    assert (paper.steps, paper.beta_start, paper.beta_end, paper.sample_steps, paper.eta) == (
+        1000,
+        1e-4,
+        0.02,
+        50,
+        0.0,
+    )
 
 
 def test_eta1_sigma_is_ddpm_posterior_variance(diff: Diffusion) -> None:

@@ -45,9 +45,29 @@ def _one_thread():
 def _shorten_mp4(data: bytes, tmp: Path, frames: int) -> bytes:
     src, dst = tmp / "in.mp4", tmp / "out.mp4"
     src.write_bytes(data)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-frames:v", str(frames),
-                    "-t", str(frames / schema.FPS), "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                    "-c:a", "aac", str(dst)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-frames:v",
+            str(frames),
+            "-t",
+            str(frames / schema.FPS),
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            str(dst),
+        ],
+        check=True,
+        timeout=60,
+    )
     return dst.read_bytes()
 
 
@@ -71,13 +91,14 @@ def short_work(demo_work, tmp_path_factory) -> Path:
             for key, members in iter_tar_samples(src):
                 sample = {"__key__": key}
                 for info, data in members:
-                    ext = info.name[len(key) + 1:]
+                    ext = info.name[len(key) + 1 :]
                     field = schema.FIELD_BY_KEY.get(ext)
                     if ext == "mp4":
                         data = _shorten_mp4(data, tmp, FRAMES)
                     elif ext == "json":
-                        data = json.dumps({**json.loads(data), "frames": FRAMES},
-                                          sort_keys=True).encode()
+                        data = json.dumps(
+                            {**json.loads(data), "frames": FRAMES}, sort_keys=True
+                        ).encode()
                     elif field is not None and field.per_frame:
                         data = _npy(np.load(io.BytesIO(data))[:FRAMES])
                     sample[ext] = data
@@ -161,16 +182,16 @@ def _snapshot(work: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((work / "shards").iterdir()) if p.is_file()}
 
 
-def test_latents_are_the_encoder_output_and_the_rest_is_unchanged(short_work, encoded,
-                                                                  autoencoders):
+def test_latents_are_the_encoder_output_and_the_rest_is_unchanged(
+    short_work, encoded, autoencoders
+):
     import torch
 
     from fd2talk.model.data.loader import decode_frames, iter_clips
     from fd2talk.model.nets.autoencoder import LATENT_SCALE, RefAutoencoder
 
     model = RefAutoencoder.load(autoencoders[0]).eval()
-    entry = {"autoencoder": model.fingerprint(), "channels": 3, "size": 64,
-             "scale": LATENT_SCALE}
+    entry = {"autoencoder": model.fingerprint(), "channels": 3, "size": 64, "scale": LATENT_SCALE}
     before, after = short_work / "shards", encoded / "shards"
     for name in TARS:
         # everything but latent.npy and the json's new entry is byte-identical, headers too
@@ -181,7 +202,7 @@ def test_latents_are_the_encoder_output_and_the_rest_is_unchanged(short_work, en
             for key, members in iter_tar_samples(tf):
                 sample = {"__key__": key}
                 for info, data in members:
-                    ext = info.name[len(key) + 1:]
+                    ext = info.name[len(key) + 1 :]
                     sample[ext] = np.load(io.BytesIO(data)) if ext.endswith(".npy") else data
                 sample["json"] = meta = json.loads(sample["json"])
                 assert meta[latent_cache.ENTRY_KEY] == entry
@@ -221,12 +242,18 @@ def test_check_latents(short_work, encoded, autoencoders, tmp_path):
     # an interrupted run: one train/val tar without latents
     work = _copy(encoded, tmp_path / "w")
     stats = latent_cache.stats_path(work / "shards" / "val-000000.tar")
-    stats.write_text(json.dumps({k: v for k, v in json.loads(stats.read_text()).items()
-                                 if k != latent_cache.ENTRY_KEY}))
+    stats.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads(stats.read_text()).items() if k != latent_cache.ENTRY_KEY}
+        )
+    )
     with pytest.raises(UserError, match="only 1 of 2"):
         latent_cache.check_latents(work / "shards", fp_a, 3)
-    meta = next(json.loads(data) for info, data in _members(encoded / "shards" / "val-000000.tar")
-                if info.name.endswith(".json"))
+    meta = next(
+        json.loads(data)
+        for info, data in _members(encoded / "shards" / "val-000000.tar")
+        if info.name.endswith(".json")
+    )
     latent_cache.check_sample(meta, fp_a, 3, "val")
     with pytest.raises(UserError, match="--force"):
         latent_cache.check_sample(meta, fp_b, 3, "val")
@@ -248,8 +275,11 @@ def test_rerun_skips_resume_finishes_and_force_replaces(encoded, autoencoders, t
 
     # killed after a tar was renamed into place but before its stats: finish without encoding
     stats = latent_cache.stats_path(shards / "train-000000.tar")
-    stats.write_text(json.dumps({k: v for k, v in json.loads(stats.read_text()).items()
-                                 if k != latent_cache.ENTRY_KEY}))
+    stats.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads(stats.read_text()).items() if k != latent_cache.ENTRY_KEY}
+        )
+    )
     summary = run_latents(work, cfg_a, progress=False)
     assert (summary.already, summary.rewritten) == (2, 0)
     assert _snapshot(work) == done
@@ -262,27 +292,37 @@ def test_rerun_skips_resume_finishes_and_force_replaces(encoded, autoencoders, t
     assert (summary.already, summary.rewritten, summary.clips) == (0, 3, 10)
     replaced = _snapshot(work)
     assert all(replaced[n] != done[n] for n in TARS)
-    assert all(_strip_latents(shards / n) == _strip_latents(encoded / "shards" / n)
-               for n in TARS)
+    assert all(_strip_latents(shards / n) == _strip_latents(encoded / "shards" / n) for n in TARS)
     # and back: the same bytes as the uninterrupted run with autoencoder a (deterministic)
     run_latents(work, cfg_a, progress=False, force=True)
     assert _snapshot(work) == done
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(short_work, encoded, autoencoders,
-                                                        tmp_path):
+def test_kill_9_then_resume_equals_an_uninterrupted_run(
+    short_work, encoded, autoencoders, tmp_path
+):
     work = _copy(short_work, tmp_path / "w")
     tmp_dir = work / "shards" / ".tmp"
-    cmd = [sys.executable, "-c", "from fd2talk.cli.prep import main; main()", "latents",
-           str(work), "--autoencoder", str(autoencoders[0]), "--device", "cpu", "-q"]
-    killed = start_then_kill(cmd, lambda: tmp_dir.is_dir() and any(tmp_dir.iterdir()),
-                             delay=0.3)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from fd2talk.cli.prep import main; main()",
+        "latents",
+        str(work),
+        "--autoencoder",
+        str(autoencoders[0]),
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    killed = start_then_kill(cmd, lambda: tmp_dir.is_dir() and any(tmp_dir.iterdir()), delay=0.3)
     assert killed and any(tmp_dir.iterdir())  # it was writing a tar
     before, done = _snapshot(short_work), _snapshot(encoded)
     for name, data in _snapshot(work).items():  # every tar is the old one or a complete one
         assert data in (before.get(name), done[name]), name
-    result = CliRunner().invoke(_app(), ["latents", str(work), "--autoencoder",
-                                         str(autoencoders[0]), "--device", "cpu"])
+    result = CliRunner().invoke(
+        _app(), ["latents", str(work), "--autoencoder", str(autoencoders[0]), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert "latents: autoencoder" in result.output
     assert _snapshot(work) == _snapshot(encoded)
@@ -297,27 +337,41 @@ def _app():
 
 def test_cli_errors(short_work, autoencoders, encoded, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(_app(), ["latents", str(tmp_path / "nowork"), "--autoencoder",
-                                    str(autoencoders[0])])
-    assert isinstance(result.exception, PrepError) and "fd2talk-prep shard" in str(
-        result.exception)
-    result = runner.invoke(_app(), ["latents", str(short_work), "--autoencoder",
-                                    str(tmp_path / "no_ae")])
-    assert isinstance(result.exception, PrepError) and "autoencoder.json" in str(
-        result.exception)
-    result = runner.invoke(_app(), ["latents", str(encoded), "--autoencoder",
-                                    str(autoencoders[1]), "-q"])
+    result = runner.invoke(
+        _app(), ["latents", str(tmp_path / "nowork"), "--autoencoder", str(autoencoders[0])]
+    )
+    assert isinstance(result.exception, PrepError) and "fd2talk-prep shard" in str(result.exception)
+    result = runner.invoke(
+        _app(), ["latents", str(short_work), "--autoencoder", str(tmp_path / "no_ae")]
+    )
+    assert isinstance(result.exception, PrepError) and "autoencoder.json" in str(result.exception)
+    result = runner.invoke(
+        _app(), ["latents", str(encoded), "--autoencoder", str(autoencoders[1]), "-q"]
+    )
     assert isinstance(result.exception, PrepError) and "--force" in str(result.exception)
     # through main(): one line and exit status 2, no traceback
-    proc = subprocess.run([sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
-                           "latents", str(short_work), "--autoencoder", str(tmp_path / "no_ae")],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.prep import main; main()",
+            "latents",
+            str(short_work),
+            "--autoencoder",
+            str(tmp_path / "no_ae"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "autoencoder.json" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(short_work, autoencoders,
-                                                                tmp_path):
+def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(
+    short_work, autoencoders, tmp_path
+):
     """`fd2talk-train frames` reads the cached latents made by its own autoencoder; latents of
     another autoencoder, frames of another size than the cache, or colour jitter with the
     cache are clear errors."""
@@ -329,25 +383,51 @@ def test_frames_training_uses_the_cache_or_refuses_a_foreign_one(short_work, aut
     shutil.copytree(short_work, work)
     a, b = autoencoders
     run_latents(work, LatentsConfig(autoencoder=str(a), device="cpu"), progress=False)
-    base = dict(shards=str(work / "shards"), steps=2, batch_size=4, items_per_clip=2,
-                val_every=1, device="cpu")
-    train_frames(FramesTrainConfig(out=str(tmp_path / "cached"), autoencoder=str(a), **base),
-                 progress=False)
+    base = dict(
+        shards=str(work / "shards"),
+        steps=2,
+        batch_size=4,
+        items_per_clip=2,
+        val_every=1,
+        device="cpu",
+    )
+    train_frames(
+        FramesTrainConfig(out=str(tmp_path / "cached"), autoencoder=str(a), **base), progress=False
+    )
     state = torch.load(tmp_path / "cached" / "checkpoint.pt", weights_only=False)
     assert state["extras"]["latent_cache"] is True and state["step"] == 2
-    train_frames(FramesTrainConfig(out=str(tmp_path / "plain"), autoencoder=str(a),
-                                   latent_cache=False, **base), progress=False)
-    assert torch.load(tmp_path / "plain" / "checkpoint.pt",
-                      weights_only=False)["extras"]["latent_cache"] is False
+    train_frames(
+        FramesTrainConfig(
+            out=str(tmp_path / "plain"), autoencoder=str(a), latent_cache=False, **base
+        ),
+        progress=False,
+    )
+    assert (
+        torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)["extras"][
+            "latent_cache"
+        ]
+        is False
+    )
     with pytest.raises(UserError, match="another autoencoder|--force"):
-        train_frames(FramesTrainConfig(out=str(tmp_path / "b"), autoencoder=str(b), **base),
-                     progress=False)
+        train_frames(
+            FramesTrainConfig(out=str(tmp_path / "b"), autoencoder=str(b), **base), progress=False
+        )
     with pytest.raises(UserError, match="--image-size is 64"):
-        train_frames(FramesTrainConfig(out=str(tmp_path / "small"), autoencoder=str(a),
-                                       image_size=64, **base), progress=False)
+        train_frames(
+            FramesTrainConfig(
+                out=str(tmp_path / "small"), autoencoder=str(a), image_size=64, **base
+            ),
+            progress=False,
+        )
     # colour jitter recolours frames before encoding: not with cached latents
     with pytest.raises(UserError, match="--no-latent-cache"):
-        train_frames(FramesTrainConfig(out=str(tmp_path / "jitter"), autoencoder=str(a),
-                                       jitter=0.2, **base), progress=False)
-    train_frames(FramesTrainConfig(out=str(tmp_path / "jitter"), autoencoder=str(a), jitter=0.2,
-                                   latent_cache=False, **base), progress=False)
+        train_frames(
+            FramesTrainConfig(out=str(tmp_path / "jitter"), autoencoder=str(a), jitter=0.2, **base),
+            progress=False,
+        )
+    train_frames(
+        FramesTrainConfig(
+            out=str(tmp_path / "jitter"), autoencoder=str(a), jitter=0.2, latent_cache=False, **base
+        ),
+        progress=False,
+    )

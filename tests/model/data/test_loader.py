@@ -23,8 +23,12 @@ def _stream(shards, **kw):
 
 def test_dataset_info_and_batches_have_the_schema_shapes(shards):
     info = data.dataset_info(shards)
-    assert (info.coeffs, info.exp_dim, info.audio_features, info.audio_dim) == \
-        ("mediapipe", 52, "logmel", 80)
+    assert (info.coeffs, info.exp_dim, info.audio_features, info.audio_dim) == (
+        "mediapipe",
+        52,
+        "logmel",
+        80,
+    )
     urls, cfg = _stream(shards)
     batches = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0))
     assert len(batches) == cfg.epoch_batches
@@ -38,11 +42,16 @@ def test_dataset_info_and_batches_have_the_schema_shapes(shards):
     clips = {c["key"]: c for c in data.iter_clips(shards, "train")}
     for i, key in enumerate(b["key"]):
         exp = clips[key]["exp"]
-        starts = [s for s in range(len(exp) - data.WINDOW + 1)
-                  if np.array_equal(exp[s:s + data.WINDOW], b["exp"][i].numpy())]
+        starts = [
+            s
+            for s in range(len(exp) - data.WINDOW + 1)
+            if np.array_equal(exp[s : s + data.WINDOW], b["exp"][i].numpy())
+        ]
         assert starts, key
         s = starts[0]
-        np.testing.assert_array_equal(clips[key]["audio"][s:s + data.WINDOW], b["audio"][i].numpy())
+        np.testing.assert_array_equal(
+            clips[key]["audio"][s : s + data.WINDOW], b["audio"][i].numpy()
+        )
 
 
 def test_stream_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch(shards):
@@ -75,7 +84,7 @@ def _one_clip_per_tar(src, dst):
     lines = (src / data.MANIFEST).read_text().splitlines()
     header = json.loads(lines[0])
     header["shards"] = names + [n for n in header["shards"] if not n.startswith("train-")]
-    for name in header["shards"][len(names):]:
+    for name in header["shards"][len(names) :]:
         (dst / name).write_bytes((src / name).read_bytes())
     (dst / data.MANIFEST).write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
     return dst
@@ -95,8 +104,9 @@ def test_ranks_and_workers_read_different_shards_deterministically(shards, tmp_p
     r0 = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=0, world=2))
     r1 = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=1, world=2))
     assert _keys(r0) and _keys(r1) and not _keys(r0) & _keys(r1)
-    again = list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=1,
-                                    world=2))
+    again = list(
+        data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=1, world=2)
+    )
     assert all(torch.equal(x["exp"], y["exp"]) for x, y in zip(r1, again, strict=True))
     urls, cfg2 = _stream(many, workers=2, epoch_batches=8)
     w1 = list(data.train_batches(urls, cfg2, data.MOTION_FIELDS, seed=0, epoch=0))
@@ -108,8 +118,10 @@ def test_ranks_and_workers_read_different_shards_deterministically(shards, tmp_p
     assert even and odd and not even & odd
     # with fewer shards than readers, every reader draws from all of them with its own seed
     urls, cfg = _stream(shards)
-    few = [list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=r,
-                                   world=2)) for r in (0, 1)]
+    few = [
+        list(data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, rank=r, world=2))
+        for r in (0, 1)
+    ]
     assert not all(torch.equal(x["exp"], y["exp"]) for x, y in zip(*few, strict=True))
 
 
@@ -117,8 +129,12 @@ def test_windows_respect_the_valid_mask():
     rng = __import__("random").Random(0)
     valid = np.ones(100, bool)
     valid[30:70] = False
-    clip = {"key": "k", "exp": np.arange(100, dtype=np.float32)[:, None], "valid": valid,
-            "id": np.zeros(3, np.float32)}
+    clip = {
+        "key": "k",
+        "exp": np.arange(100, dtype=np.float32)[:, None],
+        "valid": valid,
+        "id": np.zeros(3, np.float32),
+    }
     for _ in range(20):
         for w in data.random_windows(clip, 25, rng, min_valid=0.8):
             assert w["valid"].mean() >= 0.8 and w["id"].shape == (3,)
@@ -159,8 +175,11 @@ def test_folds_split_the_training_clips_and_a_held_out_fold_never_reaches_a_batc
     assert folds[0] == keys[0::2] and data.parse_fold("1/2") == (1, 2)
     urls, cfg = _stream(shards, epoch_batches=12)
     held = data.HoldOut(data.RandomWindows(cfg.window, cfg.min_valid), folds[0])
-    seen = {k for b in data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0,
-                                          make_items=held) for k in b["key"]}
+    seen = {
+        k
+        for b in data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, make_items=held)
+        for k in b["key"]
+    }
     assert seen and seen <= set(folds[1])
     for bad in ("2/2", "1", "a/b", "0/1"):
         with pytest.raises(UserError, match="--fold"):

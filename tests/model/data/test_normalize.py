@@ -9,9 +9,12 @@ from fd2talk.model.data.normalize import STD_FLOOR, Stats
 def _clip(rng, frames, valid_every=1):
     valid = np.zeros(frames, bool)
     valid[::valid_every] = True
-    return {"exp": rng.normal(2.0, 3.0, (frames, 4)).astype(np.float32),
-            "pose": np.zeros((frames, 6), np.float32),  # never moves: std floored
-            "audio": rng.normal(-5, 0.5, (frames, 3)).astype(np.float32), "valid": valid}
+    return {
+        "exp": rng.normal(2.0, 3.0, (frames, 4)).astype(np.float32),
+        "pose": np.zeros((frames, 6), np.float32),  # never moves: std floored
+        "audio": rng.normal(-5, 0.5, (frames, 3)).astype(np.float32),
+        "valid": valid,
+    }
 
 
 def test_stats_use_valid_frames_only_and_floor_constant_dims():

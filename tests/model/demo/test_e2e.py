@@ -1,6 +1,6 @@
 """The bundled demo from end to end, as `bash install.sh` runs it: the prepared demo ->
 `fd2talk-train demo` (the demo recipe, ~10 min on 2 cores) -> `fd2talk-generate` -> ffprobe,
-then the generation issue's quality bars on the held-out clips (model/demo/check.py):
+then the demo's quality bars on the held-out clips (model/demo/check.py):
 MediaPipe finds the face, the generated jaw follows the speech (and not other speech), the
 frames beat copying the reference with the true colours, and the person is the reference's.
 Then `fd2talk-eval run` on the same model and the demo's test split: the offline metrics
@@ -25,8 +25,13 @@ COLOUR = 4.0  # levels, largest |mean colour difference| over R, G, B
 
 
 def command(module: str, main: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", f"from {module} import {main}; {main}()",
-                           *args], capture_output=True, text=True, timeout=1800, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", f"from {module} import {main}; {main}()", *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.slow
@@ -36,21 +41,67 @@ def test_demo_trains_generates_and_looks_right(demo_work, demo_model, face_model
     model = demo_model  # `fd2talk-train demo` (conftest.py)
     src = demo_work / "demo_src"
     portrait, video = tmp_path / "portrait.png", tmp_path / "video.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src / "demo004.mp4"), "-frames:v",
-                    "1", str(portrait)], check=True, timeout=60)
-    r = command("fd2talk.cli.model", "generate_main", "--image", str(portrait), "--audio",
-                str(src / "demo009.mp4"), "--model", str(model), "--out", str(video),
-                "--preview", str(tmp_path / "preview.png"), "--face-model", str(face_model))
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src / "demo004.mp4"),
+            "-frames:v",
+            "1",
+            str(portrait),
+        ],
+        check=True,
+        timeout=60,
+    )
+    r = command(
+        "fd2talk.cli.generate",
+        "main",
+        "--image",
+        str(portrait),
+        "--audio",
+        str(src / "demo009.mp4"),
+        "--model",
+        str(model),
+        "--out",
+        str(video),
+        "--preview",
+        str(tmp_path / "preview.png"),
+        "--face-model",
+        str(face_model),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "s of compute per s of video" in r.stdout and (tmp_path / "preview.png").is_file()
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(video)],
-        capture_output=True, check=True, timeout=60).stdout)
+    probe = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(video)],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     v = next(s for s in probe["streams"] if s["codec_type"] == "video")
     a = next(s for s in probe["streams"] if s["codec_type"] == "audio")
-    speech = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a", "-show_streams", "-of", "json",
-         str(src / "demo009.mp4")], capture_output=True, check=True, timeout=60).stdout)
+    speech = json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "a",
+                "-show_streams",
+                "-of",
+                "json",
+                str(src / "demo009.mp4"),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     seconds = float(speech["streams"][0]["duration"])
     assert v["r_frame_rate"] == "25/1" and a["codec_name"] == "aac"
     assert abs(int(v["nb_frames"]) / 25 - seconds) <= 1 / 25
@@ -67,21 +118,53 @@ def test_demo_trains_generates_and_looks_right(demo_work, demo_model, face_model
     # plumbing is under test here, the model's quality above)
     out = tmp_path / "eval"
     env_free = {k: "" for k in ("FD2TALK_SYNCNET", "FD2TALK_HOPENET", "FD2TALK_INCEPTION")}
-    r = subprocess.run([sys.executable, "-c", "from fd2talk.cli.model import eval_main; "
-                        "eval_main()", "run", "--model", str(model), "--shards",
-                        str(demo_work / "shards"), "--out", str(out), "--solver", "dpm++",
-                        "--steps", "10", "--face-model", str(face_model), "-q"],
-                       capture_output=True, text=True, timeout=1800, cwd=REPO,
-                       env={**os.environ, **env_free})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.evaluate import main; main()",
+            "run",
+            "--model",
+            str(model),
+            "--shards",
+            str(demo_work / "shards"),
+            "--out",
+            str(out),
+            "--solver",
+            "dpm++",
+            "--steps",
+            "10",
+            "--face-model",
+            str(face_model),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+        env={**os.environ, **env_free},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((out / "eval.json").read_text())
     assert [v["name"] for v in doc["videos"]] == [x.key for x in reports]
-    for k in ("psnr", "ssim", "lmd", "jaw_r_true", "jaw_r_speech", "diversity_lmk",
-              "beat_align_lmk", "diversity_coeffs", "beat_align_coeffs"):
+    for k in (
+        "psnr",
+        "ssim",
+        "lmd",
+        "jaw_r_true",
+        "jaw_r_speech",
+        "diversity_lmk",
+        "beat_align_lmk",
+        "diversity_coeffs",
+        "beat_align_coeffs",
+    ):
         assert doc["summary"][k]["videos"] == 2, k
     assert doc["summary"]["psnr"]["mean"] > 15 and doc["summary"]["jaw_r_true"]["mean"] > 0.3
-    for name, file in (("syncnet", "syncnet_v2.model"), ("hopenet", "hopenet_robust_alpha1"),
-                       ("inception", "pt_inception-2015-12-05")):
+    for name, file in (
+        ("syncnet", "syncnet_v2.model"),
+        ("hopenet", "hopenet_robust_alpha1"),
+        ("inception", "pt_inception-2015-12-05"),
+    ):
         assert file in doc["unavailable"][name]
     assert (out / "eval.png").is_file() and (out / "eval.csv").is_file()
     for k in ("generated", "own_pose", "reference"):

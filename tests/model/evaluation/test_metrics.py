@@ -26,8 +26,9 @@ def test_psnr_and_ssim_of_identical_frames_and_of_known_noise():
     # (2 mu1 mu2 + C1) / (mu1^2 + mu2^2 + C1)
     c1 = (0.01 * 1.0) ** 2
     m1, m2 = 100 / 255, 110 / 255
-    np.testing.assert_allclose(M.ssim(mid + 10, mid), (2 * m1 * m2 + c1) / (m1**2 + m2**2 + c1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        M.ssim(mid + 10, mid), (2 * m1 * m2 + c1) / (m1**2 + m2**2 + c1), atol=1e-6
+    )
     noisy = np.clip(a.astype(float) + np.random.default_rng(1).normal(0, 20, a.shape), 0, 255)
     s = M.ssim(noisy.astype(np.uint8), a)
     assert ((s > 0.5) & (s < 0.99)).all()
@@ -41,8 +42,9 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
     # two Gaussians with the same covariance: FID = ||mu1 - mu2||^2
     assert M.fid(f + 1.0, f) == pytest.approx(8.0, rel=1e-6)
     # known closed form in 1-D: (m1 - m2)^2 + s1^2 + s2^2 - 2 s1 s2
-    assert M.frechet_distance(np.array([0.0]), np.array([[4.0]]), np.array([1.0]),
-                              np.array([[1.0]])) == pytest.approx(1 + 4 + 1 - 2 * 2)
+    assert M.frechet_distance(
+        np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]])
+    ) == pytest.approx(1 + 4 + 1 - 2 * 2)
     with pytest.raises(ValueError, match="at least 2"):
         M.fid(f[:1], f)
 
@@ -67,7 +69,8 @@ def test_beat_align_on_constructed_beats():
     assert M.beat_align(np.array([10]), np.array([13])) == pytest.approx(np.exp(-9 / 18))
     # the nearest motion beat counts, and the mean is over audio beats
     assert M.beat_align(np.array([10, 40]), np.array([11, 100])) == pytest.approx(
-        (np.exp(-1 / 18) + np.exp(-(60**2) / 18)) / 2)
+        (np.exp(-1 / 18) + np.exp(-(60**2) / 18)) / 2
+    )
     assert np.isnan(M.beat_align(np.array([]), np.array([3])))
     # motion beats: the head stops (speed minimum) at frames 25 and 75 of a swing
     t = np.arange(100)
@@ -83,7 +86,7 @@ def test_speech_onsets_find_the_starts_of_bursts():
     starts = [0.5, 1.5, 2.6, 3.3]
     for s in starts:
         a = int(s * sr)
-        samples[a:a + sr // 5] = rng.normal(0, 0.3, sr // 5)
+        samples[a : a + sr // 5] = rng.normal(0, 0.3, sr // 5)
     onsets = M.speech_onsets(samples, 100, sr)
     want = np.round(np.array(starts) * 25).astype(int)
     assert len(onsets) == len(starts)

@@ -15,15 +15,30 @@ from fd2talk.model.evaluation import nets as N
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
-                        sd[f"{p}.bias"], False, 0.0, 1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{p}.running_mean"],
+        sd[f"{p}.running_var"],
+        sd[f"{p}.weight"],
+        sd[f"{p}.bias"],
+        False,
+        0.0,
+        1e-5,
+    )
 
 
 def _reference_audio(sd, x):
     """syncnet_python's netcnnaud + netfcaud written out layer by layer."""
+
     def conv(x, i, **kw):
-        return F.relu(_bn(F.conv2d(x, sd[f"netcnnaud.{i}.weight"], sd[f"netcnnaud.{i}.bias"],
-                                   **kw), sd, f"netcnnaud.{i + 1}"))
+        return F.relu(
+            _bn(
+                F.conv2d(x, sd[f"netcnnaud.{i}.weight"], sd[f"netcnnaud.{i}.bias"], **kw),
+                sd,
+                f"netcnnaud.{i + 1}",
+            )
+        )
+
     x = conv(x, 0, padding=1)
     x = F.max_pool2d(conv(x, 4, padding=1), (3, 3), (1, 2))
     x = conv(conv(x, 8, padding=1), 11, padding=1)
@@ -35,11 +50,18 @@ def _reference_audio(sd, x):
 
 def _reference_lip(sd, x):
     def conv(x, i, **kw):
-        return F.relu(_bn(F.conv3d(x, sd[f"netcnnlip.{i}.weight"], sd[f"netcnnlip.{i}.bias"],
-                                   **kw), sd, f"netcnnlip.{i + 1}"))
+        return F.relu(
+            _bn(
+                F.conv3d(x, sd[f"netcnnlip.{i}.weight"], sd[f"netcnnlip.{i}.bias"], **kw),
+                sd,
+                f"netcnnlip.{i + 1}",
+            )
+        )
+
     x = F.max_pool3d(conv(x, 0, stride=(1, 2, 2)), (1, 3, 3), (1, 2, 2))
-    x = F.max_pool3d(conv(x, 4, stride=(1, 2, 2), padding=(0, 1, 1)), (1, 3, 3), (1, 2, 2),
-                     (0, 1, 1))
+    x = F.max_pool3d(
+        conv(x, 4, stride=(1, 2, 2), padding=(0, 1, 1)), (1, 3, 3), (1, 2, 2), (0, 1, 1)
+    )
     x = conv(conv(x, 8, padding=(0, 1, 1)), 11, padding=(0, 1, 1))
     x = F.max_pool3d(conv(x, 14, padding=(0, 1, 1)), (1, 3, 3), (1, 2, 2))
     x = conv(x, 18).flatten(1)
@@ -60,8 +82,9 @@ def test_syncnet_loads_the_published_layout_and_matches_a_plain_forward(tmp_path
     lip = torch.rand(2, 3, 5, 224, 224, generator=g) * 255
     with torch.no_grad():
         torch.testing.assert_close(net.forward_aud(aud), _reference_audio(sd, aud))
-        torch.testing.assert_close(net.forward_lip(lip), _reference_lip(sd, lip), rtol=1e-4,
-                                   atol=1e-3)
+        torch.testing.assert_close(
+            net.forward_lip(lip), _reference_lip(sd, lip), rtol=1e-4, atol=1e-3
+        )
 
 
 def test_syncnet_weights_missing_or_of_another_layout_are_unavailable(tmp_path, monkeypatch):
@@ -99,11 +122,13 @@ def test_syncnet_windows_follow_syncnet_python(tmp_path):
 
     cc = torch.from_numpy(N.mfcc(samples).astype(np.float32))[None, None]
     assert cc.shape[2] == 13 and cc.shape[3] >= 4 * 10 + 20
-    bgr = np.stack([cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA)[..., ::-1]
-                    for f in frames[3:8]])
+    bgr = np.stack(
+        [cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA)[..., ::-1] for f in frames[3:8]]
+    )
     with torch.no_grad():
-        want_lip = net.forward_lip(torch.from_numpy(bgr.astype(np.float32)).permute(3, 0, 1, 2
-                                                                                 )[None])
+        want_lip = net.forward_lip(
+            torch.from_numpy(bgr.astype(np.float32)).permute(3, 0, 1, 2)[None]
+        )
         want_aud = net.forward_aud(cc[..., 12:32])
     np.testing.assert_allclose(lips[3], want_lip[0].numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(auds[3], want_aud[0].numpy(), rtol=1e-4, atol=1e-4)
@@ -129,8 +154,9 @@ def test_hopenet_loads_the_published_layout_and_reads_angles_as_deep_head_pose(t
     net = N.Hopenet()
     sd = net.state_dict()
     # deep-head-pose's names: torchvision's ResNet-50 trunk, fc_yaw/pitch/roll, fc_finetune
-    assert {k for k in sd if not k.startswith("fc_")} == {k for k in ref.state_dict()
-                                                          if not k.startswith("fc.")}
+    assert {k for k in sd if not k.startswith("fc_")} == {
+        k for k in ref.state_dict() if not k.startswith("fc.")
+    }
     assert tuple(sd["fc_yaw.weight"].shape) == (66, 2048)
     assert tuple(sd["fc_finetune.weight"].shape) == (3, 2051)
     _randomise_bn(net, 1)
@@ -140,20 +166,31 @@ def test_hopenet_loads_the_published_layout_and_reads_angles_as_deep_head_pose(t
     frames = np.random.default_rng(0).integers(0, 256, (3, 256, 320, 3), dtype=np.uint8)
     got = N.hopenet_angles(loaded, frames, batch=2)
     # the plain forward: torchvision's trunk with the same weights, then the expectation
-    ref.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("fc_")}
-                        | {"fc.weight": ref.fc.weight, "fc.bias": ref.fc.bias})
+    ref.load_state_dict(
+        {k: v for k, v in net.state_dict().items() if not k.startswith("fc_")}
+        | {"fc.weight": ref.fc.weight, "fc.bias": ref.fc.bias}
+    )
     ref.eval()
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     x = F.interpolate(x, size=(224, 280), mode="bilinear", align_corners=False, antialias=True)
     x = x[:, :, :, 28:252]
     x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
-        t = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(
-            ref.conv1(x))))))))
+        t = ref.layer4(
+            ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+        )
         feat = F.avg_pool2d(t, 7).flatten(1)
-        want = [(F.softmax(feat @ sd[f"fc_{a}.weight"].T + sd[f"fc_{a}.bias"], 1)
-                 * torch.arange(66.0)).sum(1) * 3 - 99 for a in ("yaw", "pitch", "roll")]
+        want = [
+            (
+                F.softmax(feat @ sd[f"fc_{a}.weight"].T + sd[f"fc_{a}.bias"], 1)
+                * torch.arange(66.0)
+            ).sum(1)
+            * 3
+            - 99
+            for a in ("yaw", "pitch", "roll")
+        ]
     np.testing.assert_allclose(got, torch.stack(want, 1).numpy(), rtol=1e-4, atol=1e-3)
     assert ((got > -99) & (got < 99)).all()
     with pytest.raises(N.Unavailable, match="hopenet_robust_alpha1.pkl"):
@@ -164,7 +201,8 @@ def test_hopenet_loads_the_published_layout_and_reads_angles_as_deep_head_pose(t
 
 
 def test_fid_inception_loads_a_local_file_through_pytorch_fid_and_never_downloads(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from pytorch_fid import inception as fid_inception
 
     def no_network(*a, **k):
@@ -185,10 +223,27 @@ def test_fid_inception_loads_a_local_file_through_pytorch_fid_and_never_download
     x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
     net.eval()
     with torch.no_grad():
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
-                     "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c",
-                     "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                     "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+            "avgpool",
+        ):
             x = getattr(net, name)(x)
     assert got.shape == (2, 2048)
     np.testing.assert_allclose(got, x.flatten(1).numpy(), rtol=1e-4, atol=1e-4)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fd2talk.core.errors import UserError
+from fd2talk.core.schema import SAMPLE_RATE
 from fd2talk.model.data import loader as data
 from fd2talk.model.generation import motion
 
@@ -28,9 +29,11 @@ def _voices(demo_work) -> dict[str, np.ndarray]:
     from fd2talk.pipeline.backends.audio_features import LogMel
 
     espeak = np.concatenate([c["audio"] for c in data.iter_clips(demo_work / "shards", "test")])
-    wav = normalise(synthetic_speech(12 * 16000, 16000, np.random.default_rng(0)))
-    return {"espeak": espeak.astype(np.float32),
-            "synthetic": LogMel().features(wav.astype(np.float32), 300).astype(np.float32)}
+    wav = normalise(synthetic_speech(12 * SAMPLE_RATE, SAMPLE_RATE, np.random.default_rng(0)))
+    return {
+        "espeak": espeak.astype(np.float32),
+        "synthetic": LogMel().features(wav.astype(np.float32), 300).astype(np.float32),
+    }
 
 
 def test_boundary_steps_find_the_window_edges():
@@ -59,8 +62,10 @@ def test_no_jump_at_window_boundaries(motion_run, demo_work):
             assert exp.shape == (len(feats), 52)
             at, inside = motion.boundary_steps(model.stats.normalize("exp", exp), starts)
             ratios.append(at.mean() / inside.mean())
-            print(f"{voice} seed {seed}: boundary {at.mean():.3f}, inside mean "
-                  f"{inside.mean():.3f}, p90 {np.percentile(inside, 90):.3f}")
+            print(
+                f"{voice} seed {seed}: boundary {at.mean():.3f}, inside mean "
+                f"{inside.mean():.3f}, p90 {np.percentile(inside, 90):.3f}"
+            )
             assert at.mean() < np.percentile(inside, 90)
     print(f"boundary / in-window mean: {np.round(ratios, 2)}")
     assert np.mean(ratios) < 1.3
@@ -73,8 +78,9 @@ def test_sampling_from_an_audio_file_any_length(motion_run, demo_work):
     clip_frames = len(np.load(demo_work / "audio" / f"{wav.stem}.npy"))
     assert out["exp"].shape == (clip_frames, 52) and out["pose"].shape == (clip_frames, 6)
     assert out["exp"].dtype == np.float32 and np.isfinite(out["exp"]).all()
-    short = motion.sample(model, np.load(demo_work / "audio" / f"{wav.stem}.npy")[:7]
-                          .astype(np.float32), steps=10)
+    short = motion.sample(
+        model, np.load(demo_work / "audio" / f"{wav.stem}.npy")[:7].astype(np.float32), steps=10
+    )
     assert short["exp"].shape == (7, 52)
     again = motion.sample(model, wav, steps=10)
     np.testing.assert_array_equal(out["exp"], again["exp"])  # a seed fixes the result

@@ -75,8 +75,13 @@ def test_shapes_and_factor(preset):
 
 def test_paper_preset_is_ldm_vq_f4():
     c = PRESETS["paper"]
-    assert (c.block_out_channels, c.layers_per_block, c.latent_channels, c.num_vq_embeddings,
-            c.factor) == ((128, 256, 512), 2, 3, 8192, 4)
+    assert (
+        c.block_out_channels,
+        c.layers_per_block,
+        c.latent_channels,
+        c.num_vq_embeddings,
+        c.factor,
+    ) == ((128, 256, 512), 2, 3, 8192, 4)
     assert LATENT_SCALE == 1.0
 
 

@@ -133,8 +133,13 @@ def test_phi1_phi2_are_distinct_and_concat_has_one_attention_per_block():
 
 
 def test_attention_levels_select_blocks():
-    config = _config(channels=(16, 32, 32), cond_dim=16, norm_groups=8, attention_levels=(2,),
-                     mid_attention=False)
+    config = _config(
+        channels=(16, 32, 32),
+        cond_dim=16,
+        norm_groups=8,
+        attention_levels=(2,),
+        mid_attention=False,
+    )
     model = _model(config)
     assert len(_attentions(model)) == 1 * 1 + 1 * 2  # level 2: one encoder, two decoder blocks
     with torch.no_grad():

@@ -24,6 +24,7 @@ from fd2talk.model.nets.lip_expert import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_shapes_and_p_sync_range(preset):
     torch.manual_seed(0)
@@ -54,16 +55,18 @@ def test_deterministic_init():
 
 def test_losses():
     p = torch.tensor([0.9, 0.2, 1e-4])
-    assert sync_loss(p).item() == pytest.approx(-(math.log(0.9) + math.log(0.2) + math.log(1e-4))
-                                                / 3, rel=1e-6)
+    assert sync_loss(p).item() == pytest.approx(
+        -(math.log(0.9) + math.log(0.2) + math.log(1e-4)) / 3, rel=1e-6
+    )
     label = torch.tensor([1.0, 0.0, 0.0])
     want = -(math.log(0.9) + math.log(0.8) + math.log(1 - 1e-4)) / 3
     assert expert_loss(p, label).item() == pytest.approx(want, rel=1e-6)
     assert accuracy(p, label) == 1.0 and accuracy(p, 1 - label) == 0.0
     p = torch.tensor([1.0, 0.3, 0.7, 1.0])  # P_sync can be exactly 1: logs clamp like torch's
     label = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    torch.testing.assert_close(expert_loss(p, label),
-                               torch.nn.functional.binary_cross_entropy(p, label))
+    torch.testing.assert_close(
+        expert_loss(p, label), torch.nn.functional.binary_cross_entropy(p, label)
+    )
 
 
 def test_windows():
@@ -71,7 +74,7 @@ def test_windows():
     w = windows(x, 5)  # (N, F - W + 1, W, ...)
     assert w.shape == (2, 3, 5, 3)
     for s in range(3):
-        assert torch.equal(w[:, s], x[:, s:s + 5])
+        assert torch.equal(w[:, s], x[:, s : s + 5])
     with pytest.raises(ValueError, match="fewer than the window"):
         windows(x[:, :4], 5)
 
@@ -79,8 +82,11 @@ def test_windows():
 def _indexed(n, f, m=2, d=3):
     """Mouth and audio whose values are their frame index (and sequence index in the mouth)."""
     t = torch.arange(f, dtype=torch.float32)
-    mouth = (t[None, :, None, None] + 1000 * torch.arange(n)[:, None, None, None]).expand(
-        n, f, m, 3).clone()
+    mouth = (
+        (t[None, :, None, None] + 1000 * torch.arange(n)[:, None, None, None])
+        .expand(n, f, m, 3)
+        .clone()
+    )
     audio = t[None, :, None].expand(n, f, d).clone()
     return mouth, audio
 
@@ -97,8 +103,9 @@ def test_make_pairs_labels_and_shifts():
     m_start = mw[:, 0, 0, 0] % 1000
     a_start = aw[:, 0, 0]
     assert seq.tolist() == list(range(n)) * 2  # one pair of each kind per sequence
-    assert torch.equal(mw[:, :, 0, 0] % 1000 - m_start[:, None], torch.arange(win).float()
-                       .expand(2 * n, win))  # contiguous windows
+    assert torch.equal(
+        mw[:, :, 0, 0] % 1000 - m_start[:, None], torch.arange(win).float().expand(2 * n, win)
+    )  # contiguous windows
     assert torch.equal(m_start[:n], a_start[:n])  # in sync
     shifts = (a_start[n:] - m_start[n:]).abs()
     assert (shifts >= shift).all() and (a_start[n:] + win <= f).all()
@@ -107,11 +114,13 @@ def test_make_pairs_labels_and_shifts():
     assert (a_start[n:] > m_start[n:]).any() and (a_start[n:] < m_start[n:]).any()
     assert len(set(m_start.tolist())) > 5
     # reproducible with the same generator seed, different with another
-    again = make_pairs(mouth, audio, valid, window=win, min_shift=shift,
-                       generator=torch.Generator().manual_seed(0))
+    again = make_pairs(
+        mouth, audio, valid, window=win, min_shift=shift, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again[1], aw)
-    other = make_pairs(mouth, audio, valid, window=win, min_shift=shift,
-                       generator=torch.Generator().manual_seed(1))
+    other = make_pairs(
+        mouth, audio, valid, window=win, min_shift=shift, generator=torch.Generator().manual_seed(1)
+    )
     assert not torch.equal(other[1], aw)
 
 
@@ -127,7 +136,7 @@ def test_make_pairs_prefers_valid_windows():
     a_start = aw[:, 0, 0].long()
     for i in range(1, n):  # both windows fully valid
         for s in (m_start[i], a_start[i], a_start[n + i]):
-            assert valid[i, s:s + 5].all(), (i, s)
+            assert valid[i, s : s + 5].all(), (i, s)
     assert m_start[0] == 0 and a_start[0] == 0  # mouth valid, the shifted audio cannot be
     assert (a_start[n] - m_start[n]).abs() >= 3
     none = torch.zeros(2, f, dtype=torch.bool)  # nothing valid: windows anywhere
@@ -146,12 +155,12 @@ def test_mouth_normalisation_removes_identity_and_scale():
     other = 2.5 * torch.randn(1, 1, 20, 3) + 7.0  # another identity, size and position
     a, b = face + motion, other + motion * (normalize_scale(other) / normalize_scale(face))
     torch.testing.assert_close(normalize_mouth(a), normalize_mouth(b), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(expert.embed_mouth(a), expert.embed_mouth(b), rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(expert.embed_mouth(a), expert.embed_mouth(b), rtol=1e-4, atol=1e-4)
     # any motion: a scaled and moved copy of the same mouth gives the same input and embedding
     c = face + 0.1 * torch.randn(4, 5, 20, 3)
-    torch.testing.assert_close(expert.embed_mouth(3.0 * c - 2.0), expert.embed_mouth(c),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        expert.embed_mouth(3.0 * c - 2.0), expert.embed_mouth(c), rtol=1e-4, atol=1e-4
+    )
     assert normalize_mouth(face.expand(1, 5, 20, 3)).abs().max() < 1e-5  # a still mouth: 0
 
 
@@ -191,8 +200,10 @@ def test_learns_sync_on_synthetic_data():
         mw, aw, label = make_pairs(*_synthetic(512, g), generator=g)
         p = expert(mw, aw)
     acc = accuracy(p, label)
-    print(f"\nlip expert on held-out synthetic pairs: accuracy {acc:.3f} (chance 0.5), mean "
-          f"P_sync in-sync {p[label == 1].mean():.3f}, off-sync {p[label == 0].mean():.3f}")
+    print(
+        f"\nlip expert on held-out synthetic pairs: accuracy {acc:.3f} (chance 0.5), mean "
+        f"P_sync in-sync {p[label == 1].mean():.3f}, off-sync {p[label == 0].mean():.3f}"
+    )
     assert acc > 0.75  # measured 0.84
     assert p[label == 1].mean() > p[label == 0].mean() + 0.3
 
@@ -201,8 +212,9 @@ def test_gradient_flows_through_frozen_expert_into_beta():
     """The motion trainer's path: beta -> eq. 1 mouth -> sliding windows -> frozen expert."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    face = FaceModel(rng.normal(size=60), rng.normal(size=(60, 80)), rng.normal(size=(60, 64)),
-                     "deep3d")
+    face = FaceModel(
+        rng.normal(size=60), rng.normal(size=(60, 80)), rng.normal(size=(60, 64)), "deep3d"
+    )
     expert = LipExpert(LipExpertConfig(width=16, embed_dim=16, layers=1), 20, 8)
     expert.requires_grad_(False).eval()
     beta = torch.randn(2, 25, 64, requires_grad=True)  # (N, F, D_exp) predicted x0

@@ -22,7 +22,13 @@ from fd2talk.model.nets.perceptual import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 64  # test image size (LPIPS works at any size >= 16; 256 in training)
-LAYERS = (3, 8, 15, 22, 29)  # VGG16 `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+LAYERS = (
+    3,
+    8,
+    15,
+    22,
+    29,
+)  # VGG16 `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 SHIFT = torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None]  # LPIPS v0.1 scaling layer
 SCALE = torch.tensor([0.458, 0.448, 0.450])[None, :, None, None]
 
@@ -59,7 +65,9 @@ def _lpips_by_hand(vgg_file, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     features = _vgg_features()
     state = torch.load(vgg_file, weights_only=True)
     features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
-    heads = torch.load(_lpips_heads_file(), map_location="cpu", weights_only=True)  # lin<l>.model.1.weight
+    heads = torch.load(
+        _lpips_heads_file(), map_location="cpu", weights_only=True
+    )  # lin<l>.model.1.weight
     out = torch.zeros(a.shape[0])
     fa, fb = (a - SHIFT) / SCALE, (b - SHIFT) / SCALE
     level = 0
@@ -165,8 +173,10 @@ def test_wrong_files_error(tmp_path):
         Perceptual(wrong_keys)
     wrong_shapes = tmp_path / "small.pth"
     torch.manual_seed(0)
-    state = {f"features.{k}": v[:, :1] if v.ndim == 4 else v
-             for k, v in _vgg_features().state_dict().items()}
+    state = {
+        f"features.{k}": v[:, :1] if v.ndim == 4 else v
+        for k, v in _vgg_features().state_dict().items()
+    }
     torch.save(state, wrong_shapes)
     with pytest.raises(UserError, match="does not fit VGG16"):
         Perceptual(wrong_shapes)

@@ -19,51 +19,76 @@ from fd2talk.model.store import folder as pretrained
 @pytest.fixture(scope="module")
 def both(motion_run, frames_run, tmp_path_factory):
     """One model folder with stage 1 and stage 2, made by the CLI."""
-    from fd2talk.cli.model import app
+    from fd2talk.cli.train import app
 
     out = tmp_path_factory.mktemp("export") / "fd2talk-demo"
-    result = CliRunner().invoke(app, ["export", str(motion_run), str(frames_run), "--out",
-                                      str(out)])
+    result = CliRunner().invoke(
+        app, ["export", str(motion_run), str(frames_run), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "autoencoder, frames, motion" in result.output
     return out
 
 
 def test_runs_write_their_model_folder(motion_run, frames_run, lip_expert, ae_run):
-    for run, parts in ((motion_run, ["motion"]), (frames_run, ["frames", "autoencoder"]),
-                       (lip_expert[0].parent, ["lip_expert"]), (ae_run, ["autoencoder"])):
+    for run, parts in (
+        (motion_run, ["motion"]),
+        (frames_run, ["frames", "autoencoder"]),
+        (lip_expert[0].parent, ["lip_expert"]),
+        (ae_run, ["autoencoder"]),
+    ):
         index = json.loads((run / "model" / "model_index.json").read_text())
         assert index["format"] == "fd2talk-model" and set(index["parts"]) == set(parts), run
         for part in parts:
             assert (run / "model" / part / "model.safetensors").is_file()
     config = json.loads((motion_run / "model" / "motion" / "config.json").read_text())
-    assert config["dataset"] == {"coeffs": "mediapipe", "exp_dim": 52,
-                                 "audio_features": "logmel", "audio_dim": 80}
+    assert config["dataset"] == {
+        "coeffs": "mediapipe",
+        "exp_dim": 52,
+        "audio_features": "logmel",
+        "audio_dim": 80,
+    }
     assert config["audio_config"]["backend"] == "logmel" and config["step"] == 600
     assert {"stats", "model_config", "diffusion", "dims", "git_revision"} <= set(config)
     ae = json.loads((frames_run / "model" / "autoencoder" / "autoencoder.json").read_text())
     assert ae["scaling_factor"] > 0 and len(ae["fingerprint"]) == 64
 
 
-def test_the_folder_samples_exactly_what_the_checkpoints_do(both, motion_run, frames_run,
-                                                             demo_work):
-    clip = next(data.iter_clips(demo_work / "shards", "test", ("exp", "pose", "audio",
-                                                                "valid", "mp4")))
+def test_the_folder_samples_exactly_what_the_checkpoints_do(
+    both, motion_run, frames_run, demo_work
+):
+    clip = next(
+        data.iter_clips(demo_work / "shards", "test", ("exp", "pose", "audio", "valid", "mp4"))
+    )
     a = mo.sample(mo.load_motion(both, "cpu"), clip["audio"][:40], steps=5)
-    b = mo.sample(mo.load_motion(motion_run / "checkpoint.pt", "cpu"), clip["audio"][:40],
-                  steps=5)
+    b = mo.sample(mo.load_motion(motion_run / "checkpoint.pt", "cpu"), clip["audio"][:40], steps=5)
     np.testing.assert_array_equal(a["exp"], b["exp"])
     ref = torch.zeros(3, 64, 64)
-    x = fr.sample_frames(fr.load_frames(both, "cpu"), ref, clip["exp"][:3], clip["pose"][:3],
-                         steps=3)
-    y = fr.sample_frames(fr.load_frames(frames_run / "checkpoint.pt", "cpu"), ref,
-                         clip["exp"][:3], clip["pose"][:3], steps=3)
+    x = torch.cat(
+        list(
+            fr.iter_frames(
+                fr.load_frames(both, "cpu"), ref, clip["exp"][:3], clip["pose"][:3], steps=3
+            )
+        )
+    )
+    y = torch.cat(
+        list(
+            fr.iter_frames(
+                fr.load_frames(frames_run / "checkpoint.pt", "cpu"),
+                ref,
+                clip["exp"][:3],
+                clip["pose"][:3],
+                steps=3,
+            )
+        )
+    )
     assert torch.equal(x, y)
     parts = pretrained.load_parts([both])
     assert set(parts) == {"motion", "frames", "autoencoder"}
     # the fingerprint is the network, not the bookkeeping
-    moved = pretrained.Part("motion", {**parts["motion"].config, "step": 1},
-                            parts["motion"].weights, "x")
+    moved = pretrained.ModelPart(
+        "motion", {**parts["motion"].config, "step": 1}, parts["motion"].weights, "x"
+    )
     assert pretrained.fingerprint(moved) == pretrained.fingerprint(parts["motion"])
 
 
@@ -78,9 +103,12 @@ def test_parts_that_do_not_fit_together_are_refused(both, motion_run, frames_run
     deep3d = tmp_path / "deep3d"
     shutil.copytree(frames_run / "model", deep3d)
     _edit(deep3d, "frames", lambda c: c["dataset"].update(coeffs="deep3d", exp_dim=64))
-    with pytest.raises(UserError, match=r"stage-1 model .*motion.* makes mediapipe "
-                                         r"coefficients \(52-d.* stage-2 model .*deep3d.* "
-                                         r"deep3d coefficients \(64-d"):
+    with pytest.raises(
+        UserError,
+        match=r"stage-1 model .*motion.* makes mediapipe "
+        r"coefficients \(52-d.* stage-2 model .*deep3d.* "
+        r"deep3d coefficients \(64-d",
+    ):
         pretrained.load_parts([motion_run, deep3d])
     with pytest.raises(UserError, match="stage-1 model"):
         pretrained.export([motion_run, deep3d], tmp_path / "never")
@@ -108,8 +136,10 @@ def test_parts_that_do_not_fit_together_are_refused(both, motion_run, frames_run
 
 
 def test_damaged_or_missing_folders_say_what_to_do(both, tmp_path):
-    for source, message in ((tmp_path / "nowhere", "not found: expected a model folder"),
-                            (tmp_path, "holds no model")):
+    for source, message in (
+        (tmp_path / "nowhere", "not found: expected a model folder"),
+        (tmp_path, "holds no model"),
+    ):
         with pytest.raises(UserError, match=message):
             pretrained.load_parts([source])
     broken = tmp_path / "broken"
@@ -144,13 +174,15 @@ def test_a_frames_checkpoint_whose_autoencoder_moved(frames_run, ae_run, tmp_pat
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(UserError, match="which is gone: put it back, or pass the autoencoder"):
         fr.load_frames(tmp_path / "checkpoint.pt", "cpu")
-    model = fr.load_frames(tmp_path / "checkpoint.pt", "cpu",
-                           autoencoder=str(ae_run / "autoencoder"))
+    model = fr.load_frames(
+        tmp_path / "checkpoint.pt", "cpu", autoencoder=str(ae_run / "autoencoder")
+    )
     assert model.step == state["step"]
 
 
 def _frames_only(both, tmp_path):
     out = tmp_path / "frames_only"
-    pretrained.write_folder({k: v for k, v in pretrained.load_parts([both]).items()
-                             if k != "motion"}, out)
+    pretrained.write_folder(
+        {k: v for k, v in pretrained.load_parts([both]).items() if k != "motion"}, out
+    )
     return out

@@ -31,13 +31,15 @@ def _psnr_by_condition(model, clips) -> dict[str, np.ndarray]:
     perm = np.random.default_rng(0).permutation(len(TARGETS))
     for i, clip in enumerate(clips):
         person = clip["meta"]["speaker_id"]
-        other = next(c for c in clips[i + 1:] + clips[:i] if c["meta"]["speaker_id"] != person)
+        other = next(c for c in clips[i + 1 :] + clips[:i] if c["meta"]["speaker_id"] != person)
         gt = clip["img"][TARGETS]
         exp, pose = clip["exp"][TARGETS], clip["pose"][TARGETS]
-        for name, ref, e, p in (("real", clip["img"][0], exp, pose),
-                                ("shuffled_motion", clip["img"][0], exp[perm], pose[perm]),
-                                ("other_reference", other["img"][0], exp, pose)):
-            out = fr.sample_frames(model, ref, e, p, steps=20, seed=0)
+        for name, ref, e, p in (
+            ("real", clip["img"][0], exp, pose),
+            ("shuffled_motion", clip["img"][0], exp[perm], pose[perm]),
+            ("other_reference", other["img"][0], exp, pose),
+        ):
+            out = torch.cat(list(fr.iter_frames(model, ref, e, p, steps=20, seed=0)))
             scores[name].append(float(psnr(out, gt).mean()))
     return {k: np.array(v) for k, v in scores.items()}
 
@@ -50,20 +52,28 @@ def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, d
     other person's reference costs 1.1-6.0 dB on average and at least 0.59 dB on any clip
     (one seed's UNet leans on the reference far less than the others')."""
     model = fr.load_frames(frames_run, "cpu")
-    clips = [c for split in ("test", "val")
-             for c in data.iter_clips(demo_work / "shards", split, FRAME_FIELDS + ("mp4",))]
+    clips = [
+        c
+        for split in ("test", "val")
+        for c in data.iter_clips(demo_work / "shards", split, FRAME_FIELDS + ("mp4",))
+    ]
     assert {c["meta"]["speaker_id"] for c in clips} == {"astronaut", "hopper"}
     for c in clips:
         c["img"] = torch.from_numpy(to_image(data.decode_frames(c["mp4"], STAGE2_IMAGE)))
     scores = _psnr_by_condition(model, clips)
-    print("frame PSNR (dB) on held-out clips: " +
-          ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items()))
+    print(
+        "frame PSNR (dB) on held-out clips: "
+        + ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items())
+    )
     mean = {k: v.mean() for k, v in scores.items()}
     assert mean["real"] > mean["shuffled_motion"] + 1.0, scores
     assert mean["real"] > mean["other_reference"] + 0.5, scores
     assert (scores["real"] > scores["other_reference"]).all(), scores
-    val = [json.loads(line) for line in (frames_run / "metrics.jsonl").read_text().splitlines()
-           if '"val"' in line]
+    val = [
+        json.loads(line)
+        for line in (frames_run / "metrics.jsonl").read_text().splitlines()
+        if '"val"' in line
+    ]
     assert val[-1]["loss"] < 0.5 * val[0]["loss"]
 
 
@@ -77,8 +87,9 @@ def test_jitter_recolours_reference_and_target_alike():
     # one transform for both: per output channel, the same affine map of the same input channel
     for x, y in draws:
         for c in range(3):
-            src = next(k for k in range(3)
-                       if abs(np.corrcoef(x[c].ravel(), ref[k].ravel())[0, 1]) > 0.99)
+            src = next(
+                k for k in range(3) if abs(np.corrcoef(x[c].ravel(), ref[k].ravel())[0, 1]) > 0.99
+            )
             inside = np.abs(x[c]) < 1  # not clipped
             fit = np.polyfit(ref[src][inside], x[c][inside], 1)
             keep = (np.abs(x[c]) < 1) & (np.abs(y[c]) < 1)  # not clipped
@@ -91,20 +102,33 @@ def test_jitter_recolours_reference_and_target_alike():
 
 
 def _small(demo_work, ae_run, out, **kw) -> FramesTrainConfig:
-    base = dict(shards=str(demo_work / "shards"), out=str(out),
-                autoencoder=str(ae_run / "autoencoder"), steps=4, batch_size=4, items_per_clip=2,
-                image_size=STAGE2_IMAGE, val_every=2, save_every=2, log_every=1,
-                epoch_batches=3, device="cpu")
+    base = dict(
+        shards=str(demo_work / "shards"),
+        out=str(out),
+        autoencoder=str(ae_run / "autoencoder"),
+        steps=4,
+        batch_size=4,
+        items_per_clip=2,
+        image_size=STAGE2_IMAGE,
+        val_every=2,
+        save_every=2,
+        log_every=1,
+        epoch_batches=3,
+        device="cpu",
+    )
     return FramesTrainConfig(**{**base, **kw})
 
 
 def _flat(value, prefix: str = "") -> dict:
     """Every leaf of a checkpoint's models, EMAs and optimizers, by a flat name."""
     if isinstance(value, dict):
-        return {k: v for key, item in value.items()
-                for k, v in _flat(item, f"{prefix}.{key}").items()}
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()
+        }
     if isinstance(value, (list, tuple)):
-        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}.{i}").items()}
+        return {
+            k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}.{i}").items()
+        }
     return {prefix: value}
 
 
@@ -114,10 +138,11 @@ def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
     kw = dict(jitter=0.2)  # the jitter draws come from the item stream: resumed alike
     train_frames(_small(demo_work, ae_run, tmp_path / "straight", **kw), progress=False)
     train_frames(_small(demo_work, ae_run, tmp_path / "halves", steps=2, **kw), progress=False)
-    train_frames(_small(demo_work, ae_run, tmp_path / "halves", **kw), resume=True,
-                 progress=False)
-    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
-            for run in ("straight", "halves"))
+    train_frames(_small(demo_work, ae_run, tmp_path / "halves", **kw), resume=True, progress=False)
+    a, b = (
+        torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
+        for run in ("straight", "halves")
+    )
     assert a["step"] == b["step"] == 4
     fa, fb = ({g: s[g] for g in ("models", "ema", "optimizers")} for s in (a, b))
     fa, fb = _flat(fa), _flat(fb)
@@ -125,7 +150,10 @@ def test_resume_is_bit_for_bit(demo_work, ae_run, tmp_path):
     for k in fa:
         va, vb = fa[k], fb[k]
         assert torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb, k
-    assert all(torch.equal(x["generator"], y["generator"]) for x, y in zip(a["ranks"], b["ranks"], strict=True))
+    assert all(
+        torch.equal(x["generator"], y["generator"])
+        for x, y in zip(a["ranks"], b["ranks"], strict=True)
+    )
     logs = [(tmp_path / run / "metrics.jsonl").read_text() for run in ("straight", "halves")]
     assert logs[0] == logs[1] and '"val"' in logs[0] and '"train"' in logs[0]
 
@@ -151,6 +179,7 @@ def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_p
     out = tmp_path / "pred"
     pred = dict(motion=str(motion_run), motion_steps=5)
     train_frames(_small(demo_work, ae_run, out, steps=2, **pred), progress=False)
+
     def unet(run):
         return torch.load(run / "checkpoint.pt", weights_only=False)["models"]["unet"]
 
@@ -160,8 +189,11 @@ def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_p
     assert not all(torch.equal(a[k], b[k]) for k in a)
     with np.load(out / MOTION_CACHE) as z:
         cache = {k: z[k] for k in z.files}
-    clips = {c["key"]: c for split in ("train", "val")
-             for c in data.iter_clips(demo_work / "shards", split, ("exp", "pose", "valid"))}
+    clips = {
+        c["key"]: c
+        for split in ("train", "val")
+        for c in data.iter_clips(demo_work / "shards", split, ("exp", "pose", "valid"))
+    }
     assert set(cache) - {CACHE_META} == set(clips)
     for key, clip in clips.items():
         assert cache[key].shape == (len(clip["exp"]), clip["exp"].shape[1] + 6)
@@ -175,13 +207,16 @@ def test_conditioning_on_stage1_predictions(demo_work, ae_run, motion_run, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_run,
-                                                                  motion_run, tmp_path, capsys):
+def test_predicted_motion_is_sampled_again_when_its_maker_changes(
+    demo_work, ae_run, motion_run, tmp_path, capsys
+):
     """A restart with other stage-1 settings (steps, seed, another model) never trains on the
     old predictions: the cache records what made it and is sampled again on a mismatch."""
     out = tmp_path / "run"
-    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(motion_run),
-                        motion_steps=3), progress=False)
+    train_frames(
+        _small(demo_work, ae_run, out, steps=0, motion=str(motion_run), motion_steps=3),
+        progress=False,
+    )
 
     def meta() -> dict:
         with np.load(out / MOTION_CACHE) as z:
@@ -191,8 +226,10 @@ def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_
     assert first["steps"] == 3 and first["sampler"] == "joint" and len(first["motion"]) == 64
     _fresh_again(out)
     capsys.readouterr()
-    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(motion_run),
-                        motion_steps=4), progress=False)
+    train_frames(
+        _small(demo_work, ae_run, out, steps=0, motion=str(motion_run), motion_steps=4),
+        progress=False,
+    )
     assert meta()["steps"] == 4 and meta()["motion"] == first["motion"]
     assert "made with another steps" in capsys.readouterr().err
     # another stage-1 model: a one-step continuation of the same run has other weights
@@ -202,33 +239,47 @@ def test_predicted_motion_is_sampled_again_when_its_maker_changes(demo_work, ae_
     from fd2talk.model.training.motion import train_motion
 
     saved = json.loads((other / "config.json").read_text())["config"]
-    train_motion(MotionTrainConfig(**{**saved, "out": str(other),
-                                      "steps": saved["steps"] + 1}), resume=True,
-                 progress=False)
+    train_motion(
+        MotionTrainConfig(**{**saved, "out": str(other), "steps": saved["steps"] + 1}),
+        resume=True,
+        progress=False,
+    )
     _fresh_again(out)
-    train_frames(_small(demo_work, ae_run, out, steps=0, motion=str(other), motion_steps=4),
-                 progress=False)
+    train_frames(
+        _small(demo_work, ae_run, out, steps=0, motion=str(other), motion_steps=4), progress=False
+    )
     assert meta()["motion"] != first["motion"]
 
 
 def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
-        demo_work, ae_run, motion_run, tmp_path):
+    demo_work, ae_run, motion_run, tmp_path
+):
     """With --motion-fold, a training clip's expression is its fold model's prediction and its
     pose the full model's; validation clips keep the full model's. Fold runs that are not one
     whole K/N split, or folds without --motion, are refused."""
     from fd2talk.model.configs import MotionTrainConfig
     from fd2talk.model.generation import motion as motion_mod
     from fd2talk.model.store.folder import load_parts
+    from fd2talk.model.training.distributed import setup_distributed
     from fd2talk.model.training.frames import predicted_motion
     from fd2talk.model.training.motion import train_motion
-    from fd2talk.model.training.trainer import setup_distributed
 
     shards = demo_work / "shards"
     folds = [tmp_path / f"fold{k}" for k in range(2)]
     for k, out in enumerate(folds):
-        train_motion(MotionTrainConfig(shards=str(shards), out=str(out), steps=2, batch_size=4,
-                                       lambda_sync=0, val_split=None, device="cpu",
-                                       fold=f"{k}/2"), progress=False)
+        train_motion(
+            MotionTrainConfig(
+                shards=str(shards),
+                out=str(out),
+                steps=2,
+                batch_size=4,
+                lambda_sync=0,
+                val_split=None,
+                device="cpu",
+                fold=f"{k}/2",
+            ),
+            progress=False,
+        )
     out = tmp_path / "run"
     pred = dict(motion=str(motion_run), motion_steps=3, motion_folds=tuple(map(str, folds)))
     train_frames(_small(demo_work, ae_run, out, steps=0, **pred), progress=False)
@@ -239,8 +290,9 @@ def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
 
     def sampled(run, keys):
         part = load_parts([str(run)])["motion"]
-        return predicted_motion(motion_mod.from_part(part, "cpu"), str(shards),
-                                ("train", "val"), 3, 0, d, False, keys)
+        return predicted_motion(
+            motion_mod.from_part(part, "cpu"), str(shards), ("train", "val"), 3, 0, d, False, keys
+        )
 
     full = sampled(motion_run, None)
     for k, run in enumerate(folds):
@@ -252,27 +304,57 @@ def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
             assert not np.array_equal(cache[key][:, :-6], full[key][:, :-6])
     val = [c["key"] for c in data.iter_clips(shards, "val", ("valid",))]
     assert val and all(np.array_equal(cache[key], full[key]) for key in val)
-    for bad, match in (((str(folds[0]),), "one run per fold"),
-                       ((str(folds[0]), str(folds[0])), "not the N runs"),
-                       ((str(folds[0]), str(motion_run)), "not trained with")):
+    for bad, match in (
+        ((str(folds[0]),), "one run per fold"),
+        ((str(folds[0]), str(folds[0])), "not the N runs"),
+        ((str(folds[0]), str(motion_run)), "not trained with"),
+    ):
         with pytest.raises(UserError, match=match):
-            train_frames(_small(demo_work, ae_run, tmp_path / "bad", steps=0,
-                                **{**pred, "motion_folds": bad}), progress=False)
+            train_frames(
+                _small(
+                    demo_work, ae_run, tmp_path / "bad", steps=0, **{**pred, "motion_folds": bad}
+                ),
+                progress=False,
+            )
     with pytest.raises(UserError, match="--motion-fold needs --motion"):
-        train_frames(_small(demo_work, ae_run, tmp_path / "bad", steps=0,
-                            motion_folds=pred["motion_folds"]), progress=False)
-    r = subprocess.run([sys.executable, "-c", "from fd2talk.cli.model import train_main; "
-                        "train_main()", "frames", "--shards", str(shards), "--out",
-                        str(tmp_path / "cli"), "--autoencoder", str(ae_run / "autoencoder"),
-                        "--motion", str(motion_run), "--motion-fold", str(folds[1]),
-                        "--motion-fold", str(folds[1]), "--image-size", "64", "--steps", "0"],
-                       capture_output=True, text=True, timeout=300)
+        train_frames(
+            _small(demo_work, ae_run, tmp_path / "bad", steps=0, motion_folds=pred["motion_folds"]),
+            progress=False,
+        )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.train import main; main()",
+            "frames",
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / "cli"),
+            "--autoencoder",
+            str(ae_run / "autoencoder"),
+            "--motion",
+            str(motion_run),
+            "--motion-fold",
+            str(folds[1]),
+            "--motion-fold",
+            str(folds[1]),
+            "--image-size",
+            "64",
+            "--steps",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "not the N runs" in r.stderr and str(folds[1]) in r.stderr
 
 
-def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_run,
-                                                                 motion_run, tmp_path):
+def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(
+    demo_work, ae_run, motion_run, tmp_path
+):
     """`fd2talk-train demo` resumes a run its own recipe made (config.json, tuples recorded
     as lists, a setting newer than the run counting as its default) and trains one that an
     older recipe made again; so is every run after one whose weights changed."""
@@ -281,15 +363,32 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_r
     from fd2talk.model.configs import MotionTrainConfig
     from fd2talk.model.demo.recipe import _stale, _train
 
-    folds = [MotionTrainConfig(shards=str(demo_work / "shards"), out=str(tmp_path / f"fold{k}"),
-                               steps=2, batch_size=4, lambda_sync=0, val_split=None,
-                               device="cpu", fold=f"{k}/2") for k in range(2)]
+    folds = [
+        MotionTrainConfig(
+            shards=str(demo_work / "shards"),
+            out=str(tmp_path / f"fold{k}"),
+            steps=2,
+            batch_size=4,
+            lambda_sync=0,
+            val_split=None,
+            device="cpu",
+            fold=f"{k}/2",
+        )
+        for k in range(2)
+    ]
     fold = folds[0]
     assert not _stale(fold)  # nothing there yet
     for cfg in folds:
         assert _train("motion", cfg, progress=False, restart=False) is True  # trained
-    frames = _small(demo_work, ae_run, tmp_path / "frames", steps=1, motion=str(motion_run),
-                    motion_steps=3, motion_folds=tuple(cfg.out for cfg in folds))
+    frames = _small(
+        demo_work,
+        ae_run,
+        tmp_path / "frames",
+        steps=1,
+        motion=str(motion_run),
+        motion_steps=3,
+        motion_folds=tuple(cfg.out for cfg in folds),
+    )
     assert _train("frames", frames, progress=False, restart=False) is True
     assert not _stale(frames)  # the folds' tuple against config.json's list
     assert _stale(dataclasses.replace(frames, motion_folds=frames.motion_folds[::-1]))
@@ -313,15 +412,18 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(demo_work, ae_r
 
     marker = tmp_path / "fold0" / "older"
     marker.touch()
-    assert _train("motion", dataclasses.replace(fold, lr=fold.lr / 2), progress=False,
-                  restart=False) is True  # an older recipe's: trained again
+    assert (
+        _train("motion", dataclasses.replace(fold, lr=fold.lr / 2), progress=False, restart=False)
+        is True
+    )  # an older recipe's: trained again
     assert not marker.exists()
     marker.touch()  # a run after one whose weights changed starts again
     assert _train("motion", fold, progress=False, restart=True) is True
     assert not marker.exists()
     # more steps than the run has: it resumes, and the runs after it must start again
-    assert _train("motion", dataclasses.replace(fold, steps=3), progress=False,
-                  restart=False) is True
+    assert (
+        _train("motion", dataclasses.replace(fold, steps=3), progress=False, restart=False) is True
+    )
     assert not _stale(fold)
 
 
@@ -329,8 +431,10 @@ def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
     with pytest.raises(UserError, match="--autoencoder is required"):
         train_frames(_small(demo_work, ae_run, tmp_path / "a", autoencoder=None), progress=False)
     with pytest.raises(UserError, match="not found|no autoencoder|autoencoder.json"):
-        train_frames(_small(demo_work, ae_run, tmp_path / "b",
-                            autoencoder=str(tmp_path / "nowhere")), progress=False)
+        train_frames(
+            _small(demo_work, ae_run, tmp_path / "b", autoencoder=str(tmp_path / "nowhere")),
+            progress=False,
+        )
     with pytest.raises(UserError, match="--cond must be dual or concat"):
         train_frames(_small(demo_work, ae_run, tmp_path / "c", cond="sum"), progress=False)
     # the autoencoder retrained in place under a run: refused on resume
@@ -345,14 +449,18 @@ def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
         next(ae.parameters()).add_(0.01)
     ae.save(own)
     with pytest.raises(UserError, match="trained with another autoencoder"):
-        train_frames(_small(demo_work, ae_run, run, steps=2, autoencoder=str(own)),
-                     resume=True, progress=False)
+        train_frames(
+            _small(demo_work, ae_run, run, steps=2, autoencoder=str(own)),
+            resume=True,
+            progress=False,
+        )
     no_scale = tmp_path / "no_scale"
     ae.scaling_factor = None
     ae.save(no_scale)
     with pytest.raises(UserError, match="no measured latent scaling factor"):
-        train_frames(_small(demo_work, ae_run, tmp_path / "e", autoencoder=str(no_scale)),
-                     progress=False)
+        train_frames(
+            _small(demo_work, ae_run, tmp_path / "e", autoencoder=str(no_scale)), progress=False
+        )
     assert not (tmp_path / "e").exists()  # refused before anything was written
 
 
@@ -364,16 +472,43 @@ def test_on_the_shared_real_clips_motion_and_reference_both_matter(real_work, tm
 
     shards = str(real_work / "shards")
     ae = tmp_path / "ae"
-    train_autoencoder(AutoencoderTrainConfig(
-        shards=shards, out=str(ae), steps=300, batch_size=8, lr=1e-3, lambda_per=0,
-        image_size=STAGE2_IMAGE, val_every=150, log_every=50, epoch_batches=100, device="cpu"),
-        progress=False)
-    val = [json.loads(line) for line in (ae / "metrics.jsonl").read_text().splitlines()
-           if '"val"' in line]
-    train_frames(FramesTrainConfig(
-        shards=shards, out=str(tmp_path / "frames"), autoencoder=str(ae / "autoencoder"),
-        steps=600, batch_size=16, lr=1e-3, image_size=STAGE2_IMAGE, val_every=300,
-        log_every=50, epoch_batches=100, device="cpu"), progress=False)
+    train_autoencoder(
+        AutoencoderTrainConfig(
+            shards=shards,
+            out=str(ae),
+            steps=300,
+            batch_size=8,
+            lr=1e-3,
+            lambda_per=0,
+            image_size=STAGE2_IMAGE,
+            val_every=150,
+            log_every=50,
+            epoch_batches=100,
+            device="cpu",
+        ),
+        progress=False,
+    )
+    val = [
+        json.loads(line)
+        for line in (ae / "metrics.jsonl").read_text().splitlines()
+        if '"val"' in line
+    ]
+    train_frames(
+        FramesTrainConfig(
+            shards=shards,
+            out=str(tmp_path / "frames"),
+            autoencoder=str(ae / "autoencoder"),
+            steps=600,
+            batch_size=16,
+            lr=1e-3,
+            image_size=STAGE2_IMAGE,
+            val_every=300,
+            log_every=50,
+            epoch_batches=100,
+            device="cpu",
+        ),
+        progress=False,
+    )
     model = fr.load_frames(tmp_path / "frames" / "checkpoint.pt", "cpu")
     clips = list(data.iter_clips(shards, "val", FRAME_FIELDS + ("mp4",)))
     scores = {"real": [], "shuffled_motion": [], "other_reference": []}
@@ -383,14 +518,18 @@ def test_on_the_shared_real_clips_motion_and_reference_both_matter(real_work, tm
         idx = np.linspace(1, len(img) - 1, 8).astype(int)
         perm = np.random.default_rng(0).permutation(len(idx))
         exp, pose = clip["exp"][idx], clip["pose"][idx]
-        for name, ref, e, p in (("real", img[0], exp, pose),
-                                ("shuffled_motion", img[0], exp[perm], pose[perm]),
-                                ("other_reference", torch.from_numpy(to_image(other)), exp, pose)):
-            out = fr.sample_frames(model, ref, e, p, steps=20, seed=0)
+        for name, ref, e, p in (
+            ("real", img[0], exp, pose),
+            ("shuffled_motion", img[0], exp[perm], pose[perm]),
+            ("other_reference", torch.from_numpy(to_image(other)), exp, pose),
+        ):
+            out = torch.cat(list(fr.iter_frames(model, ref, e, p, steps=20, seed=0)))
             scores[name].append(float(psnr(out, img[idx]).mean()))
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
-    print(f"real clips: autoencoder PSNR {val[0]['psnr']:.2f} -> {val[-1]['psnr']:.2f} dB; "
-          "frame PSNR (dB) " + ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items()))
+    print(
+        f"real clips: autoencoder PSNR {val[0]['psnr']:.2f} -> {val[-1]['psnr']:.2f} dB; "
+        "frame PSNR (dB) " + ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items())
+    )
     assert val[-1]["psnr"] > val[0]["psnr"] + 5.0
     assert mean["real"] > mean["shuffled_motion"] + 0.3, scores
     assert mean["real"] > mean["other_reference"] + 1.5, scores

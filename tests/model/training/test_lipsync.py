@@ -15,8 +15,10 @@ from fd2talk.model.training.sync_critic import load_sync_critic
 
 def test_expert_tells_in_sync_from_shifted_audio_on_held_out_clips(lip_expert):
     _, metrics = lip_expert
-    print(f"lip expert on the demo val split: in-sync {metrics['acc_in_sync']:.3f}, "
-          f"off-sync {metrics['acc_off_sync']:.3f} over {metrics['pairs']} pairs")
+    print(
+        f"lip expert on the demo val split: in-sync {metrics['acc_in_sync']:.3f}, "
+        f"off-sync {metrics['acc_off_sync']:.3f} over {metrics['pairs']} pairs"
+    )
     balanced = (metrics["acc_in_sync"] + metrics["acc_off_sync"]) / 2
     assert metrics["pairs"] >= 100
     # chance is 0.5; bench/learning_spread.py: 0.698-0.740 over 3 training seeds
@@ -31,13 +33,21 @@ def test_checkpoint_becomes_a_frozen_critic_with_gradients_into_beta(lip_expert,
     critic.train()
     assert not critic.training  # stays in eval mode inside a training loop
     beta = torch.zeros(2, 25, info.exp_dim, requires_grad=True)
-    loss = critic(beta, torch.zeros(2, 1434), torch.randn(2, 25, info.audio_dim),
-                  torch.ones(2, 25, dtype=torch.bool))
+    loss = critic(
+        beta,
+        torch.zeros(2, 1434),
+        torch.randn(2, 25, info.audio_dim),
+        torch.ones(2, 25, dtype=torch.bool),
+    )
     loss.backward()
     assert torch.isfinite(loss) and beta.grad.abs().sum() > 0
     # no valid window: zero loss, still differentiable
-    none = critic(beta, torch.zeros(2, 1434), torch.randn(2, 25, info.audio_dim),
-                  torch.zeros(2, 25, dtype=torch.bool))
+    none = critic(
+        beta,
+        torch.zeros(2, 1434),
+        torch.randn(2, 25, info.audio_dim),
+        torch.zeros(2, 25, dtype=torch.bool),
+    )
     assert float(none.detach()) == 0.0
 
 

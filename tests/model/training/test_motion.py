@@ -23,7 +23,7 @@ def envelope(work, key: str) -> np.ndarray:
     """RMS of the crop's speech per 40 ms video frame."""
     s = media.read_audio(work / "crops" / f"{key}.wav", 60)
     n = len(s) // 640
-    return np.sqrt((s[:n * 640].reshape(n, 640) ** 2).mean(1))
+    return np.sqrt((s[: n * 640].reshape(n, 640) ** 2).mean(1))
 
 
 def jaw_vs_speech(checkpoint, work) -> list[float]:
@@ -44,11 +44,14 @@ def test_training_makes_the_mouth_follow_held_out_speech(motion_run, demo_work, 
     trained = jaw_vs_speech(motion_run / "checkpoint.pt", demo_work)
     untrained_dir = tmp_path / "untrained"
     cfg = json.loads((motion_run / "config.json").read_text())["config"]
-    train_motion(MotionTrainConfig(**{**cfg, "out": str(untrained_dir), "steps": 0}),
-                 progress=False)
+    train_motion(
+        MotionTrainConfig(**{**cfg, "out": str(untrained_dir), "steps": 0}), progress=False
+    )
     untrained = jaw_vs_speech(untrained_dir / "checkpoint.pt", demo_work)
-    print(f"r(jawOpen, speech envelope) on the test clips: trained {np.round(trained, 3)}, "
-          f"untrained {np.round(untrained, 3)}")
+    print(
+        f"r(jawOpen, speech envelope) on the test clips: trained {np.round(trained, 3)}, "
+        f"untrained {np.round(untrained, 3)}"
+    )
     # bench/learning_spread.py over 3 training seeds: mean 0.566-0.577, min 0.451-0.494
     assert np.mean(trained) > 0.5 and min(trained) > 0.3, trained
     assert np.mean(trained) > np.mean(np.abs(untrained)) + 0.4
@@ -75,23 +78,41 @@ def _checkpoint_tensors(path):
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_resume_is_bit_for_bit(demo_work, lip_expert, tmp_path, accumulate):
     """Also with gradient accumulation: a resumed run reads the stream from step x accumulate."""
-    base = dict(shards=str(demo_work / "shards"), batch_size=4, lambda_sync=0.1,
-                lip_expert=str(lip_expert[0]), val_every=2, save_every=3, log_every=1,
-                epoch_batches=4, device="cpu", accumulate=accumulate)
-    train_motion(MotionTrainConfig(out=str(tmp_path / "straight"), steps=6, **base),
-                 progress=False)
+    base = dict(
+        shards=str(demo_work / "shards"),
+        batch_size=4,
+        lambda_sync=0.1,
+        lip_expert=str(lip_expert[0]),
+        val_every=2,
+        save_every=3,
+        log_every=1,
+        epoch_batches=4,
+        device="cpu",
+        accumulate=accumulate,
+    )
+    train_motion(MotionTrainConfig(out=str(tmp_path / "straight"), steps=6, **base), progress=False)
     train_motion(MotionTrainConfig(out=str(tmp_path / "halves"), steps=3, **base), progress=False)
-    train_motion(MotionTrainConfig(out=str(tmp_path / "halves"), steps=6, **base), resume=True,
-                 progress=False)
+    train_motion(
+        MotionTrainConfig(out=str(tmp_path / "halves"), steps=6, **base),
+        resume=True,
+        progress=False,
+    )
     step_a, a = _checkpoint_tensors(tmp_path / "straight" / "checkpoint.pt")
     step_b, b = _checkpoint_tensors(tmp_path / "halves" / "checkpoint.pt")
     assert step_a == step_b == 6 and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    logs = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().split("\n")
-             if line] for run in ("straight", "halves")]
-    assert [r for r in logs[0] if r["split"] == "train"] == \
-        [r for r in logs[1] if r["split"] == "train"]
+    logs = [
+        [
+            json.loads(line)
+            for line in (tmp_path / run / "metrics.jsonl").read_text().split("\n")
+            if line
+        ]
+        for run in ("straight", "halves")
+    ]
+    assert [r for r in logs[0] if r["split"] == "train"] == [
+        r for r in logs[1] if r["split"] == "train"
+    ]
     halves_val = [r for r in logs[1] if r["split"] == "val"]  # + the end of the first half
     assert all(r in halves_val for r in logs[0] if r["split"] == "val")
 
@@ -103,8 +124,8 @@ def _one_step(shards: str, grads_of: tuple[int, ...]) -> torch.Tensor:
     all parameters flattened."""
     from fd2talk.model.data.normalize import Stats
     from fd2talk.model.diffusion import Diffusion
-    from fd2talk.model.training import trainer
     from fd2talk.model.training.motion import build_models, losses, normalised
+    from fd2talk.model.training.rng import noise_generator
 
     torch.manual_seed(0)
     info = data.dataset_info(shards, "train")
@@ -113,10 +134,12 @@ def _one_step(shards: str, grads_of: tuple[int, ...]) -> torch.Tensor:
     stream = data.StreamConfig(batch_size=4, epoch_batches=500)
     grads = []
     for rank in grads_of:
-        batch = next(data.batches_from(data.split_shards(shards, "train"), stream,
-                                       data.MOTION_FIELDS, 0, 0, rank, 2))
-        out = losses(nets, Diffusion(), normalised(batch, stats, "cpu"),
-                     trainer.noise_generator(0, rank))
+        batch = next(
+            data.batches_from(
+                data.split_shards(shards, "train"), stream, data.MOTION_FIELDS, 0, 0, rank, 2
+            )
+        )
+        out = losses(nets, Diffusion(), normalised(batch, stats, "cpu"), noise_generator(0, rank))
         for m in nets.values():
             m.zero_grad()
         (out["exp"]["loss"] + out["pose"]["loss"]).backward()
@@ -131,8 +154,9 @@ def _one_step(shards: str, grads_of: tuple[int, ...]) -> torch.Tensor:
 
 
 def _first_moment(opt_state: dict) -> torch.Tensor:
-    return torch.cat([opt_state["state"][i]["exp_avg"].flatten()
-                      for i in sorted(opt_state["state"])])
+    return torch.cat(
+        [opt_state["state"][i]["exp_avg"].flatten() for i in sorted(opt_state["state"])]
+    )
 
 
 def _free_port() -> int:
@@ -151,14 +175,51 @@ def test_torchrun_two_nodes_average_gradients_and_rank_0_alone_writes(demo_work,
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     port = _free_port()
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
-         "fd2talk-test", "-m", "fd2talk.model.cli", "motion", "--shards",
-         str(demo_work / "shards"), "--out", str(out), "--steps", "1", "--batch-size", "4",
-         "--lambda-sync", "0", "--val-every", "1", "--log-every", "1", "--device", "cpu", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-        for _ in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "fd2talk-test",
+                "-m",
+                "fd2talk.model.cli",
+                "motion",
+                "--shards",
+                str(demo_work / "shards"),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--lambda-sync",
+                "0",
+                "--val-every",
+                "1",
+                "--log-every",
+                "1",
+                "--device",
+                "cpu",
+                "-q",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     try:
         errs = [node.communicate(timeout=300)[1] for node in nodes]
     finally:  # a node that failed must not leave the other waiting on the rendezvous
@@ -175,26 +236,65 @@ def test_torchrun_two_nodes_average_gradients_and_rank_0_alone_writes(demo_work,
     assert (out / "model" / "model_index.json").is_file()
     shards = str(demo_work / "shards")
     stream = data.StreamConfig(batch_size=4, epoch_batches=500)
-    first = [next(data.batches_from(data.split_shards(shards, "train"), stream,
-                                    data.MOTION_FIELDS, 0, 0, rank, 2)) for rank in (0, 1)]
+    first = [
+        next(
+            data.batches_from(
+                data.split_shards(shards, "train"), stream, data.MOTION_FIELDS, 0, 0, rank, 2
+            )
+        )
+        for rank in (0, 1)
+    ]
     assert not torch.equal(first[0]["exp"], first[1]["exp"])  # the ranks' samples differ
     ddp = _first_moment(state["optimizers"]["exp"])
     both, rank0 = _one_step(shards, (0, 1)), _one_step(shards, (0,))
     err_both = float((ddp - both).norm() / both.norm())
     err_rank0 = float((ddp - rank0).norm() / both.norm())
-    print(f"DDP's gradient (Adam's first moment) vs the mean of both ranks' gradients: relative "
-          f"error {err_both:.2e}; vs rank 0's own: {err_rank0:.2f}")
+    print(
+        f"DDP's gradient (Adam's first moment) vs the mean of both ranks' gradients: relative "
+        f"error {err_both:.2e}; vs rank 0's own: {err_rank0:.2f}"
+    )
     assert err_both < 1e-4 and err_rank0 > 0.1
 
 
 def _torchrun(demo_work, out, steps: int, *extra: str, procs: int = 2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-         "--master_port", str(_free_port()), "-m", "fd2talk.model.cli", "motion", "--shards",
-         str(demo_work / "shards"), "--out", str(out), "--steps", str(steps), "--batch-size",
-         "4", "--lambda-sync", "0", "--val-every", "2", "--log-every", "1", "--device", "cpu",
-         "-q", *extra], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "fd2talk.model.cli",
+            "motion",
+            "--shards",
+            str(demo_work / "shards"),
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "4",
+            "--lambda-sync",
+            "0",
+            "--val-every",
+            "2",
+            "--log-every",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
 
 
 def test_torchrun_resume_is_bit_for_bit_and_on_another_world_continues(demo_work, tmp_path):
@@ -211,10 +311,13 @@ def test_torchrun_resume_is_bit_for_bit_and_on_another_world_continues(demo_work
     assert step_a == step_b == 4 and set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ranks = [torch.load(tmp_path / r / "checkpoint.pt", weights_only=False)["ranks"]
-             for r in ("straight", "halves")]
-    assert len(ranks[0]) == 2 and not torch.equal(ranks[0][0]["generator"],
-                                                  ranks[0][1]["generator"])
+    ranks = [
+        torch.load(tmp_path / r / "checkpoint.pt", weights_only=False)["ranks"]
+        for r in ("straight", "halves")
+    ]
+    assert len(ranks[0]) == 2 and not torch.equal(
+        ranks[0][0]["generator"], ranks[0][1]["generator"]
+    )
     for x, y in zip(*ranks, strict=True):
         assert torch.equal(x["generator"], y["generator"])
     proc = _torchrun(demo_work, tmp_path / "straight", 6, "--resume", procs=1)
@@ -222,8 +325,9 @@ def test_torchrun_resume_is_bit_for_bit_and_on_another_world_continues(demo_work
     assert "was trained by 2 processes, this run has 1" in proc.stderr
     state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 6 and state["world"] == 1 and len(state["ranks"]) == 1
-    rows = [json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").read_text()
-            .splitlines()]
+    rows = [
+        json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     _, c = _checkpoint_tensors(tmp_path / "straight" / "checkpoint.pt")
     assert any(not torch.equal(a[k], c[k]) for k in a)  # it did train on
@@ -235,14 +339,18 @@ def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
     with pytest.raises(UserError, match="needs a pre-trained lip expert"):
         train_motion(MotionTrainConfig(out=str(tmp_path / "a"), **base), progress=False)
     with pytest.raises(UserError, match="split 'nope' has no clips"):
-        train_motion(MotionTrainConfig(out=str(tmp_path / "b"), lambda_sync=0, val_split="nope",
-                                       **base), progress=False)
+        train_motion(
+            MotionTrainConfig(out=str(tmp_path / "b"), lambda_sync=0, val_split="nope", **base),
+            progress=False,
+        )
     # the shards re-made in place with another coefficient backend under a run: refused on
     # resume (another shard folder is a changed setting, refused before this)
     own = rewrite_shards(shards, tmp_path / "own", lambda sample: None)
     run = tmp_path / "c"
-    train_motion(MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run), lambda_sync=0),
-                 progress=False)
+    train_motion(
+        MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run), lambda_sync=0),
+        progress=False,
+    )
 
     def fewer_dims(sample):
         meta = json.loads(sample["json"])
@@ -253,12 +361,19 @@ def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
 
     rewrite_shards(shards, own, fewer_dims)
     with pytest.raises(UserError, match="exp dim 52 .* shards have 40"):
-        train_motion(MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run),
-                                       lambda_sync=0), resume=True, progress=False)
+        train_motion(
+            MotionTrainConfig(**{**base, "shards": str(own)}, out=str(run), lambda_sync=0),
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(UserError, match=r"other settings \(shards: "):
-        train_motion(MotionTrainConfig(**{**base, "shards": str(tmp_path / "elsewhere")},
-                                       out=str(run), lambda_sync=0), resume=True,
-                     progress=False)
+        train_motion(
+            MotionTrainConfig(
+                **{**base, "shards": str(tmp_path / "elsewhere")}, out=str(run), lambda_sync=0
+            ),
+            resume=True,
+            progress=False,
+        )
     model = motion.load_motion(run / "checkpoint.pt", "cpu")
     with pytest.raises(UserError, match=r"take.* \(F, 80\) logmel"):
         motion.sample(model, np.zeros((30, 768), np.float32), steps=2)
@@ -266,9 +381,23 @@ def test_bad_inputs_are_clear_errors(demo_work, tmp_path):
 
 def test_cli_errors_are_one_line(demo_work, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-c", "from fd2talk.cli.model import train_main; train_main()", "motion",
-         "--shards", str(demo_work / "shards"), "--out", str(tmp_path / "r"), "--steps", "1"],
-        capture_output=True, text=True, cwd=REPO, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from fd2talk.cli.train import main; main()",
+            "motion",
+            "--shards",
+            str(demo_work / "shards"),
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --lambda-sync > 0 needs a pre-trained lip expert" in proc.stderr
 
@@ -276,9 +405,19 @@ def test_cli_errors_are_one_line(demo_work, tmp_path):
 @pytest.mark.gpu
 def test_cuda_training_with_bf16_autocast_and_sampling(demo_work, lip_expert, tmp_path):
     out = tmp_path / "cuda"
-    train_motion(MotionTrainConfig(shards=str(demo_work / "shards"), out=str(out), steps=4,
-                                   batch_size=8, lambda_sync=0.1, lip_expert=str(lip_expert[0]),
-                                   val_every=2, device="cuda"), progress=False)
+    train_motion(
+        MotionTrainConfig(
+            shards=str(demo_work / "shards"),
+            out=str(out),
+            steps=4,
+            batch_size=8,
+            lambda_sync=0.1,
+            lip_expert=str(lip_expert[0]),
+            val_every=2,
+            device="cuda",
+        ),
+        progress=False,
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
     model = motion.load_motion(out / "checkpoint.pt", "cuda")
@@ -290,9 +429,19 @@ def test_cuda_training_with_bf16_autocast_and_sampling(demo_work, lip_expert, tm
 def test_single_dit_ablation_trains_exports_and_samples(demo_work, lip_expert, tmp_path):
     from fd2talk.model.store.folder import export
 
-    base = dict(shards=str(demo_work / "shards"), batch_size=4, lambda_sync=0.1,
-                lip_expert=str(lip_expert[0]), val_every=3, save_every=3, log_every=1,
-                epoch_batches=4, device="cpu", single_dit=True, lr=1e-3)
+    base = dict(
+        shards=str(demo_work / "shards"),
+        batch_size=4,
+        lambda_sync=0.1,
+        lip_expert=str(lip_expert[0]),
+        val_every=3,
+        save_every=3,
+        log_every=1,
+        epoch_batches=4,
+        device="cpu",
+        single_dit=True,
+        lr=1e-3,
+    )
     out = tmp_path / "single"
     losses = train_motion(MotionTrainConfig(out=str(out), steps=6, **base), progress=False)
     assert set(losses) >= {"loss_joint"}  # one network, validated on [beta, p] jointly
@@ -308,16 +457,26 @@ def test_single_dit_ablation_trains_exports_and_samples(demo_work, lip_expert, t
     assert m["exp"].shape == (40, clip["exp"].shape[1]) and m["pose"].shape == (40, 6)
     assert np.isfinite(m["exp"]).all() and m["exp"].std() > 0
     with pytest.raises(UserError, match=r"other settings \(single_dit: True -> False\)"):
-        train_motion(MotionTrainConfig(out=str(out), steps=8, **{**base, "single_dit": False}),
-                     resume=True, progress=False)
+        train_motion(
+            MotionTrainConfig(out=str(out), steps=8, **{**base, "single_dit": False}),
+            resume=True,
+            progress=False,
+        )
 
 
 def test_a_fold_run_leaves_its_fold_out(demo_work, tmp_path):
     """`--fold K/N` trains on the other folds' clips only (statistics too) and records which
     it left out; a resume on shards whose fold holds other clips is refused."""
     shards = demo_work / "shards"
-    base = dict(shards=str(shards), steps=2, batch_size=4, device="cpu", val_every=100,
-                lambda_sync=0, fold="1/2")
+    base = dict(
+        shards=str(shards),
+        steps=2,
+        batch_size=4,
+        device="cpu",
+        val_every=100,
+        lambda_sync=0,
+        fold="1/2",
+    )
     out = tmp_path / "fold"
     train_motion(MotionTrainConfig(out=str(out), **base), progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -342,5 +501,8 @@ def test_a_fold_run_leaves_its_fold_out(demo_work, tmp_path):
 
     rewrite_shards(shards, own, last)
     with pytest.raises(UserError, match="leaves out other clips"):
-        train_motion(MotionTrainConfig(out=str(run), **{**base, "shards": str(own), "steps": 3}),
-                     resume=True, progress=False)
+        train_motion(
+            MotionTrainConfig(out=str(run), **{**base, "shards": str(own), "steps": 3}),
+            resume=True,
+            progress=False,
+        )

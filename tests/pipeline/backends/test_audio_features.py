@@ -11,6 +11,7 @@ import torch
 from helpers.audio import SPF, SR, frame_rms, save_model, voiced
 
 from fd2talk.core import media
+from fd2talk.core.schema import FPS
 from fd2talk.core.skip import PrepError
 from fd2talk.pipeline.backends.audio_features import (
     LogMel,
@@ -25,10 +26,6 @@ from fd2talk.pipeline.backends.audio_features import (
 LENGTH_CASES = [(n, d) for n in (1, 2, 7, 25, 101) for d in (-700, -1, 0, 1, 333, 2000)]
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """The tests' tiny model, saved by the same helper the bench uses."""
@@ -39,17 +36,17 @@ def tiny_dir(tmp_path_factory):
 def local_dir(tmp_path_factory):
     """A model whose layer-0 output is local in time (layer-norm conv encoder, no attention
     used at layer 0): chunked and single-pass outputs must then agree exactly."""
-    return save_model(tmp_path_factory.mktemp("w2v") / "local", feat_extract_norm="layer",
-                      do_stable_layer_norm=True)
+    return save_model(
+        tmp_path_factory.mktemp("w2v") / "local",
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
 
 
 def noise(seconds, seed=0, scale=0.1):
     return (np.random.default_rng(seed).standard_normal(round(seconds * SR)) * scale).astype(
-        np.float32)
-
-
-
-
+        np.float32
+    )
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -62,8 +59,10 @@ def test_fit_length_pads_and_trims_to_whole_frames():
     assert y.shape == (1920,) and y[:1000].tolist() == x.tolist() and not y[1000:].any()
 
 
-@pytest.mark.parametrize("n, chunk, context", [(10, 100, 5), (1000, 375, 62), (1001, 375, 62),
-                                                (376, 375, 62), (15000, 375, 62), (7, 1, 0)])
+@pytest.mark.parametrize(
+    "n, chunk, context",
+    [(10, 100, 5), (1000, 375, 62), (1001, 375, 62), (376, 375, 62), (15000, 375, 62), (7, 1, 0)],
+)
 def test_windows_cover_every_frame_once_with_context(n, chunk, context):
     width, plan = plan_windows(n, chunk, context)
     owned = np.zeros(n, int)
@@ -116,7 +115,7 @@ def test_logmel_tone_lands_in_its_band():
 def test_logmel_is_centred_on_each_frame():
     """A burst in frames [20, 30): row i sees samples [640 i - 320, 640 i + 960)."""
     x = np.zeros(50 * SPF, np.float32)
-    x[20 * SPF:30 * SPF] = noise(10 * SPF / SR, scale=0.3)
+    x[20 * SPF : 30 * SPF] = noise(10 * SPF / SR, scale=0.3)
     energy = LogMel().features(x, 50).mean(1)
     quiet, loud = energy[:18].max(), energy[20:30].min()
     assert loud > quiet + 10  # ln power: orders of magnitude
@@ -135,8 +134,16 @@ def test_logmel_follows_a_speech_like_envelope():
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_logmel_follows_espeak_speech(tmp_path):
     wav = tmp_path / "s.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "Hello there, this is a short test of speech "
-                    "with pauses. And then more words."], check=True, timeout=60)
+    subprocess.run(
+        [
+            "espeak-ng",
+            "-w",
+            str(wav),
+            "Hello there, this is a short test of speech with pauses. And then more words.",
+        ],
+        check=True,
+        timeout=60,
+    )
     x = media.read_audio(wav, 60)
     n = len(x) // SPF
     f = LogMel().features(x, n)
@@ -190,7 +197,9 @@ def test_wav2vec2_equals_a_plain_transformers_forward(tiny_dir):
     assert hidden.shape[0] == 2 * n - 1
     # hidden state j covers samples [320 j, 320 j + 400); video frame i's centre is 640 i + 319.5
     pos = (640 * np.arange(n) + 319.5 - 199.5) / 320
-    expected = np.stack([np.interp(pos, np.arange(len(hidden)), hidden[:, d]) for d in range(64)], 1)
+    expected = np.stack(
+        [np.interp(pos, np.arange(len(hidden)), hidden[:, d]) for d in range(64)], 1
+    )
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=1e-4)
 
 
@@ -217,10 +226,10 @@ def test_wav2vec2_layer_selection(tiny_dir):
 def test_chunks_stitch_exactly_when_the_model_is_local(local_dir, n, chunk, context):
     """Layer 0 of a layer-norm model sees ~0.2 s of audio: with more context than that,
     stitched windows must reproduce one full pass (tests offsets and alignment exactly)."""
-    x = voiced(n / 25 + 0.3, seed=n)
+    x = voiced(n / FPS + 0.3, seed=n)
     full = _encoder(local_dir, layer=0, chunk_seconds=100.0).features(x, n)
     chunked = _encoder(local_dir, layer=0, chunk_seconds=chunk, context_seconds=context)
-    width, plan = plan_windows(n, round(chunk * 25), round(context * 25))
+    width, plan = plan_windows(n, round(chunk * FPS), round(context * FPS))
     assert len(plan) > 2
     np.testing.assert_allclose(chunked.features(x, n), full, atol=1e-4, rtol=1e-4)
 

@@ -12,8 +12,16 @@ from fd2talk.pipeline.backends import landmarker as L
 
 FACES = ("000002.jpg", "000031.jpg", "015259.jpg", "vd006.png", "vd025.png")
 # A plausible standard face (x right, y up, z out; Deep3D's units), for a self-written .mat.
-STD5 = np.array([[-0.31, 0.29, 0.13], [0.31, 0.29, 0.13], [0.0, -0.05, 0.55],
-                 [-0.25, -0.38, 0.22], [0.25, -0.38, 0.22]], np.float32)
+STD5 = np.array(
+    [
+        [-0.31, 0.29, 0.13],
+        [0.31, 0.29, 0.13],
+        [0.0, -0.05, 0.55],
+        [-0.25, -0.38, 0.22],
+        [0.25, -0.38, 0.22],
+    ],
+    np.float32,
+)
 
 
 def write_lm3d_mat(folder):
@@ -97,7 +105,13 @@ def test_outputs_and_split(net):
     np.testing.assert_allclose(batched, whole, rtol=1e-4, atol=1e-4)  # batching changes nothing
     parts = D.split_coeffs(whole)
     assert {k: v.shape[1] for k, v in parts.items()} == {
-        "id": 80, "exp": 64, "tex": 80, "angles": 3, "gamma": 27, "trans": 3}
+        "id": 80,
+        "exp": 64,
+        "tex": 80,
+        "angles": 3,
+        "gamma": 27,
+        "trans": 3,
+    }
     np.testing.assert_array_equal(np.concatenate(list(parts.values()), 1), whole)
 
 
@@ -121,7 +135,7 @@ def test_align_moves_pixels_and_points_together(tmp_path):
     cy, cx = np.mgrid[0:224, 0:224]
     for k, (px, py) in enumerate(rows):
         c = colours[k].astype(int)
-        near = (cx - px) ** 2 + (cy - py) ** 2 < 12 ** 2
+        near = (cx - px) ** 2 + (cy - py) ** 2 < 12**2
         blob = near & (np.abs(crop.astype(int) - c).sum(-1) < 150)
         assert blob.sum() > 5
         found = np.array([cx[blob].mean(), cy[blob].mean()])
@@ -140,7 +154,9 @@ def test_align_real_faces_to_standard_positions(shared_media):
         err = np.linalg.norm(rows - std, axis=1)
         assert err.mean() < 16, (name, err)  # pixels of 224; yaw moves the nose most
         iod = np.linalg.norm(rows[1] - rows[0])
-        assert iod == pytest.approx(np.linalg.norm(std[1] - std[0]), rel=0.2), name  # yaw foreshortens
+        assert iod == pytest.approx(np.linalg.norm(std[1] - std[0]), rel=0.2), (
+            name
+        )  # yaw foreshortens
 
 
 def test_mediapipe_five_points_match_detections(shared_media, face_model):

@@ -29,13 +29,16 @@ LOC = (-2.5, -2.5, float(np.log(420 / 512) / 0.2), float(np.log(420 / 512) / 0.2
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fa")
-    return (fan_standin(folder / fan.FAN_FILE),
-            s3fd_standin(folder / "s3fd-619a316812.pth", level=5, loc=LOC))
+    return (
+        fan_standin(folder / fan.FAN_FILE),
+        s3fd_standin(folder / "s3fd-619a316812.pth", level=5, loc=LOC),
+    )
 
 
 def face(n: int = 1) -> np.ndarray:
-    return np.stack([cv2.resize(f, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
-                     for f in moving_face(n)])
+    return np.stack(
+        [cv2.resize(f, (SIDE, SIDE), interpolation=cv2.INTER_AREA) for f in moving_face(n)]
+    )
 
 
 def test_fan_loads_local_files_only_and_restores_torch_hub(standins, monkeypatch, tmp_path):
@@ -64,8 +67,9 @@ def test_fan_loads_local_files_only_and_restores_torch_hub(standins, monkeypatch
     np.testing.assert_allclose(fan.five_points(points)[0], points[[36, 39]].mean(0))
     np.testing.assert_allclose(fan.five_points(points)[3], points[48])
     # a detector that finds nothing: no landmarks
-    with fan.FanLandmarker(fan_path, s3fd_standin(tmp_path / "none.pth", logit=-10.0),
-                           device="cpu") as lmk:
+    with fan.FanLandmarker(
+        fan_path, s3fd_standin(tmp_path / "none.pth", logit=-10.0), device="cpu"
+    ) as lmk:
         assert lmk.landmarks(face()[0]) is None
 
 
@@ -83,11 +87,24 @@ def test_missing_and_wrong_files_are_errors_that_say_what_to_do(standins, tmp_pa
     with pytest.raises(PrepError, match="junk is not face-alignment's s3fd-619a316812.pth"):
         fan.FanLandmarker(fan_path, tmp_path / "junk", device="cpu")
     with pytest.raises(PrepError, match="with --backend deep3d"):
-        CoeffsStage(CoeffsConfig(landmarks="fan", fan_weights=str(fan_path),
-                                 s3fd_weights=str(s3fd_path)))
-    result = CliRunner().invoke(app, ["coeffs", str(tmp_path / "w"), "--backend", "deep3d",
-                                      "--landmarks", "fan", "--deep3d-checkpoint", str(fan_path),
-                                      "--bfm-dir", str(tmp_path)])
+        CoeffsStage(
+            CoeffsConfig(landmarks="fan", fan_weights=str(fan_path), s3fd_weights=str(s3fd_path))
+        )
+    result = CliRunner().invoke(
+        app,
+        [
+            "coeffs",
+            str(tmp_path / "w"),
+            "--backend",
+            "deep3d",
+            "--landmarks",
+            "fan",
+            "--deep3d-checkpoint",
+            str(fan_path),
+            "--bfm-dir",
+            str(tmp_path),
+        ],
+    )
     assert isinstance(result.exception, PrepError)  # a missing file, before any work
 
 
@@ -105,9 +122,19 @@ def test_deep3d_aligns_with_fan_landmarks(standins, tmp_path):
     make_crop(tmp_path, "fan_f000_t0", frames)
     meta = json.loads((tmp_path / "crops" / "fan_f000_t0.json").read_text())
     (tmp_path / "crops" / "fan_f000_t0.json").write_text(json.dumps({**meta, "size": SIDE}))
-    run(tmp_path, backend="deep3d", deep3d_checkpoint=str(ckpt), bfm_dir=str(bfm),
-        landmarks="fan", fan_weights=str(fan_path), s3fd_weights=str(s3fd_path), batch_size=2,
-        device="cpu", max_invalid=0.5, max_roll=180.0)
+    run(
+        tmp_path,
+        backend="deep3d",
+        deep3d_checkpoint=str(ckpt),
+        bfm_dir=str(bfm),
+        landmarks="fan",
+        fan_weights=str(fan_path),
+        s3fd_weights=str(s3fd_path),
+        batch_size=2,
+        device="cpu",
+        max_invalid=0.5,
+        max_roll=180.0,
+    )
     z = load(tmp_path, "fan_f000_t0")
     assert z["lm"].shape == (5, 68, 2) and z["lm3d"].shape == (5, 478, 3)
     meta = json.loads(str(z["meta"]))
@@ -121,7 +148,8 @@ def test_deep3d_aligns_with_fan_landmarks(standins, tmp_path):
     for i in rows:
         np.testing.assert_allclose(z["lm"][i], want[i], atol=1e-4)
     lm3d = deep3d.load_lm3d(bfm)
-    crops = np.stack([deep3d.align_img(decoded[i], fan.five_points(want[i]), lm3d)[0]
-                      for i in rows])
+    crops = np.stack(
+        [deep3d.align_img(decoded[i], fan.five_points(want[i]), lm3d)[0] for i in rows]
+    )
     expect = deep3d.split_coeffs(deep3d.bare_inference(deep3d.load_rnet(ckpt, "cpu"), crops))
     np.testing.assert_allclose(z["exp"][rows], expect["exp"], rtol=1e-3, atol=1e-3)

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import skimage.data
 
+from fd2talk.pipeline.backends import canonical as C
 from fd2talk.pipeline.backends import landmarker as L
 
 
 def astronaut_crop(size: int = 256) -> np.ndarray:
     """A real face photo (scikit-image's astronaut), cropped around the head: (size, size, 3)."""
-    return cv2.resize(skimage.data.astronaut()[0:250, 100:350], (size, size),
-                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        skimage.data.astronaut()[0:250, 100:350], (size, size), interpolation=cv2.INTER_AREA
+    )
 
 
 def detect(image: np.ndarray) -> L.Frame:
@@ -108,7 +110,7 @@ def test_pose_follows_in_plane_rotation_and_mirroring(face):
 
 
 def test_canonical_face_metadata(face_model):
-    cf = L.canonical_face()
+    cf = C.canonical_face()
     assert cf.mesh.shape == (468, 3)
     assert len(cf.basis_ids) == len(cf.basis_weights) == 33
     assert cf.basis_ids.max() < 468 and (cf.basis_weights > 0).all()
@@ -120,21 +122,21 @@ def test_canonical_face_metadata(face_model):
 def test_canonical_landmarks_remove_similarity(face):
     image, frame = face
     lm = frame.landmarks.astype(np.float64)
-    canon = L.canonical_landmarks(lm)
+    canon = C.canonical_landmarks(lm)
     assert canon.shape == (478, 3) and canon.dtype == np.float32
-    mesh = L.canonical_face().mesh
+    mesh = C.canonical_face().mesh
     assert np.linalg.norm(canon[:468] - mesh, axis=1).mean() < 1.0  # cm, a real face
     rng = np.random.default_rng(1)
     for _ in range(3):
         q = L.rotation_from_angles(rng.uniform(-0.6, 0.6, 3))
         moved = 1.7 * lm @ q.T + rng.normal(scale=50, size=3)
-        np.testing.assert_allclose(L.canonical_landmarks(moved), canon, atol=1e-3)
-    batch = L.canonical_landmarks(np.stack([lm, np.zeros_like(lm)]))
+        np.testing.assert_allclose(C.canonical_landmarks(moved), canon, atol=1e-3)
+    batch = C.canonical_landmarks(np.stack([lm, np.zeros_like(lm)]))
     np.testing.assert_allclose(batch[0], canon, atol=1e-5)
     assert not batch[1].any()  # no face stays zero
     # the same face turned in the image plane: the canonical shape barely moves
     centre = tuple(float(v) for v in frame.landmarks[4, :2])
-    turned = L.canonical_landmarks(detect(rotate(image, 15.0, centre)).landmarks)
+    turned = C.canonical_landmarks(detect(rotate(image, 15.0, centre)).landmarks)
     assert np.linalg.norm(turned - canon, axis=1).mean() < 0.2  # cm
 
 

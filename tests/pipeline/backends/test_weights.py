@@ -19,9 +19,13 @@ def bad_models(tmp_path, face_model):
     """name -> a bad .task: truncated real bundle, text, a zip without the members, a zip
     holding every member but garbage in each."""
     data = face_model.read_bytes()
-    out = {"truncated": tmp_path / "truncated.task", "text": tmp_path / "text.task",
-           "empty_zip": tmp_path / "empty_zip.task", "garbage": tmp_path / "garbage.task"}
-    out["truncated"].write_bytes(data[:len(data) // 2])
+    out = {
+        "truncated": tmp_path / "truncated.task",
+        "text": tmp_path / "text.task",
+        "empty_zip": tmp_path / "empty_zip.task",
+        "garbage": tmp_path / "garbage.task",
+    }
+    out["truncated"].write_bytes(data[: len(data) // 2])
     out["text"].write_text("this is not a model\n")
     with zipfile.ZipFile(out["empty_zip"], "w") as zf:
         zf.writestr("readme.txt", "no models here")
@@ -51,8 +55,11 @@ def test_task_member_of_the_real_bundle(face_model):
 @pytest.mark.parametrize("kind", ["truncated", "text", "empty_zip", "garbage"])
 def test_landmarker_detector_and_stage_refuse_a_bad_bundle(bad_models, kind):
     path = bad_models[kind]
-    for make in (lambda: landmarker.Landmarker(path), lambda: detect.MediaPipeDetector(path),
-                 lambda: CoeffsStage(CoeffsConfig(face_model=str(path))).setup()):
+    for make in (
+        lambda: landmarker.Landmarker(path),
+        lambda: detect.MediaPipeDetector(path),
+        lambda: CoeffsStage(CoeffsConfig(face_model=str(path))).setup(),
+    ):
         with pytest.raises(PrepError) as err:
             make()
         assert str(path) in str(err.value) and "fetch-face-model" in str(err.value)
@@ -75,9 +82,22 @@ def test_cli_exits_2_without_a_traceback(bad_models, tmp_path, kind):
     work = tmp_path / "work"
     (work / "crops").mkdir(parents=True)
     code = "import sys; from fd2talk.cli.prep import main; sys.argv[0] = 'fd2talk-prep'; main()"
-    proc = subprocess.run([sys.executable, "-c", code, "coeffs", str(work), "--face-model",
-                           str(bad_models[kind]), "-q"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "coeffs",
+            str(work),
+            "--face-model",
+            str(bad_models[kind]),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert f"{kind}.task" in proc.stderr and "fetch-face-model" in proc.stderr

@@ -9,7 +9,8 @@ from helpers import REPO, start_then_kill
 from helpers.runner import CountingStage, counting_manifest, tree_hashes
 
 from fd2talk.core.skip import PrepError
-from fd2talk.pipeline.runner.runner import Part, run_stage
+from fd2talk.pipeline.runner.runner import run_stage
+from fd2talk.pipeline.runner.work import Part
 from fd2talk.pipeline.stages.clip import ClipConfig, ClipStage
 
 
@@ -56,7 +57,8 @@ def test_parts_then_whole(tmp_path):
     s = run_stage(_stage(numbers), tmp_path, progress=False)
     assert s.already == 20 and s.done == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*.txt")) == sorted(
-        f"k{n}.txt" for n in numbers)
+        f"k{n}.txt" for n in numbers
+    )
 
 
 def test_changed_config_is_refused_unless_forced(tmp_path):
@@ -84,15 +86,39 @@ def test_a_setting_added_later_counts_as_its_default_for_old_outputs(tmp_path):
         run_stage(CountingStage(GrownConfig((1, 2), rounding=2)), tmp_path, progress=False)
 
 
+def test_the_distributor_is_swappable(tmp_path):
+    """run_stage picks this process, a process pool or Ray tasks from its options; any
+    object with the same `map` can run the items instead, with the same records and outputs."""
+    from fd2talk.pipeline.runner.distribute import InProcess, ProcessPool
+    from fd2talk.pipeline.runner.ray_cluster import RayCluster
+    from fd2talk.pipeline.runner.runner import distributor_for
 
+    assert distributor_for(1, 5) == InProcess() and distributor_for(4, 1) == InProcess()
+    assert distributor_for(4, 5) == ProcessPool(4)
+    assert distributor_for(2, 5, "local", 0.5) == RayCluster("local", 2, 0.5)
+    assert distributor_for(2, 0, "local") == InProcess()  # nothing to run: no cluster
 
+    class Reversed:  # a distributor of its own: the items in reverse order, in this process
+        def map(self, stage, items, work, account, advance):
+            InProcess().map(stage, list(reversed(items)), work, account, advance)
+
+    seen = []
+    s = run_stage(
+        _stage([1, 2, -3]),
+        tmp_path / "a",
+        progress=False,
+        distributor=Reversed(),
+        on_result=lambda rec: seen.append(rec["key"]),
+    )
+    assert seen == ["k-3", "k2", "k1"] and (s.done, dict(s.skipped)) == (2, {"too_short": 1})
+    run_stage(_stage([1, 2, -3]), tmp_path / "b", progress=False)
+    assert tree_hashes(tmp_path / "a" / "out") == tree_hashes(tmp_path / "b" / "out")
 
 
 def test_workers_give_the_same_outputs(tmp_path):
     manifest = counting_manifest(tmp_path, 4)
     one = run_stage(ClipStage(ClipConfig(str(manifest))), tmp_path / "a", progress=False)
-    two = run_stage(ClipStage(ClipConfig(str(manifest))), tmp_path / "b", workers=2,
-                    progress=False)
+    two = run_stage(ClipStage(ClipConfig(str(manifest))), tmp_path / "b", workers=2, progress=False)
     assert one.done == two.done == 4
     assert tree_hashes(tmp_path / "a" / "clips") == tree_hashes(tmp_path / "b" / "clips")
 
@@ -103,8 +129,16 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     clean = tmp_path / "clean"
     run_stage(ClipStage(ClipConfig(str(manifest))), clean, progress=False)
     work = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from fd2talk.cli.prep import main; main()",
-           "clip", str(work), "-m", str(manifest), "-q"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from fd2talk.cli.prep import main; main()",
+        "clip",
+        str(work),
+        "-m",
+        str(manifest),
+        "-q",
+    ]
     kills = 0
     status = work / "status" / "clip"
     for delay in (0.0, 0.4, 0.8):  # kill while items are in flight, at different points
@@ -139,7 +173,6 @@ def test_a_dying_worker_fails_its_items_not_the_run(tmp_path):
     assert not s.ok and s.failed >= 1
     failed = {r["key"] for r in s.failures if r["status"] == "failed"}
     assert "k66" in failed
-    assert all("worker process died" in r["error"] for r in s.failures
-               if r["status"] == "failed")
+    assert all("worker process died" in r["error"] for r in s.failures if r["status"] == "failed")
     s = run_stage(_stage([1, 2, 3, 4]), tmp_path, workers=2, progress=False, force=True)
     assert s.ok and s.done == 4

@@ -20,27 +20,36 @@ def test_csv_and_jsonl_rows(tmp_path):
     (tmp_path / "m.csv").write_text(
         "key,path,start,end,video_id,speaker_id\n"
         "a,a.mp4,,,,\n"
-        f"b-2,{tmp_path / 'sub' / 'b.mkv'},1.5,4,vid_b,spk\n")
+        f"b-2,{tmp_path / 'sub' / 'b.mkv'},1.5,4,vid_b,spk\n"
+    )
     rows = read_manifest(tmp_path / "m.csv")
     assert [r.key for r in rows] == ["a", "b-2"]
     assert rows[0].path == str(tmp_path / "a.mp4") and rows[0].video_id == "a.mp4"
     assert (rows[1].start, rows[1].end, rows[1].video_id, rows[1].speaker_id) == (
-        1.5, 4.0, "vid_b", "spk")
+        1.5,
+        4.0,
+        "vid_b",
+        "spk",
+    )
     (tmp_path / "m.jsonl").write_text(
-        json.dumps({"key": "a", "path": "a.mp4", "split": "test"}) + "\n\n")
+        json.dumps({"key": "a", "path": "a.mp4", "split": "test"}) + "\n\n"
+    )
     rows = read_manifest(tmp_path / "m.jsonl")
     assert rows[0].split == "test" and rows[0].path == str(tmp_path / "a.mp4")
 
 
-@pytest.mark.parametrize("line, message", [
-    ("a.b,a.mp4", "may only contain"),
-    (",a.mp4", "has no key"),
-    ("k,missing.mp4", "does not exist"),
-    ("k,a.mp4,abc", "not a number"),
-    ("k,a.mp4,5,2", "is not after start"),
-    ("k,https://example.org/v.mp4", "URL"),
-    ("k,a.mp4,,,,,,extra", "more fields"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("a.b,a.mp4", "may only contain"),
+        (",a.mp4", "has no key"),
+        ("k,missing.mp4", "does not exist"),
+        ("k,a.mp4,abc", "not a number"),
+        ("k,a.mp4,5,2", "is not after start"),
+        ("k,https://example.org/v.mp4", "URL"),
+        ("k,a.mp4,,,,,,extra", "more fields"),
+    ],
+)
 def test_bad_csv_rows_name_the_row(tmp_path, line, message):
     _touch(tmp_path / "a.mp4")
     (tmp_path / "m.csv").write_text(f"key,path,start,end\nok,a.mp4\n{line}\n")
@@ -85,13 +94,22 @@ def test_video_id_defaults_to_the_source_file(tmp_path):
         "talk_c,sub/../sub/talk.mp4,60,,\n"
         "other,other.mp4,,,\n"
         "given,other.mp4,,,my_video\n"
-        "out,../outside.mp4,,,\n")
+        "out,../outside.mp4,,,\n"
+    )
     rows = {r.key: r.video_id for r in read_manifest(data / "m.csv")}
-    assert rows == {"talk_a": "sub/talk.mp4", "talk_b": "sub/talk.mp4",
-                    "talk_c": "sub/talk.mp4", "other": "other.mp4", "given": "my_video",
-                    "out": str((tmp_path / "outside.mp4").resolve())}
+    assert rows == {
+        "talk_a": "sub/talk.mp4",
+        "talk_b": "sub/talk.mp4",
+        "talk_c": "sub/talk.mp4",
+        "other": "other.mp4",
+        "given": "my_video",
+        "out": str((tmp_path / "outside.mp4").resolve()),
+    }
     moved = tmp_path / "moved"
     data.rename(moved)
     relative = ("talk_a", "talk_c", "other", "given")  # paths given relative to the manifest
-    assert {r.key: r.video_id for r in read_manifest(moved / "m.csv", check_paths=False)
-            if r.key in relative} == {k: rows[k] for k in relative}
+    assert {
+        r.key: r.video_id
+        for r in read_manifest(moved / "m.csv", check_paths=False)
+        if r.key in relative
+    } == {k: rows[k] for k in relative}

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fd2talk.cli.prep import app
 from fd2talk.core import media
+from fd2talk.core.schema import FPS, SAMPLE_RATE
 from fd2talk.core.skip import PrepError
 from fd2talk.pipeline.runner.runner import run_stage
 from fd2talk.pipeline.stages.audio import (
@@ -23,14 +24,12 @@ from fd2talk.pipeline.stages.audio import (
     measure_peak_memory,
 )
 
-SR, FPS = 16000, 25
-
 
 def write_wav(path, x):
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(SR)
+        w.setframerate(SAMPLE_RATE)
         w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
     return path
 
@@ -40,16 +39,25 @@ def make_crop(work, key, frames, audio=None, pad_audio=True):
     crops = work / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     mp4 = crops / f"{key}.mp4"
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-           f"testsrc2=size=256x256:rate={FPS}"]
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=256x256:rate={FPS}"]
     if audio is not None:
         cmd += ["-i", str(write_wav(work / f"{key}.wav", audio))]
         if pad_audio:
             cmd += ["-af", "apad"]
         cmd += media.as_args(media.AAC)
-    cmd += ["-frames:v", str(frames), "-t", f"{frames / FPS:.6f}", "-c:v", "libx264",
-            "-preset", "ultrafast",
-            "-pix_fmt", "yuv420p", str(mp4)]
+    cmd += [
+        "-frames:v",
+        str(frames),
+        "-t",
+        f"{frames / FPS:.6f}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(mp4),
+    ]
     subprocess.run(cmd, check=True, timeout=120)
     assert media.count_frames(mp4) == frames
     (crops / f"{key}.json").write_text(json.dumps({"key": key, "frames": frames, "fps": FPS}))
@@ -80,7 +88,10 @@ def test_logmel_stage_exact_frames_resume_and_determinism(crops_work):
     assert summary.done == 3 and summary.ok, summary.failures
     for p in (work / "crops").glob("*.json"):
         feats = np.load(work / "audio" / f"{p.stem}.npy")
-        assert feats.dtype == np.float16 and feats.shape == (json.loads(p.read_text())["frames"], 80)
+        assert feats.dtype == np.float16 and feats.shape == (
+            json.loads(p.read_text())["frames"],
+            80,
+        )
         assert np.isfinite(feats).all()
     first = _outputs(work)
     again = run_stage(AudioStage(AudioConfig()), work, progress=False)  # a re-run: nothing to do
@@ -96,11 +107,13 @@ def test_logmel_stage_exact_frames_resume_and_determinism(crops_work):
 def test_features_follow_the_audio_through_aac(tmp_path):
     """A burst in frames [30, 50) of a 100-frame crop shows up in rows 30..49 after AAC."""
     x = np.zeros(100 * 640, np.float32)
-    x[30 * 640:50 * 640] = voiced(0.8, seed=1)[:20 * 640] * 2
+    x[30 * 640 : 50 * 640] = voiced(0.8, seed=1)[: 20 * 640] * 2
     make_crop(tmp_path, "burst", 100, x)
     assert run_stage(AudioStage(AudioConfig()), tmp_path, progress=False).done == 1
     energy = np.load(tmp_path / "audio" / "burst.npy").astype(np.float32).mean(1)
-    assert energy[31:49].min() > energy[:28].max() + 5 and energy[31:49].min() > energy[52:].max() + 5
+    assert (
+        energy[31:49].min() > energy[:28].max() + 5 and energy[31:49].min() > energy[52:].max() + 5
+    )
 
 
 def test_wav2vec2_stage_equals_the_encoder(crops_work, tiny_dir, tmp_path):
@@ -108,8 +121,9 @@ def test_wav2vec2_stage_equals_the_encoder(crops_work, tiny_dir, tmp_path):
     (work / "crops").mkdir(parents=True)
     for p in (crops_work / "crops").iterdir():
         (work / "crops" / p.name).symlink_to(p)
-    cfg = AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu", chunk_seconds=1.0,
-                      context_seconds=0.4)
+    cfg = AudioConfig(
+        backend="wav2vec2", wav2vec2=tiny_dir, device="cpu", chunk_seconds=1.0, context_seconds=0.4
+    )
     summary = run_stage(AudioStage(cfg), work, progress=False)
     assert summary.done == 3 and summary.ok, summary.failures
     assert feature_info(cfg)["dim"] == 64 and feature_info(cfg)["backend"] == "wav2vec2"
@@ -131,10 +145,17 @@ def test_bad_audio_is_skipped_with_a_reason(tmp_path):
     (tmp_path / "crops" / "empty.json").write_text(json.dumps({"key": "empty", "frames": 50}))
     summary = run_stage(AudioStage(AudioConfig()), tmp_path, progress=False)
     assert summary.ok and summary.done == 1, summary.failures
-    reasons = {r["key"]: r["reason"] for r in map(
-        json.loads, (tmp_path / "status" / "audio" / "failures.jsonl").read_text().splitlines())}
-    assert reasons == {"short_audio": "av_length_mismatch", "silent_film": "no_audio_stream",
-                       "empty": "empty_file"}
+    reasons = {
+        r["key"]: r["reason"]
+        for r in map(
+            json.loads, (tmp_path / "status" / "audio" / "failures.jsonl").read_text().splitlines()
+        )
+    }
+    assert reasons == {
+        "short_audio": "av_length_mismatch",
+        "silent_film": "no_audio_stream",
+        "empty": "empty_file",
+    }
     assert sorted(p.name for p in (tmp_path / "audio").glob("*.npy")) == ["ok.npy"]
 
 
@@ -172,8 +193,21 @@ def test_cli(crops_work, tiny_dir, tmp_path):
     res = runner.invoke(app, ["audio", str(work), "--quiet"])
     assert res.exit_code == 0, res.output
     assert np.load(work / "audio" / "b_f000_t0.npy").shape == (59, 80)
-    res = runner.invoke(app, ["audio", str(work), "--wav2vec2", tiny_dir, "--quiet", "--force",
-                              "--device", "cpu", "--layer", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "audio",
+            str(work),
+            "--wav2vec2",
+            tiny_dir,
+            "--quiet",
+            "--force",
+            "--device",
+            "cpu",
+            "--layer",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert np.load(work / "audio" / "b_f000_t0.npy").shape == (59, 64)
     res = runner.invoke(app, ["audio", str(work), "--wav2vec2", str(tmp_path / "none")])
@@ -187,8 +221,14 @@ def test_cli_defaults_match_the_config():
 
     params = inspect.signature(cli.audio).parameters
     cfg = AudioConfig()
-    for name in ("layer", "chunk_seconds", "context_seconds", "batch_size", "av_tolerance",
-                 "device"):
+    for name in (
+        "layer",
+        "chunk_seconds",
+        "context_seconds",
+        "batch_size",
+        "av_tolerance",
+        "device",
+    ):
         assert params[name].default == getattr(cfg, name), name
 
 
@@ -198,9 +238,23 @@ def test_real_clip(shared_media, tmp_path, name):
     crops = tmp_path / "crops"
     crops.mkdir()
     mp4 = crops / "talk10.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(shared_media / name),
-                    "-vf", "scale=256:256,fps=25", *media.as_args(media.X264), *media.as_args(media.AAC), str(mp4)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(shared_media / name),
+            "-vf",
+            "scale=256:256,fps=25",
+            *media.as_args(media.X264),
+            *media.as_args(media.AAC),
+            str(mp4),
+        ],
+        check=True,
+        timeout=120,
+    )
     frames = media.count_frames(mp4)
     (crops / "talk10.json").write_text(json.dumps({"key": "talk10", "frames": frames, "fps": 25}))
     assert run_stage(AudioStage(AudioConfig()), tmp_path, progress=False).done == 1
@@ -256,6 +310,11 @@ def test_batch_size_zero_is_resolved_in_the_recorded_config(crops_work, tiny_dir
     status = json.loads((work / "status" / "audio" / "config.json").read_text())
     assert status["batch_size"] == 1
     with pytest.raises(PrepError, match="batch_size"):
-        run_stage(AudioStage(AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu",
-                                         batch_size=4)), work, progress=False)
+        run_stage(
+            AudioStage(
+                AudioConfig(backend="wav2vec2", wav2vec2=tiny_dir, device="cpu", batch_size=4)
+            ),
+            work,
+            progress=False,
+        )
     assert AudioStage(AudioConfig()).config.batch_size == 0  # logmel: no windows, unchanged

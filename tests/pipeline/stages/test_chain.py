@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from fd2talk.cli.prep import app
 from fd2talk.core import schema
-from fd2talk.model.demo.generator import DemoConfig, make_demo
+from fd2talk.model.demo.generator import make_demo
+from fd2talk.model.demo.variants import DemoConfig
 
 OUTPUT_DIRS = ("clips", "crops", "coeffs", "audio", "shards")
 
@@ -63,8 +64,16 @@ def test_run_makes_valid_shards(clean_run):
 @pytest.mark.slow
 def test_kill_9_anywhere_then_resume_is_identical(demo_manifest, clean_run, tmp_path):
     work = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from fd2talk.cli.prep import main; main()", "run",
-           str(work), "--manifest", str(demo_manifest), "-q"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from fd2talk.cli.prep import main; main()",
+        "run",
+        str(work),
+        "--manifest",
+        str(demo_manifest),
+        "-q",
+    ]
     kills = 0
     # kill after 2, 6 and 10 seconds of work: inside clip, crop/coeffs, and later stages
     for delay in (2.0, 6.0, 10.0):
@@ -80,8 +89,9 @@ def test_part_runs_then_shard_equal_the_whole_run(demo_manifest, clean_run, tmp_
     work = tmp_path / "parts"
     runner = CliRunner()
     for i in range(2):
-        result = runner.invoke(app, ["run", str(work), "--manifest", str(demo_manifest),
-                                     "--part", f"{i}/2", "-q"])
+        result = runner.invoke(
+            app, ["run", str(work), "--manifest", str(demo_manifest), "--part", f"{i}/2", "-q"]
+        )
         assert result.exit_code == 0, result.output
         assert not (work / "shards").exists()  # shard waits for every part
     result = runner.invoke(app, ["shard", str(work), "-q"])

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fd2talk.cli.prep import app
 from fd2talk.core import media
+from fd2talk.core.schema import FPS, SAMPLE_RATE
 from fd2talk.core.skip import Skip, SkipReason
 from fd2talk.pipeline.runner.runner import run_stage
 from fd2talk.pipeline.stages.clip import KEYINT, ClipConfig, ClipStage, check_starts, fragments
@@ -19,7 +20,8 @@ def counting_manifest(tmp_path, rows):
     path = tmp_path / "manifest.csv"
     lines = ["key,path,start,end,video_id"] + [
         f"{k},{p},{s if s is not None else ''},{e if e is not None else ''},{k}"
-        for k, p, s, e in rows]
+        for k, p, s, e in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -32,21 +34,35 @@ def _run(tmp_path, rows, **cfg):
 
 def _keyframes(mp4):
     """Frame numbers of the video packets flagged as keyframes (demuxing only)."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                          "packet=pts_time,flags", "-of", "csv=p=0", str(mp4)],
-                         capture_output=True, check=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,flags",
+            "-of",
+            "csv=p=0",
+            str(mp4),
+        ],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
     rows = [line.split(",") for line in out.split()]
-    return sorted(round(float(t) * 25) for t, flags in rows if "K" in flags)
+    return sorted(round(float(t) * FPS) for t, flags in rows if "K" in flags)
 
 
 def _check_clip(work, key, frames):
     mp4 = work / "clips" / f"{key}.mp4"
     info = media.probe(mp4)
-    assert (info.fps, info.sample_rate, info.channels) == (25.0, 16000, 1)
+    assert (info.fps, info.sample_rate, info.channels) == (FPS, SAMPLE_RATE, 1)
     assert media.count_frames(mp4) == frames
-    assert abs(info.audio_duration - frames / 25) <= 0.065  # AAC frames are 64 ms
+    assert abs(info.audio_duration - frames / FPS) <= 0.065  # AAC frames are 64 ms
     meta = json.loads(mp4.with_suffix(".json").read_text())
-    assert meta["frames"] == frames and meta["fps"] == 25
+    assert meta["frames"] == frames and meta["fps"] == FPS
     assert (meta["width"], meta["height"]) == (info.width, info.height)
     # A keyframe every KEYINT frames and on the last one, as the json says (crop relies on it).
     assert meta["keyint"] == KEYINT == 5 and meta["last_keyframe"] is True
@@ -61,15 +77,25 @@ def test_fragments_cover_the_span_evenly():
     assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
 
 
-@pytest.mark.parametrize("fps, sr, channels, vcodec, ext, size", [
-    (24, 44100, 2, "libx264", "mp4", "320x240"),
-    (30000 / 1001, 16000, 1, "mpeg4", "mkv", "320x240"),
-    (30, 48000, 2, "mpeg4", "avi", "321x241"),  # odd sides: x264's 4:2:0 needs even ones
-    (25, 22050, 1, "libx264", "mov", "320x240"),
-])
+@pytest.mark.parametrize(
+    "fps, sr, channels, vcodec, ext, size",
+    [
+        (24, 44100, 2, "libx264", "mp4", "320x240"),
+        (30000 / 1001, 16000, 1, "mpeg4", "mkv", "320x240"),
+        (30, 48000, 2, "mpeg4", "avi", "321x241"),  # odd sides: x264's 4:2:0 needs even ones
+        (25, 22050, 1, "libx264", "mov", "320x240"),
+    ],
+)
 def test_formats_are_normalised(tmp_path, fps, sr, channels, vcodec, ext, size):
-    src = ffmpeg_video(tmp_path / f"src.{ext}", seconds=2.0, fps=fps, sample_rate=sr,
-                       channels=channels, vcodec=vcodec, size=size)
+    src = ffmpeg_video(
+        tmp_path / f"src.{ext}",
+        seconds=2.0,
+        fps=fps,
+        sample_rate=sr,
+        channels=channels,
+        vcodec=vcodec,
+        size=size,
+    )
     work, summary = _run(tmp_path, [("v", src, None, None)])
     assert summary.done == 1 and summary.ok, summary.failures
     _check_clip(work, "v_f000", 50)
@@ -79,8 +105,9 @@ def test_formats_are_normalised(tmp_path, fps, sr, channels, vcodec, ext, size):
 
 def test_start_end_and_long_sources_split(tmp_path):
     src = ffmpeg_video(tmp_path / "long.mp4", seconds=6.0)
-    work, summary = _run(tmp_path, [("whole", src, None, None), ("span", src, 1.0, 3.5)],
-                         max_seconds=2.5)
+    work, summary = _run(
+        tmp_path, [("whole", src, None, None), ("span", src, 1.0, 3.5)], max_seconds=2.5
+    )
     assert summary.done == 2
     # 6 s at <= 2.5 s per fragment: 3 fragments of 50 frames
     for k in range(3):
@@ -102,21 +129,55 @@ def _make_bad_inputs(tmp_path):
     bad["cut"] = tmp_path / "cut.mp4"  # index (moov) at the end is lost
     bad["cut"].write_bytes(data[: len(data) // 2])
     fast = tmp_path / "fast.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(good), "-c", "copy", "-movflags",
-                    "+faststart", str(fast)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(good),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(fast),
+        ],
+        check=True,
+    )
     data = fast.read_bytes()
     bad["cut_faststart"] = tmp_path / "cut_faststart.mp4"  # index intact, media data cut
     bad["cut_faststart"].write_bytes(data[: len(data) // 2])
     bad["silent"] = ffmpeg_video(tmp_path / "silent.mp4", audio=False)
     bad["wav"] = tmp_path / "speech.wav"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "sine=duration=2", str(bad["wav"])], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", str(bad["wav"])],
+        check=True,
+    )
     bad["short"] = ffmpeg_video(tmp_path / "short.mp4", seconds=0.5)
     bad["mismatch"] = tmp_path / "mismatch.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=160x120:rate=25:duration=3", "-f", "lavfi", "-i",
-                    "sine=duration=1", "-c:v", "libx264", "-c:a", "aac",
-                    str(bad["mismatch"])], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            str(bad["mismatch"]),
+        ],
+        check=True,
+    )
     return bad
 
 
@@ -126,9 +187,14 @@ def test_bad_inputs_are_recorded_skips(tmp_path):
     assert summary.ok and summary.done == 0, summary.failures
     got = {r["key"]: r["reason"] for r in summary.failures}
     assert got == {
-        "empty": "empty_file", "text": "not_a_video", "cut": "truncated",
-        "cut_faststart": "truncated", "silent": "no_audio_stream", "wav": "no_video_stream",
-        "short": "too_short", "mismatch": "av_length_mismatch",
+        "empty": "empty_file",
+        "text": "not_a_video",
+        "cut": "truncated",
+        "cut_faststart": "truncated",
+        "silent": "no_audio_stream",
+        "wav": "no_video_stream",
+        "short": "too_short",
+        "mismatch": "av_length_mismatch",
     }
     lines = (work / "status" / "clip" / "failures.jsonl").read_text().splitlines()
     recs = {json.loads(line)["key"]: json.loads(line) for line in lines}
@@ -160,8 +226,9 @@ def test_cli_clip_and_rerun_is_noop(tmp_path):
     assert result.exit_code == 0
     assert (work / "clips" / "a_f000.mp4").stat().st_mtime_ns == stat.st_mtime_ns
     # other settings on the same work dir are refused, with what differs
-    result = CliRunner().invoke(app, ["clip", str(work), "-m", str(manifest),
-                                      "--max-seconds", "10"])
+    result = CliRunner().invoke(
+        app, ["clip", str(work), "-m", str(manifest), "--max-seconds", "10"]
+    )
     assert result.exit_code != 0
 
 
@@ -174,15 +241,48 @@ def _offset_source(tmp_path, delay_audio: bool):
     (late video). Returns (source, its video without the offset)."""
     video = ffmpeg_video(tmp_path / "v.mp4", seconds=3.0, size="160x120", audio=False)
     click = tmp_path / "click.wav"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"aevalsrc='if(between(t,{CLICK_AT},{CLICK_AT + 0.005}),0.9,0)':s=16000:d=3",
-                    "-c:a", "pcm_s16le", str(click)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"aevalsrc='if(between(t,{CLICK_AT},{CLICK_AT + 0.005}),0.9,0)':s=16000:d=3",
+            "-c:a",
+            "pcm_s16le",
+            str(click),
+        ],
+        check=True,
+    )
     late, early = (click, video) if delay_audio else (video, click)
     src = tmp_path / "offset.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(early), "-itsoffset", "0.2", "-i",
-                    str(late), "-map", f"{0 if delay_audio else 1}:v", "-map",
-                    f"{1 if delay_audio else 0}:a", "-c:v", "copy", "-c:a", "aac", str(src)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(early),
+            "-itsoffset",
+            "0.2",
+            "-i",
+            str(late),
+            "-map",
+            f"{0 if delay_audio else 1}:v",
+            "-map",
+            f"{1 if delay_audio else 0}:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            str(src),
+        ],
+        check=True,
+    )
     return src, video
 
 
@@ -212,11 +312,11 @@ def test_stream_offsets_keep_audio_in_step(tmp_path, delay_audio):
         assert out.audio_start == out.video_start == 0
         audio = media.read_audio(clip, 60)
         at = int(np.argmax(np.abs(audio)))
-        expected = (presented - (start or 0.0)) * 16000
+        expected = (presented - (start or 0.0)) * SAMPLE_RATE
         assert abs(at - expected) <= 640, (start, at, expected)
         # the video keeps its place too: clip frame 25 is presented at 1 s after the start
-        shown = 25 + round((start or 0.0) * 25) - (0 if delay_audio else 5)
-        assert abs(_frame_of(clip, video, 25) - shown) <= 1
+        shown = FPS + round((start or 0.0) * FPS) - (0 if delay_audio else 5)
+        assert abs(_frame_of(clip, video, FPS) - shown) <= 1
 
 
 def test_clip_starting_late_is_refused(tmp_path):
@@ -224,8 +324,26 @@ def test_clip_starting_late_is_refused(tmp_path):
     before it led late audio in with silence) is an av mismatch, not a clip."""
     src, _ = _offset_source(tmp_path, delay_audio=True)
     old = tmp_path / "old.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-t", "2", "-af",
-                    "aresample=16000", "-c:v", "libx264", "-c:a", "aac", str(old)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-t",
+            "2",
+            "-af",
+            "aresample=16000",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            str(old),
+        ],
+        check=True,
+    )
     assert [t.start for t in media.mp4_tracks(old) if t.kind == "audio"][0] > 0.05
     with pytest.raises(Skip) as err:
         check_starts(old, media.probe(old))
@@ -236,12 +354,47 @@ def test_streams_probe_chose_are_the_ones_cut(tmp_path):
     """Audio first, then video, then cover art: the clip takes probe's streams by index."""
     base = ffmpeg_video(tmp_path / "base.mp4", seconds=1.5)
     cover = tmp_path / "cover.png"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=red:size=64x64",
-                    "-frames:v", "1", str(cover)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=red:size=64x64",
+            "-frames:v",
+            "1",
+            str(cover),
+        ],
+        check=True,
+    )
     src = tmp_path / "order.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(base), "-i", str(cover), "-map",
-                    "0:a", "-map", "0:v", "-map", "1", "-c", "copy", "-disposition:v:1",
-                    "attached_pic", str(src)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(base),
+            "-i",
+            str(cover),
+            "-map",
+            "0:a",
+            "-map",
+            "0:v",
+            "-map",
+            "1",
+            "-c",
+            "copy",
+            "-disposition:v:1",
+            "attached_pic",
+            str(src),
+        ],
+        check=True,
+    )
     info = media.probe(src)
     assert (info.audio_index, info.video_index) == (0, 1)
     assert (info.width, info.height) == (320, 240)  # not the 64x64 cover

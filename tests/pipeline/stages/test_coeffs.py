@@ -15,14 +15,11 @@ from fd2talk.cli.prep import app
 from fd2talk.core import atomic, media, schema
 from fd2talk.core.skip import PrepError, Skip, SkipReason
 from fd2talk.pipeline.backends import deep3d, landmarker
-from fd2talk.pipeline.runner.runner import read_status, run_stage
+from fd2talk.pipeline.runner.runner import run_stage
+from fd2talk.pipeline.runner.status import read_status
 from fd2talk.pipeline.stages.coeffs import CoeffsConfig, CoeffsStage, check_finite
 
 GREY = 128
-
-
-
-
 
 
 def open_mouth(image: np.ndarray, lm: np.ndarray, amount: float) -> np.ndarray:
@@ -40,12 +37,6 @@ def open_mouth(image: np.ndarray, lm: np.ndarray, amount: float) -> np.ndarray:
     cavity = (yy >= ym) & (src_y < ym) & (ex > 0) & (yy - ym < d * np.sqrt(ex))
     out[cavity] = (60, 20, 25)
     return out
-
-
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +170,6 @@ def test_jaw_follows_speech_on_a_real_clip(shared_media, tmp_path):
     assert jaw[loud].mean() > 1.5 * jaw[quiet].mean()
 
 
-
-
 def test_deep3d_backend(tmp_path):
     torch.manual_seed(0)
     net = deep3d.build_rnet()
@@ -191,15 +180,30 @@ def test_deep3d_backend(tmp_path):
     frames[2] = GREY
     make_crop(tmp_path, "d3d_f000_t0", frames)
     # max_roll 180: the R-Net's weights are random, so are its angles
-    cfg = dict(backend="deep3d", deep3d_checkpoint=str(ckpt), bfm_dir=str(bfm), batch_size=4,
-               device="cpu", max_invalid=0.2, max_roll=180.0)
+    cfg = dict(
+        backend="deep3d",
+        deep3d_checkpoint=str(ckpt),
+        bfm_dir=str(bfm),
+        batch_size=4,
+        device="cpu",
+        max_invalid=0.2,
+        max_roll=180.0,
+    )
     run(tmp_path, **cfg)
     z = load(tmp_path, "d3d_f000_t0")
     f = 6
     shapes = {k: v.shape for k, v in z.items()}
-    assert shapes == {"exp": (f, 64), "pose": (f, 6), "id": (80,), "tex": (80,),
-                      "gamma": (f, 27), "lm": (f, 478, 2), "lm3d": (f, 478, 3), "valid": (f,),
-                      "meta": ()}
+    assert shapes == {
+        "exp": (f, 64),
+        "pose": (f, 6),
+        "id": (80,),
+        "tex": (80,),
+        "gamma": (f, 27),
+        "lm": (f, 478, 2),
+        "lm3d": (f, 478, 3),
+        "valid": (f,),
+        "meta": (),
+    }
     assert z["valid"].tolist() == [True, True, False, True, True, True]
     for name in ("exp", "pose", "gamma", "lm", "lm3d"):
         assert not z[name][2].any(), name  # the blank frame's rows are zero
@@ -209,8 +213,9 @@ def test_deep3d_backend(tmp_path):
     decoded = media.read_frames(tmp_path / "crops" / "d3d_f000_t0.mp4", SIZE, SIZE, 60)
     lm3d = deep3d.load_lm3d(bfm)
     rows = [0, 1, 3, 4, 5]
-    crops = np.stack([deep3d.align_img(decoded[i], landmarker.five_points(z["lm"][i]), lm3d)[0]
-                      for i in rows])
+    crops = np.stack(
+        [deep3d.align_img(decoded[i], landmarker.five_points(z["lm"][i]), lm3d)[0] for i in rows]
+    )
     want = deep3d.split_coeffs(deep3d.bare_inference(deep3d.load_rnet(ckpt, "cpu"), crops))
     tol = dict(rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(z["exp"][rows], want["exp"], **tol)
@@ -228,7 +233,8 @@ def test_cli_and_errors(face_work, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["coeffs", str(work), "-q"])
     assert result.exit_code == 0, result.output
     assert (work / "coeffs" / "face_f000_t0.npz").read_bytes() == (
-        face_work / "coeffs" / "face_f000_t0.npz").read_bytes()
+        face_work / "coeffs" / "face_f000_t0.npz"
+    ).read_bytes()
     monkeypatch.delenv(deep3d.CHECKPOINT_ENV, raising=False)
     result = CliRunner().invoke(app, ["coeffs", str(work), "--backend", "deep3d"])
     assert isinstance(result.exception, PrepError) and "epoch_20.pth" in str(result.exception)
@@ -247,9 +253,15 @@ def test_bare_inference_finds_the_faces(face_model, tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / deep3d.CHECKPOINT_NAME
     torch.save({"net_recon": deep3d.build_rnet().state_dict()}, ckpt)
-    stage = CoeffsStage(CoeffsConfig(backend="deep3d", deep3d_checkpoint=str(ckpt),
-                                     bfm_dir=str(write_lm3d_mat(tmp_path / "bfm")),
-                                     batch_size=2, device="cpu"))
+    stage = CoeffsStage(
+        CoeffsConfig(
+            backend="deep3d",
+            deep3d_checkpoint=str(ckpt),
+            bfm_dir=str(write_lm3d_mat(tmp_path / "bfm")),
+            batch_size=2,
+            device="cpu",
+        )
+    )
     out = stage.bare_inference(frames)
     assert out.shape == (3, deep3d.COEFF_DIM) and np.isfinite(out).all()
 
@@ -257,8 +269,9 @@ def test_bare_inference_finds_the_faces(face_model, tmp_path):
 def test_crops_of_another_size_give_landmarks_in_their_pixels(tmp_path, face_model):
     """A crop made with --size 320 is decoded at 320 (its json's "size"), not at 256."""
     side = 320
-    face = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC)
-                     for f in moving_face(8)])
+    face = np.stack(
+        [cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC) for f in moving_face(8)]
+    )
     make_crop(tmp_path, "big_f000_t0", face)
     meta = json.loads((tmp_path / "crops" / "big_f000_t0.json").read_text())
     atomic.write_json(tmp_path / "crops" / "big_f000_t0.json", {**meta, "size": side})
@@ -277,8 +290,12 @@ def test_crops_of_another_size_give_landmarks_in_their_pixels(tmp_path, face_mod
 
 
 def test_non_finite_arrays_are_skipped():
-    ok = {"exp": np.zeros((2, 52), np.float32), "lm3d": np.zeros((2, 478, 3), np.float16),
-          "valid": np.ones(2, bool), "meta": np.array("{}")}
+    ok = {
+        "exp": np.zeros((2, 52), np.float32),
+        "lm3d": np.zeros((2, 478, 3), np.float16),
+        "valid": np.ones(2, bool),
+        "meta": np.array("{}"),
+    }
     check_finite(ok)
     with np.errstate(over="ignore"):  # 7e4 cm is beyond float16's 65504: inf
         over = dict(ok, lm3d=np.full((2, 478, 3), 7e4, np.float32).astype(np.float16))
@@ -296,9 +313,27 @@ def test_a_face_on_its_side_is_skipped_with_its_reason(shared_media, tmp_path):
     rows = ["key,path"]
     for angle in (0, 50):
         out = tmp_path / f"turned{angle}.mp4"
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(shared_media / "talk_10_512.mp4"),
-                        "-t", "2", "-vf", f"rotate={angle}*PI/180:fillcolor=black", "-c:v",
-                        "libx264", "-c:a", "aac", str(out)], check=True, timeout=120)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(shared_media / "talk_10_512.mp4"),
+                "-t",
+                "2",
+                "-vf",
+                f"rotate={angle}*PI/180:fillcolor=black",
+                "-c:v",
+                "libx264",
+                "-c:a",
+                "aac",
+                str(out),
+            ],
+            check=True,
+            timeout=120,
+        )
         rows.append(f"turned{angle},{out}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     from fd2talk.pipeline.stages.clip import ClipConfig, ClipStage

@@ -50,7 +50,7 @@ def _video(path, n, w, h, placements, audio=None):
     frames = np.full((n, h, w, 3), BG, np.uint8)
     for f in range(n):
         for patch, x, y in placements(f):
-            frames[f, y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+            frames[f, y : y + patch.shape[0], x : x + patch.shape[1]] = patch
     t = np.arange(n * SAMPLES_PER_FRAME) / SAMPLE_RATE
     if audio is None:  # a chirp: every instant differs, so an audio offset shows
         audio = 0.3 * np.sin(2 * np.pi * (150 * t + 300 * t**2)).astype(np.float32)
@@ -63,20 +63,45 @@ def generated(tmp_path_factory):
     root = tmp_path_factory.mktemp("crop")
     face, tiny = _face_patch(), _face_patch(0.4)
     n = 75
-    _video(root / "moving.mp4", n, 480, 360,  # enters at frame 17, drifts slowly
-           lambda f: [(face, 20 + round(0.7 * f), 60 + round(6 * np.sin(f / 9)))] if f >= FACE_ENTERS
-           else [])
-    _video(root / "two.mp4", 60, 640, 360,
-           lambda f: [(face, 60 + f // 3, 60), (face, 350 - f // 4, 70)])
+    _video(
+        root / "moving.mp4",
+        n,
+        480,
+        360,  # enters at frame 17, drifts slowly
+        lambda f: (
+            [(face, 20 + round(0.7 * f), 60 + round(6 * np.sin(f / 9)))] if f >= FACE_ENTERS else []
+        ),
+    )
+    _video(
+        root / "two.mp4",
+        60,
+        640,
+        360,
+        lambda f: [(face, 60 + f // 3, 60), (face, 350 - f // 4, 70)],
+    )
     _video(root / "tiny.mp4", 50, 160, 120, lambda f: [(tiny, 60 + f // 10, 20)])
-    _video(root / "brief.mp4", 50, 320, 240,
-           lambda f: [(_face_patch(0.8), 70, 20)] if 10 <= f < 25 else [])
-    _video(root / "leaves.mp4", 70, 320, 240,
-           lambda f: [(_face_patch(0.8), 50 + f // 4, 20)] if f < FACE_LEAVES else [])
+    _video(
+        root / "brief.mp4",
+        50,
+        320,
+        240,
+        lambda f: [(_face_patch(0.8), 70, 20)] if 10 <= f < 25 else [],
+    )
+    _video(
+        root / "leaves.mp4",
+        70,
+        320,
+        240,
+        lambda f: [(_face_patch(0.8), 50 + f // 4, 20)] if f < FACE_LEAVES else [],
+    )
     ffmpeg_video(root / "noface.mp4", seconds=2.0, size="320x240")
     manifest = root / "manifest.csv"
-    manifest.write_text("key,path\n" + "".join(
-        f"{k},{root / k}.mp4\n" for k in ("moving", "two", "leaves", "tiny", "brief", "noface")))
+    manifest.write_text(
+        "key,path\n"
+        + "".join(
+            f"{k},{root / k}.mp4\n" for k in ("moving", "two", "leaves", "tiny", "brief", "noface")
+        )
+    )
     work = root / "work"
     assert run_stage(ClipStage(ClipConfig(manifest=str(manifest))), work, progress=False).ok
     summary = run_stage(CropStage(CropConfig()), work, progress=False)
@@ -93,17 +118,23 @@ def _landmarks(frames: np.ndarray, face_model, num_faces: int = 1) -> list[np.nd
     from mediapipe.tasks.python import BaseOptions, vision
 
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=str(face_model)), num_faces=num_faces,
-        running_mode=vision.RunningMode.VIDEO)  # tracks faces from frame to frame
+        base_options=BaseOptions(model_asset_path=str(face_model)),
+        num_faces=num_faces,
+        running_mode=vision.RunningMode.VIDEO,
+    )  # tracks faces from frame to frame
     out = []
     h, w = frames.shape[1:3]
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
         for f, frame in enumerate(frames):
             res = landmarker.detect_for_video(
                 mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)),
-                f * 1000 // FPS)
-            out.append(np.array([[(p.x * w, p.y * h) for p in face]
-                                 for face in res.face_landmarks]).reshape(-1, 478, 2))
+                f * 1000 // FPS,
+            )
+            out.append(
+                np.array(
+                    [[(p.x * w, p.y * h) for p in face] for face in res.face_landmarks]
+                ).reshape(-1, 478, 2)
+            )
     return out
 
 
@@ -129,7 +160,7 @@ def _check_landmarks_inside(work, meta, face_model, num_faces=1):
     """All 478 landmarks of the tube's face lie inside the crop box on every tube frame."""
     clip = work / "clips" / f"{meta['clip']}.mp4"
     w, h = meta["clip_size"]
-    frames = media.read_frames(clip, w, h, 120)[meta["start_frame"]:meta["end_frame"]]
+    frames = media.read_frames(clip, w, h, 120)[meta["start_frame"] : meta["end_frame"]]
     x0, y0, x1, y1 = meta["box"]
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     for f, faces in enumerate(_landmarks(frames, face_model, num_faces)):
@@ -144,7 +175,10 @@ def test_moving_face_crop(generated, face_model):
     work, summary = generated
     assert summary.failed == 0
     assert _status(work, "moving_f000")["outputs"] == [
-        "crops/moving_f000_t0.mp4", "crops/moving_f000_t0.wav", "crops/moving_f000_t0.json"]
+        "crops/moving_f000_t0.mp4",
+        "crops/moving_f000_t0.wav",
+        "crops/moving_f000_t0.json",
+    ]
     meta = _check_crop_files(work, "moving_f000_t0")
     # The PCM beside the crop has exactly 640 samples a frame and is the crop's audio.
     pcm = media.read_wav(work / "crops" / "moving_f000_t0.wav")
@@ -162,8 +196,12 @@ def test_moving_face_crop(generated, face_model):
 
     x0, y0, x1, y1 = meta["box"]
     crop = media.read_frames(work / "crops" / "moving_f000_t0.mp4", CROP_SIZE, CROP_SIZE, 60)
-    ref = np.stack([cv2.resize(f[y0:y1, x0:x1], (CROP_SIZE,) * 2, interpolation=cv2.INTER_AREA)
-                    for f in frames]).astype(np.float32)
+    ref = np.stack(
+        [
+            cv2.resize(f[y0:y1, x0:x1], (CROP_SIZE,) * 2, interpolation=cv2.INTER_AREA)
+            for f in frames
+        ]
+    ).astype(np.float32)
     for k in (5, 20, 40):
         err = [np.abs(crop[k] - ref[k + d]).mean() for d in (-3, 0, 3)]
         assert err[1] < 4 and err[1] < min(err[0], err[2]), err
@@ -173,7 +211,7 @@ def test_moving_face_crop(generated, face_model):
     s0, n = FACE_ENTERS * SAMPLES_PER_FRAME, 30 * SAMPLES_PER_FRAME
 
     def corr(lag):
-        a, b = a_crop[:n], a_clip[s0 + lag:s0 + lag + n]
+        a, b = a_crop[:n], a_clip[s0 + lag : s0 + lag + n]
         return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert corr(0) > 0.9 and corr(0) > corr(160) + 0.2 and corr(0) > corr(-160) + 0.2
@@ -219,12 +257,19 @@ def _same_crop_outputs(work_a, work_b, keys):
     names = sorted(p.name for key in keys for p in (work_a / "crops").glob(f"{key}_t*"))
     assert names == sorted(p.name for key in keys for p in (work_b / "crops").glob(f"{key}_t*"))
     for name in names:
-        assert (work_a / "crops" / name).read_bytes() == (work_b / "crops" / name).read_bytes(), name
+        assert (work_a / "crops" / name).read_bytes() == (work_b / "crops" / name).read_bytes(), (
+            name
+        )
     for key in keys:
-        a, b = (json.loads((w / "status" / "crop" / f"{key}.json").read_text())
-                for w in (work_a, work_b))
+        a, b = (
+            json.loads((w / "status" / "crop" / f"{key}.json").read_text())
+            for w in (work_a, work_b)
+        )
         assert (a["status"], a.get("reason"), a.get("detail")) == (
-            b["status"], b.get("reason"), b.get("detail"))
+            b["status"],
+            b.get("reason"),
+            b.get("detail"),
+        )
     return names
 
 
@@ -237,8 +282,9 @@ def test_keyframe_decoding_gives_byte_identical_crops(generated, face_model, tmp
             clip = work / "clips" / f"{key}.mp4"
             meta = json.loads(clip.with_suffix(".json").read_text())
             w, h = meta["width"], meta["height"]
-            keyed = scan_faces(clip, w, h, CropConfig(), det.detect,
-                               keyframes=Keyframes.of_clip(meta))
+            keyed = scan_faces(
+                clip, w, h, CropConfig(), det.detect, keyframes=Keyframes.of_clip(meta)
+            )
             stream = scan_faces(clip, w, h, CropConfig(), det.detect)
             assert keyed.keyframes and not stream.keyframes
             assert keyed.read < stream.read == stream.frames == keyed.frames == meta["frames"]
@@ -249,26 +295,32 @@ def test_keyframe_decoding_gives_byte_identical_crops(generated, face_model, tmp
     assert len(_same_crop_outputs(work, work2, keys)) == 12  # moving 1, two 2, leaves 1 (x3)
 
 
-@pytest.mark.parametrize("key, reason, detail", [
-    ("noface_f000", "no_face", "no face detected"),
-    ("tiny_f000", "face_too_small", "minimum 64 px"),
-    ("brief_f000", "too_short", "the longest 15 frames (minimum 25)"),
-])
+@pytest.mark.parametrize(
+    "key, reason, detail",
+    [
+        ("noface_f000", "no_face", "no face detected"),
+        ("tiny_f000", "face_too_small", "minimum 64 px"),
+        ("brief_f000", "too_short", "the longest 15 frames (minimum 25)"),
+    ],
+)
 def test_skips(generated, key, reason, detail):
     work, summary = generated
     rec = _status(work, key)
     assert rec["status"] == "skipped" and rec["reason"] == reason and detail in rec["detail"]
     assert not list((work / "crops").glob(f"{key}_t*"))
-    failures = [json.loads(line) for line in
-                (work / "status" / "crop" / "failures.jsonl").read_text().splitlines()]
+    failures = [
+        json.loads(line)
+        for line in (work / "status" / "crop" / "failures.jsonl").read_text().splitlines()
+    ]
     assert {r["key"]: r["reason"] for r in failures}[key] == reason
     assert summary.skipped[reason] == 1
 
 
 def test_rerun_is_a_noop_and_outputs_are_deterministic(generated, tmp_path):
     work, _ = generated
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (work / "crops").iterdir()
-              if p.is_file()}
+    before = {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (work / "crops").iterdir() if p.is_file()
+    }
     again = run_stage(CropStage(CropConfig()), work, progress=False)
     assert (again.already, again.done, sum(again.skipped.values())) == (again.total, 0, 0)
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
@@ -295,7 +347,9 @@ def _compare_sparse_with_exhaustive(clip, face_model):
     assert full.detected == full.frames == every.detected == sparse.frames
     assert sparse.detected < full.detected / 2
     spans = [(t.start, t.end) for t in sparse.tubes]
-    assert spans == [(t.start, t.end) for t in every.tubes] == [(t.start, t.end) for t in full.tubes]
+    assert (
+        spans == [(t.start, t.end) for t in every.tubes] == [(t.start, t.end) for t in full.tubes]
+    )
     for s, e, f in zip(sparse.tubes, every.tubes, full.tubes, strict=True):
         # Skipping frames: the same boxes, up to the detector's jitter between frames.
         assert iou(s.box, e.box) > 0.9
@@ -320,8 +374,10 @@ def _blob_detector(frame):
     from scipy import ndimage
 
     labels, _ = ndimage.label(frame.mean(axis=2) > 128)
-    return [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, 1.0)
-            for sl in ndimage.find_objects(labels)]
+    return [
+        (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, 1.0)
+        for sl in ndimage.find_objects(labels)
+    ]
 
 
 def _square_spots(f: int) -> list[tuple[int, int, int]]:
@@ -358,8 +414,7 @@ def test_sparse_scan_fills_gaps_where_faces_change(tmp_path):
         for f, box in tube.boxes.items():
             x, y, side = min(truth[f], key=lambda sq: abs(sq[0] - box[0]) + abs(sq[1] - box[1]))
             assert np.allclose(box, (x, y, x + side, y + side), atol=2.5), (f, box)
-    every = scan_faces(clip, 320, 240, CropConfig(detect_size=160, detect_every=1),
-                       _blob_detector)
+    every = scan_faces(clip, 320, 240, CropConfig(detect_size=160, detect_every=1), _blob_detector)
     assert [(t.start, t.end) for t in every.tubes] == [(17, 41), (30, 46), (47, 59)]
     for s_tube, e_tube in zip(scan.tubes, every.tubes, strict=True):
         assert np.allclose(s_tube.box, e_tube.box, atol=2.5)
@@ -373,8 +428,20 @@ def test_keyframe_scan_equals_streaming_scan(tmp_path):
     clip = tmp_path / "clip.mp4"  # the clip stage's encoding: keyframes 0, 5, ..., 55, 59
     encode_clip(src, clip, 0.0, n, 60)
     no_last = tmp_path / "no_last.mp4"  # keyframes 0, 5, ..., 55: the last frame is sought
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), *media.as_args(media.x264(5)),
-                    "-an", str(no_last)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            *media.as_args(media.x264(5)),
+            "-an",
+            str(no_last),
+        ],
+        check=True,
+    )
     assert media.count_frames(clip) == media.count_frames(no_last) == n
 
     def scan(path, every, keyframes=None):
@@ -396,8 +463,11 @@ def test_keyframe_scan_equals_streaming_scan(tmp_path):
         assert not got.keyframes and _tubes(got) == _tubes(reference[3])
     # Keyframes not where the json says (x264's default GOP; or the last frame is no
     # keyframe after all; or it is one): found out, and every frame is decoded instead.
-    for path, keyframes in ((src, Keyframes(n, 5, True)), (no_last, Keyframes(n, 5, True)),
-                            (clip, Keyframes(n, 5, False))):
+    for path, keyframes in (
+        (src, Keyframes(n, 5, True)),
+        (no_last, Keyframes(n, 5, True)),
+        (clip, Keyframes(n, 5, False)),
+    ):
         got = scan(path, 10, keyframes)
         assert not got.keyframes and got.read == n, (path.name, keyframes)
         assert _tubes(got) == _tubes(reference[10])
@@ -421,18 +491,31 @@ def test_check_crop_rejects_wrong_lengths(tmp_path):
     with pytest.raises(Skip) as e:
         check_crop(ok, 51, "")
     assert e.value.reason is SkipReason.DECODE_ERROR
-    short = frames_to_video(tmp_path / "short.mp4", frames,
-                            audio=np.zeros(40 * 640, np.float32))
+    short = frames_to_video(tmp_path / "short.mp4", frames, audio=np.zeros(40 * 640, np.float32))
     with pytest.raises(Skip) as e:
         check_crop(short, 50, "")
     assert e.value.reason is SkipReason.AV_MISMATCH
     # check_crop reads the mp4's index: the same packet counts and durations as ffprobe.
     for path in (ok, short):
-        out = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_entries",
-                              "stream=codec_type,nb_read_packets,duration", "-of", "json",
-                              str(path)], capture_output=True, check=True).stdout
-        want = [(s["codec_type"], int(s["nb_read_packets"]), float(s["duration"]))
-                for s in json.loads(out)["streams"]]
+        out = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-count_packets",
+                "-show_entries",
+                "stream=codec_type,nb_read_packets,duration",
+                "-of",
+                "json",
+                str(path),
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+        want = [
+            (s["codec_type"], int(s["nb_read_packets"]), float(s["duration"]))
+            for s in json.loads(out)["streams"]
+        ]
         got = [(t.kind, t.packets, t.duration) for t in media.mp4_tracks(path)]
         assert [g[:2] for g in got] == [w[:2] for w in want]
         assert np.allclose([g[2] for g in got], [w[2] for w in want], atol=1e-3)
@@ -458,16 +541,31 @@ def test_cli_crop(generated, tmp_path):
     (work2 / "clips").mkdir(parents=True)
     for ext in ("mp4", "json"):
         shutil.copy(work / "clips" / f"moving_f000.{ext}", work2 / "clips")
-    result = CliRunner().invoke(app, ["crop", str(work2), "--detect-every", "3",
-                                      "--min-frames", "10", "--quiet"])
+    result = CliRunner().invoke(
+        app, ["crop", str(work2), "--detect-every", "3", "--min-frames", "10", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((work2 / "status" / "crop" / "config.json").read_text())
-    assert (config["detect_every"], config["min_frames"], config["detector"]) == (3, 10, "mediapipe")
+    assert (config["detect_every"], config["min_frames"], config["detector"]) == (
+        3,
+        10,
+        "mediapipe",
+    )
     meta = json.loads((work2 / "crops" / "moving_f000_t0.json").read_text())
     assert (meta["start_frame"], meta["end_frame"], meta["detect_every"]) == (FACE_ENTERS, 75, 3)
     # s3fd without weights: a user error naming the file and where to get it.
-    result = CliRunner().invoke(app, ["crop", str(tmp_path / "w3"), "--detector", "s3fd",
-                                      "--s3fd-weights", str(tmp_path / "nope.pth"), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "crop",
+            str(tmp_path / "w3"),
+            "--detector",
+            "s3fd",
+            "--s3fd-weights",
+            str(tmp_path / "nope.pth"),
+            "--quiet",
+        ],
+    )
     assert isinstance(result.exception, PrepError)
     assert "nope.pth" in str(result.exception) and S3FD_URL in str(result.exception)
 
@@ -476,10 +574,17 @@ def test_cli_crop(generated, tmp_path):
 S3FD_LAYERS = (
     [f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)]
     + ["fc6", "fc7", "conv6_1", "conv6_2", "conv7_1", "conv7_2"]
-    + [f"{src}_mbox_{kind}" for src in ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7",
-                                        "conv6_2", "conv7_2") for kind in ("conf", "loc")])
-S3FD_KEYS = ({f"{n}.{p}" for n in S3FD_LAYERS for p in ("weight", "bias")}
-             | {"conv3_3_norm.weight", "conv4_3_norm.weight", "conv5_3_norm.weight"})
+    + [
+        f"{src}_mbox_{kind}"
+        for src in ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2")
+        for kind in ("conf", "loc")
+    ]
+)
+S3FD_KEYS = {f"{n}.{p}" for n in S3FD_LAYERS for p in ("weight", "bias")} | {
+    "conv3_3_norm.weight",
+    "conv4_3_norm.weight",
+    "conv5_3_norm.weight",
+}
 
 
 def test_s3fd_runs_face_alignment_on_a_local_state_dict(tmp_path, monkeypatch):
@@ -531,8 +636,10 @@ def test_s3fd_stand_in_with_no_face_finds_none(tmp_path):
 @pytest.mark.slow
 def test_shared_media(shared_media, face_model, tmp_path):
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("key,path\n" + "".join(
-        f"{name.split('_')[1]},{shared_media / name}\n" for name in SHARED_CLIPS))
+    manifest.write_text(
+        "key,path\n"
+        + "".join(f"{name.split('_')[1]},{shared_media / name}\n" for name in SHARED_CLIPS)
+    )
     work = tmp_path / "work"
     assert run_stage(ClipStage(ClipConfig(manifest=str(manifest))), work, progress=False).ok
     summary = run_stage(CropStage(CropConfig()), work, progress=False)
@@ -546,9 +653,14 @@ def test_shared_media(shared_media, face_model, tmp_path):
         for name in SHARED_CLIPS:
             key = name.split("_")[1] + "_f000"
             clip_meta = json.loads((work / "clips" / f"{key}.json").read_text())
-            keyed = scan_faces(work / "clips" / f"{key}.mp4", clip_meta["width"],
-                               clip_meta["height"], CropConfig(), det.detect,
-                               keyframes=Keyframes.of_clip(clip_meta))
+            keyed = scan_faces(
+                work / "clips" / f"{key}.mp4",
+                clip_meta["width"],
+                clip_meta["height"],
+                CropConfig(),
+                det.detect,
+                keyframes=Keyframes.of_clip(clip_meta),
+            )
             assert keyed.keyframes and keyed.read < clip_meta["frames"] / 2
             assert len(list((work / "crops").glob(f"{key}_t*.json"))) == 1
             meta = _check_crop_files(work, f"{key}_t0")
@@ -558,8 +670,9 @@ def test_shared_media(shared_media, face_model, tmp_path):
             _check_landmarks_inside(work, meta, face_model)
             # The sparse, downscaled tube (in the json) vs detecting every full-size frame.
             w, h = meta["clip_size"]
-            full = scan_faces(work / "clips" / f"{key}.mp4", w, h, exhaustive(CropConfig()),
-                              det.detect)
+            full = scan_faces(
+                work / "clips" / f"{key}.mp4", w, h, exhaustive(CropConfig()), det.detect
+            )
             assert full.detected == clip_frames and len(full.tubes) == 1
             tube = full.tubes[0]
             assert (tube.start, tube.end + 1) == (meta["start_frame"], meta["end_frame"])

@@ -21,22 +21,40 @@ def _make_clip(work, key, video_id, frames=F, audio_frames=None, seed=0, speaker
     """Write the files the crop, coeffs and audio stages leave for one clip."""
     rng = np.random.default_rng(seed)
     (work / "crops").mkdir(parents=True, exist_ok=True)
-    ffmpeg_video(work / "crops" / f"{key}.mp4", seconds=frames / 25, size="256x256")
+    ffmpeg_video(work / "crops" / f"{key}.mp4", seconds=frames / schema.FPS, size="256x256")
     valid = np.ones(frames, bool)
     valid[3] = False
     exp = rng.normal(size=(frames, 52)).astype(np.float32)
     exp[~valid] = 0
-    atomic.write_npz(work / "coeffs" / f"{key}.npz", exp=exp,
-                     pose=rng.normal(size=(frames, 6)).astype(np.float32),
-                     id=rng.normal(size=1434).astype(np.float32),
-                     lm=rng.uniform(0, 256, (frames, 478, 2)).astype(np.float32),
-                     lm3d=rng.normal(size=(frames, 478, 3)).astype(np.float16), valid=valid)
-    atomic.write_npy(work / "audio" / f"{key}.npy",
-                     rng.normal(size=(audio_frames or frames, 80)).astype(np.float16))
-    atomic.write_json(work / "crops" / f"{key}.json", {
-        "key": key, "clip": key.rsplit("_t", 1)[0], "frames": frames, "fps": 25,
-        "video_id": video_id, "speaker_id": speaker, "split": "", "box": [0, 0, 100, 100],
-        "detector": "mediapipe", "source": f"/data/{video_id}.mp4", "start": 0.0})
+    atomic.write_npz(
+        work / "coeffs" / f"{key}.npz",
+        exp=exp,
+        pose=rng.normal(size=(frames, 6)).astype(np.float32),
+        id=rng.normal(size=1434).astype(np.float32),
+        lm=rng.uniform(0, 256, (frames, 478, 2)).astype(np.float32),
+        lm3d=rng.normal(size=(frames, 478, 3)).astype(np.float16),
+        valid=valid,
+    )
+    atomic.write_npy(
+        work / "audio" / f"{key}.npy",
+        rng.normal(size=(audio_frames or frames, 80)).astype(np.float16),
+    )
+    atomic.write_json(
+        work / "crops" / f"{key}.json",
+        {
+            "key": key,
+            "clip": key.rsplit("_t", 1)[0],
+            "frames": frames,
+            "fps": 25,
+            "video_id": video_id,
+            "speaker_id": speaker,
+            "split": "",
+            "box": [0, 0, 100, 100],
+            "detector": "mediapipe",
+            "source": f"/data/{video_id}.mp4",
+            "start": 0.0,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +66,15 @@ def work(tmp_path_factory):
     _make_clip(work, "bad_f000_t0", "vid0", audio_frames=F - 2)  # disagrees with the crop
     _make_clip(work, "gone_f000_t0", "vid1")
     (work / "coeffs" / "gone_f000_t0.npz").unlink()  # as if coeffs skipped it
-    atomic.write_json(work / "status" / "coeffs" / "gone_f000_t0.json", {
-        "key": "gone_f000_t0", "status": "skipped", "reason": "too_many_invalid_frames",
-        "detail": "20 of 30 frames have no face"})
+    atomic.write_json(
+        work / "status" / "coeffs" / "gone_f000_t0.json",
+        {
+            "key": "gone_f000_t0",
+            "status": "skipped",
+            "reason": "too_many_invalid_frames",
+            "detail": "20 of 30 frames have no face",
+        },
+    )
     run_shard(work, ShardConfig(maxcount=4), progress=False)
     return work
 
@@ -76,12 +100,15 @@ def test_round_trip_and_schema(work):
 
 
 def test_split_by_video_and_shard_names(work):
-    rows = [json.loads(line) for line in (work / "shards" / "manifest.jsonl").read_text()
-            .splitlines()]
+    rows = [
+        json.loads(line) for line in (work / "shards" / "manifest.jsonl").read_text().splitlines()
+    ]
     header, rows = rows[0], rows[1:]
     # (the split of 10 videos is split.py's to test; here: every clip counted where it went)
-    assert header["counts"] == {sp: sum(1 for r in rows if r["shard"] and r["split"] == sp)
-                                for sp in ("train", "val", "test")}
+    assert header["counts"] == {
+        sp: sum(1 for r in rows if r["shard"] and r["split"] == sp)
+        for sp in ("train", "val", "test")
+    }
     assert sum(header["counts"].values()) == 20 and min(header["counts"].values()) > 0
     split_of = {}
     for r in rows:
@@ -91,14 +118,18 @@ def test_split_by_video_and_shard_names(work):
     names = sorted(p.name for p in (work / "shards").glob("*.tar"))
     for sp, n in header["counts"].items():  # at most 4 a shard
         assert [x for x in names if x.startswith(sp)] == [
-            f"{sp}-{k:06d}.tar" for k in range(math.ceil(n / 4))]
+            f"{sp}-{k:06d}.tar" for k in range(math.ceil(n / 4))
+        ]
     assert json.loads((work / "shards" / "splits.json").read_text()) == {
-        f"vid{v}": split_of[f"vid{v}"] for v in range(10)}
+        f"vid{v}": split_of[f"vid{v}"] for v in range(10)
+    }
 
 
 def test_skips_and_stats(work):
-    rows = {json.loads(line)["key"]: json.loads(line) for line in
-            (work / "shards" / "manifest.jsonl").read_text().splitlines()[1:]}
+    rows = {
+        json.loads(line)["key"]: json.loads(line)
+        for line in (work / "shards" / "manifest.jsonl").read_text().splitlines()[1:]
+    }
     assert rows["bad_f000_t0"]["reason"] == "inconsistent_inputs"
     assert "28 frames" in rows["bad_f000_t0"]["detail"] or "28" in rows["bad_f000_t0"]["detail"]
     assert rows["gone_f000_t0"]["reason"] == "incomplete_inputs"
@@ -163,13 +194,16 @@ def test_two_spans_of_one_file_land_in_one_split(tmp_path):
     src.mkdir()
     for name in ("talk", "x0", "x1", "x2"):
         (src / f"{name}.mp4").write_bytes(b"x")
-    (src / "m.csv").write_text("key,path,start,end\ntalk_a,talk.mp4,0,30\n"
-                               "talk_b,talk.mp4,30,60\nx0,x0.mp4,,\nx1,x1.mp4,,\nx2,x2.mp4,,\n")
+    (src / "m.csv").write_text(
+        "key,path,start,end\ntalk_a,talk.mp4,0,30\n"
+        "talk_b,talk.mp4,30,60\nx0,x0.mp4,,\nx1,x1.mp4,,\nx2,x2.mp4,,\n"
+    )
     work = tmp_path / "w"
     for i, row in enumerate(read_manifest(src / "m.csv")):  # what the clip stage records
-        atomic.write_json(work / "status" / "clip" / f"{row.key}.json",
-                          {"key": row.key, "stage": "clip", "inputs": row.to_dict(),
-                           "status": "done"})
+        atomic.write_json(
+            work / "status" / "clip" / f"{row.key}.json",
+            {"key": row.key, "stage": "clip", "inputs": row.to_dict(), "status": "done"},
+        )
         _make_clip(work, f"{row.key}_f000_t0", row.video_id, seed=i)
     run_shard(work, ShardConfig(), progress=False)
     header, rows = _shard_manifest(work)
@@ -184,8 +218,9 @@ def test_split_by_speaker_then_video_reshards_and_says_which(tmp_path):
     work = tmp_path / "w"
     for s in range(6):
         for v in range(2):
-            _make_clip(work, f"s{s}v{v}_f000_t0", f"s{s}/v{v}.mp4", seed=10 * s + v,
-                       speaker=f"spk{s}")
+            _make_clip(
+                work, f"s{s}v{v}_f000_t0", f"s{s}/v{v}.mp4", seed=10 * s + v, speaker=f"spk{s}"
+            )
     run_shard(work, ShardConfig(), progress=False)
     header, rows = _shard_manifest(work)
     assert header["split_by"] == "speaker"
@@ -204,7 +239,8 @@ def test_split_by_speaker_then_video_reshards_and_says_which(tmp_path):
     header, rows = _shard_manifest(work)
     assert header["split_by"] == "video" and sum(header["groups_per_split"].values()) == 12
     assert json.loads((work / "shards" / "splits.json").read_text()) == assign_splits(
-        {f"s{s}/v{v}.mp4" for s in range(6) for v in range(2)})
+        {f"s{s}/v{v}.mp4" for s in range(6) for v in range(2)}
+    )
 
 
 def test_cli_split_by_reaches_the_shard_config(tmp_path, monkeypatch):
@@ -212,23 +248,29 @@ def test_cli_split_by_reaches_the_shard_config(tmp_path, monkeypatch):
     other values are a usage error."""
     from typer.testing import CliRunner
 
-    from fd2talk.cli.prep import SplitBy, app
-    from fd2talk.pipeline.runner.runner import Summary
+    from fd2talk.cli.prep import app
+    from fd2talk.cli.prep_options import SplitBy
+    from fd2talk.pipeline.runner.summary import Summary
     from fd2talk.pipeline.stages import chain as run
     from fd2talk.pipeline.stages import shard
     from fd2talk.pipeline.stages.split import SPLIT_UNITS
 
     assert tuple(SplitBy) == SPLIT_UNITS
     seen = []
-    monkeypatch.setattr(shard, "run_shard", lambda work, cfg, **kw: (
-        seen.append(cfg.split_by), Summary("shard"))[1])
-    monkeypatch.setattr(run, "run_all", lambda work, cfg, **kw: (
-        seen.append(cfg.shard.split_by), [])[1])
+    monkeypatch.setattr(
+        shard, "run_shard", lambda work, cfg, **kw: (seen.append(cfg.split_by), Summary("shard"))[1]
+    )
+    monkeypatch.setattr(
+        run, "run_all", lambda work, cfg, **kw: (seen.append(cfg.shard.split_by), [])[1]
+    )
     runner = CliRunner()
     shard_args = ["shard", str(tmp_path), "-q"]
     run_args = ["run", str(tmp_path), "-m", str(tmp_path / "m.csv"), "-q"]
-    for args in (shard_args, [*shard_args, "--split-by", "video"],
-                 [*run_args, "--split-by", "speaker"]):
+    for args in (
+        shard_args,
+        [*shard_args, "--split-by", "video"],
+        [*run_args, "--split-by", "speaker"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert seen == ["auto", "video", "speaker"]

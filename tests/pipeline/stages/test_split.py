@@ -40,9 +40,17 @@ def test_pinned_splits_are_kept():
 
 def _rows(speakers: int, videos: int, spans: int = 2) -> list[dict]:
     """Manifest rows: `spans` rows for each of `videos` videos of each of `speakers` people."""
-    return [{"key": f"s{s}_v{v}_{k}", "video_id": f"s{s}/v{v}.mp4", "speaker_id": f"spk{s}",
-             "split": ""}
-            for s in range(speakers) for v in range(videos) for k in range(spans)]
+    return [
+        {
+            "key": f"s{s}_v{v}_{k}",
+            "video_id": f"s{s}/v{v}.mp4",
+            "speaker_id": f"spk{s}",
+            "split": "",
+        }
+        for s in range(speakers)
+        for v in range(videos)
+        for k in range(spans)
+    ]
 
 
 def _splits_of_speakers(rows: list[dict], videos: dict[str, str]) -> dict[str, set[str]]:
@@ -101,11 +109,17 @@ def test_pins_move_the_whole_group_and_conflicts_name_both_rows():
     plan = plan_splits(rows)  # one pinned row takes its speaker's every video along
     assert plan.groups[spk] == "test"
     assert {plan.videos[r["video_id"]] for r in rows if r["speaker_id"] == spk} == {"test"}
-    other = next(i for i, r in enumerate(rows) if r["speaker_id"] == spk
-                 and r["video_id"] != rows[first]["video_id"])
+    other = next(
+        i
+        for i, r in enumerate(rows)
+        if r["speaker_id"] == spk and r["video_id"] != rows[first]["video_id"]
+    )
     rows[other] = {**rows[other], "split": "val"}  # the same person pinned to two splits
-    with pytest.raises(PrepError, match=rf"rows '{rows[first]['key']}' \(split test\) and "
-                                        rf"'{rows[other]['key']}' \(split val\)"):
+    with pytest.raises(
+        PrepError,
+        match=rf"rows '{rows[first]['key']}' \(split test\) and "
+        rf"'{rows[other]['key']}' \(split val\)",
+    ):
         plan_splits(rows, "speaker")
     plan = plan_splits(rows)  # auto: the pins split people on purpose, so by video
     assert plan.split_by == "video" and "pins speakers to several splits" in plan.reason
@@ -118,10 +132,12 @@ def test_pins_move_the_whole_group_and_conflicts_name_both_rows():
 
 def test_speakers_sharing_a_video_are_one_group():
     rows = _rows(speakers=10, videos=2, spans=1)
-    rows.append({"key": "interview", "video_id": "s3/v0.mp4", "speaker_id": "spk7",
-                 "split": ""})  # spk3's video, where spk7 speaks too
+    rows.append(
+        {"key": "interview", "video_id": "s3/v0.mp4", "speaker_id": "spk7", "split": ""}
+    )  # spk3's video, where spk7 speaks too
     plan = plan_splits(rows)
     assert "spk3" in plan.groups and "spk7" not in plan.groups
     assert "spk3+spk7" in plan.reason
-    assert len({plan.videos[r["video_id"]] for r in rows
-                if r["speaker_id"] in ("spk3", "spk7")}) == 1
+    assert (
+        len({plan.videos[r["video_id"]] for r in rows if r["speaker_id"] in ("spk3", "spk7")}) == 1
+    )

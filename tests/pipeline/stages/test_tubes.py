@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fd2talk.pipeline.stages.tubes import (
+    IOU_WITH_INITIAL,
     TubeBuilder,
-    build_tubes,
     crop_box,
     enlarge,
     iou,
@@ -17,6 +17,15 @@ from fd2talk.pipeline.stages.tubes import (
 
 def _shift(box, dx=0.0, dy=0.0):
     return (box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy)
+
+
+def _tubes(detections, iou_with_initial=IOU_WITH_INITIAL):
+    """Tubes of `[(frame, [box, ...]), ...]` (frames increasing, gaps allowed), fed to a
+    TubeBuilder one detected frame at a time as the crop stage's scan feeds it."""
+    builder = TubeBuilder(iou_with_initial)
+    for frame, boxes in detections:
+        builder.update(frame, boxes)
+    return builder.tubes()
 
 
 def test_iou_and_join():
@@ -31,7 +40,7 @@ def test_iou_and_join():
 def test_two_people_give_two_tubes():
     left, right = (10, 20, 60, 80), (200, 25, 250, 85)
     dets = [(f, [_shift(left, f * 0.5), _shift(right, -f * 0.5, f * 0.2)]) for f in range(30)]
-    tubes = build_tubes(dets)
+    tubes = _tubes(dets)
     assert len(tubes) == 2
     a, b = sorted(tubes, key=lambda t: t.box[0])
     assert (a.start, a.end, a.length) == (0, 29, 30) and (b.start, b.end) == (0, 29)
@@ -43,7 +52,7 @@ def test_two_people_give_two_tubes():
 def test_face_leaving_ends_its_tube_and_a_return_starts_a_new_one():
     face = (100, 100, 200, 220)
     dets = [(f, [face] if f < 20 or f >= 25 else []) for f in range(40)]
-    tubes = build_tubes(dets)
+    tubes = _tubes(dets)
     assert [(t.start, t.end, t.length) for t in tubes] == [(0, 19, 20), (25, 39, 15)]
     assert [t.length for t in long_tubes(tubes, 20)] == [20]
     assert long_tubes(tubes, 21) == []
@@ -54,11 +63,11 @@ def test_tube_compares_with_its_initial_box_not_the_previous_one():
     # IoU with the initial box, (100 - d) / (100 + d), reaches 0.25 at d = 60.
     face = (0.0, 0.0, 100.0, 100.0)
     dets = [(f, [_shift(face, f)]) for f in range(80)]
-    tubes = build_tubes(dets, iou_with_initial=0.25)
+    tubes = _tubes(dets, iou_with_initial=0.25)
     assert [(t.start, t.end) for t in tubes] == [(0, 59), (60, 79)]
     assert tubes[0].box == pytest.approx((0, 0, 159, 100))
     # A lower threshold keeps the tube longer: (100 - d) / (100 + d) > 0.1 until d = 82.
-    assert [(t.start, t.end) for t in build_tubes(dets, iou_with_initial=0.1)] == [(0, 79)]
+    assert [(t.start, t.end) for t in _tubes(dets, iou_with_initial=0.1)] == [(0, 79)]
 
 
 def test_iou_threshold_is_strict_and_picks_the_best_tube():
@@ -81,7 +90,7 @@ def test_iou_threshold_is_strict_and_picks_the_best_tube():
 
 def test_sparse_detections_span_the_gaps():
     face = (50, 50, 150, 170)
-    tubes = build_tubes([(0, [face]), (5, [_shift(face, 4)]), (10, [_shift(face, 8)])])
+    tubes = _tubes([(0, [face]), (5, [_shift(face, 4)]), (10, [_shift(face, 8)])])
     assert [(t.start, t.end, t.length) for t in tubes] == [(0, 10, 11)]
     assert sorted(tubes[0].boxes) == [0, 5, 10]
 
@@ -123,7 +132,7 @@ def test_crop_box_properties_on_random_boxes():
         assert 0 <= c[0] and 0 <= c[1] and c[2] <= w and c[3] <= h
         big = enlarge(box, 0.1)
         fits = max(big[2] - big[0], big[3] - big[1]) <= min(w, h) - 2
-        inside = (big[0] >= 0 and big[1] >= 0 and big[2] <= w and big[3] <= h)
+        inside = big[0] >= 0 and big[1] >= 0 and big[2] <= w and big[3] <= h
         if fits and inside:  # the enlarged box fits the frame: the crop holds all of it
             assert c[0] <= big[0] and c[1] <= big[1]
             assert c[2] >= big[2] - 1 and c[3] >= big[3] - 1  # odd frame sides may lose 1 px
