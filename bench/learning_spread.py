@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def measure(work: Path, root: Path, seed: int) -> dict:
     import conftest as c
-    from test_train_frames import _psnr_by_condition
-    from test_train_motion import jaw_vs_speech
+    from helpers.frames import psnr_by_condition
+    from helpers.motion import jaw_vs_speech
 
     from fd2talk.model.configs import (
         AutoencoderTrainConfig,
@@ -96,7 +96,7 @@ def measure(work: Path, root: Path, seed: int) -> dict:
     ]
     for clip in clips:
         clip["img"] = torch.from_numpy(to_image(data.decode_frames(clip["mp4"], c.STAGE2_IMAGE)))
-    psnr = _psnr_by_condition(model, clips)  # per clip
+    psnr = psnr_by_condition(model, clips)  # per clip
     out["frames_vs_shuffled_db"] = float((psnr["real"] - psnr["shuffled_motion"]).mean())
     out["frames_vs_other_person_db"] = float((psnr["real"] - psnr["other_reference"]).mean())
     out["frames_vs_other_person_min_db"] = float((psnr["real"] - psnr["other_reference"]).min())

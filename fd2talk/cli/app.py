@@ -22,7 +22,7 @@ Generate, watch and download the video, its preview and its motion coefficients.
     fd2talk-app --model work/model            # then open http://127.0.0.1:7860
 
 The model is loaded once; jobs are queued. It listens on 127.0.0.1 only: to serve other
-machines give --host 0.0.0.0 --expose, and read the README's warning (anyone who reaches the
+machines give --host 0.0.0.0 --expose, and read docs/generation.md's warning (anyone who reaches the
 port can run jobs on this machine; --auth asks for a password, plain HTTP carries it in clear).
 """
 app = typer.Typer(help=APP_HELP, add_completion=False, pretty_exceptions_enable=False)
@@ -50,7 +50,8 @@ def serve_app(
     expose: Annotated[
         bool,
         typer.Option(
-            "--expose", help="Allow a --host other machines can reach (see the README's warning)."
+            "--expose",
+            help="Allow a --host other machines can reach (see docs/generation.md's warning).",
         ),
     ] = CFG["expose"],
     auth: Annotated[

@@ -65,7 +65,7 @@ class AppConfig:
         if self.host not in LOOPBACK and not self.expose:
             raise UserError(
                 f"--host {self.host} makes the app reachable from other machines; "
-                "add --expose to mean it (read the README's warning first)"
+                "add --expose to mean it (read docs/generation.md's warning first)"
             )
         for name, value in (
             ("--max-age-hours", self.max_age_hours),

@@ -1,6 +1,6 @@
 """The metrics of `fd2talk-eval`, as math on arrays (the networks that feed some of them live
 in `nets.py`, the scoring of a video in `scoring.py`). Each follows a published protocol; where the
-paper leaves a choice open, the choice is written here and in the README's metric section.
+paper leaves a choice open, the choice is written here and in docs/evaluation.md.
 
 - PSNR and SSIM: RGB in [0, 1], `data_range=1`; SSIM with Wang et al.'s settings (Gaussian
   window 11, sigma 1.5, K1 0.01, K2 0.03, population covariance: scikit-image's

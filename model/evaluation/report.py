@@ -19,7 +19,12 @@ from fd2talk.model.evaluation import metrics as M
 # paper's Table 1 order, then the offline metrics it does not report
 COLUMNS = (
     ("lse_c", "LSE-C ^", True, "7.29 / 5.16"),
-    ("lse_d", "LSE-D v", False, "-"),  # the paper's "SyncNet" column is not LSE-D (README)
+    (
+        "lse_d",
+        "LSE-D v",
+        False,
+        "-",
+    ),  # the paper's "SyncNet" column is not LSE-D (docs/evaluation.md)
     ("diversity_hopenet", "Diversity ^", True, "0.338 / 0.359"),
     ("beat_align_hopenet", "Beat Align ^", True, "0.336 / 0.377"),
     ("fid", "FID v", False, "20.96 / 21.89"),
@@ -33,7 +38,7 @@ COLUMNS = (
     ("jaw_r_true", "jaw r(gt) ^", True, "-"),
     ("jaw_r_speech", "jaw r(speech) ^", True, "-"),
 )
-PAPER_ONLY = {"SyncNet ^": "6.63 / 5.66"}  # a sync score we cannot identify (README)
+PAPER_ONLY = {"SyncNet ^": "6.63 / 5.66"}  # a sync score we cannot identify (docs/evaluation.md)
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:

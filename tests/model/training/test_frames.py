@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import STAGE2_IMAGE
+from helpers.frames import psnr_by_condition
 
 from fd2talk.core.errors import UserError
 from fd2talk.model.data import loader as data
@@ -19,29 +20,6 @@ from fd2talk.model.data.frame_items import FRAME_FIELDS, FrameItems, jitter, to_
 from fd2talk.model.generation import frames as fr
 from fd2talk.model.training.autoencoder import psnr
 from fd2talk.model.training.frames import CACHE_META, MOTION_CACHE, FramesTrainConfig, train_frames
-
-TARGETS = np.arange(5, 150, 18)  # 9 frames spread over each 6 s clip
-
-
-def _psnr_by_condition(model, clips) -> dict[str, np.ndarray]:
-    """PSNR (dB) of sampled frames against the true frames per clip, per condition: the
-    clip's own motion and first frame; its motion shuffled across frames; and the first frame
-    of the next held-out clip of the *other* person as the reference."""
-    scores = {"real": [], "shuffled_motion": [], "other_reference": []}
-    perm = np.random.default_rng(0).permutation(len(TARGETS))
-    for i, clip in enumerate(clips):
-        person = clip["meta"]["speaker_id"]
-        other = next(c for c in clips[i + 1 :] + clips[:i] if c["meta"]["speaker_id"] != person)
-        gt = clip["img"][TARGETS]
-        exp, pose = clip["exp"][TARGETS], clip["pose"][TARGETS]
-        for name, ref, e, p in (
-            ("real", clip["img"][0], exp, pose),
-            ("shuffled_motion", clip["img"][0], exp[perm], pose[perm]),
-            ("other_reference", other["img"][0], exp, pose),
-        ):
-            out = torch.cat(list(fr.iter_frames(model, ref, e, p, steps=20, seed=0)))
-            scores[name].append(float(psnr(out, gt).mean()))
-    return {k: np.array(v) for k, v in scores.items()}
 
 
 def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, demo_work):
@@ -60,7 +38,7 @@ def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, d
     assert {c["meta"]["speaker_id"] for c in clips} == {"astronaut", "hopper"}
     for c in clips:
         c["img"] = torch.from_numpy(to_image(data.decode_frames(c["mp4"], STAGE2_IMAGE)))
-    scores = _psnr_by_condition(model, clips)
+    scores = psnr_by_condition(model, clips)
     print(
         "frame PSNR (dB) on held-out clips: "
         + ", ".join(f"{k} {np.round(v, 2)}" for k, v in scores.items())
