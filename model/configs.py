@@ -12,12 +12,27 @@ instant, and a default cannot differ between the CLI and the library).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from enum import StrEnum
 
 from fd2talk.core.schema import CROP_SIZE
 
 LIP_WINDOW = 5  # frames per lip-expert window (0.2 s at 25 fps, Wav2Lip's SyncNet)
-CONDS = ("dual", "concat")  # frame UNet conditioning: dual cross-attention or the ablation
+
+
+class Cond(StrEnum):
+    """How the frame UNet takes its conditions."""
+
+    dual = "dual"  # phi1 (reference) then phi2 (motion): the paper
+    concat = "concat"  # one attention over both, concatenated: the paper's ablation
+
+
+class RefFrame(StrEnum):
+    """Which frame of a training clip is the reference."""
+
+    first = "first"  # the clip's first valid frame: the paper
+    random = "random"  # any valid frame: many (reference, target) pairs from few clips
+
+
 DOWN_BLOCK = "DownEncoderBlock2D"  # every autoencoder level; all but the last halve H and W
 UP_BLOCK = "UpDecoderBlock2D"
 
@@ -73,7 +88,7 @@ class FrameUNetConfig:
     head_dim: int = 32  # attention heads at a level = C_i // head_dim (LDM's num_head_channels)
     cond_dim: int = 256  # D_c: width of the motion tokens and the reference tokens
     motion_tokens: int = 8  # M: key/value tokens made from one frame's [β, p]
-    cond: Literal["dual", "concat"] = "dual"  # dual: φ1 then φ2; concat: one attention (ablation)
+    cond: str = Cond.dual.value  # a Cond: dual: φ1 then φ2; concat: one attention (ablation)
     attention_levels: tuple[int, ...] | None = None  # levels with attention; None = all (paper)
     mid_attention: bool = True  # attention in the middle block too
     ref_pool: int = 1  # average-pool x by this before flattening (1 = paper; see docstring)
@@ -98,8 +113,8 @@ class FrameUNetConfig:
                     f"every channel count must be divisible by norm_groups {self.norm_groups} "
                     f"and head_dim {self.head_dim}, got {self.channels}"
                 )
-        if self.cond not in CONDS:
-            raise ValueError(f"cond must be one of {CONDS}, got {self.cond!r}")
+        if self.cond not in set(Cond):
+            raise ValueError(f"cond must be one of {', '.join(Cond)}, got {self.cond!r}")
         if self.motion_tokens < 1 or self.layers_per_block < 1 or self.ref_pool < 1:
             raise ValueError("motion_tokens, layers_per_block and ref_pool must be >= 1")
         if self.cond_dim % 4:
@@ -262,7 +277,7 @@ class MotionTrainConfig(RunConfig):
     # the paper's Table 2 ablation: one transformer denoises [beta, p] jointly (its loss
     # weighted by lambda_exp) instead of the Exp and Pose Transformers
     single_dit: bool = False
-    # "K/N": leave out fold K of N of the train split's clips (data.fold_keys), so that a frame
+    # "K/N": leave out fold K of N of the train split's clips (data.folds.fold_keys), so that a frame
     # UNet can be trained on predictions for speech this model never heard (cross-fitting,
     # `fd2talk-train frames --motion-fold`); None: every training clip
     fold: str | None = None
@@ -296,7 +311,7 @@ class FramesTrainConfig(RunConfig):
     # `fd2talk-train motion --fold K/N` runs, one per K (cross-fitting, not the paper's): each
     # training clip's expression is predicted by the fold model that never heard it
     motion_folds: tuple[str, ...] = ()
-    cond: str = "dual"  # "dual" (phi1, phi2) or "concat" (the paper's ablation)
+    cond: str = Cond.dual.value  # a Cond: dual (phi1, phi2) or concat (the paper's ablation)
     lr: float = 1e-4
     items_per_clip: int = 8
     # colour jitter shared by reference and target (frame_data.jitter; images only, no latent
@@ -310,7 +325,7 @@ class FramesTrainConfig(RunConfig):
     ref_input: bool = False  # FrameUNetConfig.ref_input: x also concatenated to J_t (not paper)
     # the reference of a training item: the clip's first valid frame (the paper) or any valid
     # frame (a few clips then give many reference/target pairs, e.g. mouths open and shut)
-    ref_frame: str = "first"
+    ref_frame: str = RefFrame.first.value  # a RefFrame
     image_size: int = CROP_SIZE  # frames resized to this when encoded on the fly
     latent_cache: bool = True  # use the shards' latent.npy when it matches the autoencoder
     ema_decay: float = 0.999

@@ -25,7 +25,7 @@ ALLOWED = {
 }
 # ~400 lines as the code was written; `ruff format` gives each argument of a long call (a
 # Typer option, a config) its own line, so the formatted limit is 520
-MAX_LINES = 520
+MAX_LINES = 420  # "no file over ~400 lines", after ruff format
 # `python -m fd2talk.model.cli` (what torchrun launches) runs fd2talk-train: an entry point
 # whose one import sits under `if __name__ == "__main__"`, so importing it loads nothing
 ENTRY_ALIASES = {"fd2talk.model.cli"}

@@ -12,13 +12,35 @@ command trains with DDP.
 
 from __future__ import annotations
 
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fd2talk.cli.common import Device, Quiet, choices, run
+from fd2talk.cli.common import Device, Quiet, run
+from fd2talk.cli.train_options import (
+    PRESET_HELP,
+    Accumulate,
+    AutoencoderPreset,
+    EmaDecay,
+    EpochBatches,
+    Every,
+    ImageSize,
+    LipPreset,
+    Lr,
+    MotionPreset,
+    Out,
+    Resume,
+    Seed,
+    Shards,
+    Steps,
+    UNetPreset,
+    ValSplit,
+    Windows,
+    Workers,
+    config_from,
+    print_run_summary,
+)
 from fd2talk.core.defaults import defaults
 from fd2talk.core.device import DeviceName
 from fd2talk.core.errors import UserError
@@ -35,142 +57,6 @@ app = typer.Typer(
 # every preset choice from the presets dicts: the CLI and the library cannot disagree.
 LIP, MOT = defaults(C.LipsyncTrainConfig), defaults(C.MotionTrainConfig)
 AE, FR = defaults(C.AutoencoderTrainConfig), defaults(C.FramesTrainConfig)
-
-
-LipPreset = choices("LipPreset", C.LIP_EXPERT_PRESETS)
-MotionPreset = choices("MotionPreset", C.MOTION_PRESETS)
-AutoencoderPreset = choices("AutoencoderPreset", C.AUTOENCODER_PRESETS)
-UNetPreset = choices("UNetPreset", C.UNET_PRESETS)
-Cond = StrEnum("Cond", {k: k for k in C.CONDS})
-RefFrame = StrEnum("RefFrame", {k: k for k in ("first", "random")})
-
-Shards = Annotated[
-    Path,
-    typer.Option(
-        "--shards",
-        help="The shard folder `fd2talk-prep` wrote (holds manifest.jsonl and <split>-NNNNNN.tar).",
-    ),
-]
-Out = Annotated[
-    Path,
-    typer.Option(
-        "--out",
-        help="Run directory (checkpoint.pt, metrics.jsonl, "
-        "config.json; model/ when the run finishes).",
-    ),
-]
-PRESET_HELP = (
-    "Model size: tiny (CPU smoke runs, tests), paper (the published settings); the "
-    "autoencoder also has small (from scratch, offline)."
-)
-Steps = Annotated[
-    int,
-    typer.Option("--steps", help="Total optimizer steps (a resumed run continues to this number)."),
-]
-Windows = Annotated[
-    int, typer.Option("--batch-size", help="25-frame windows per step (per process).")
-]
-Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
-ValSplit = Annotated[
-    str,
-    typer.Option("--val-split", help="Split for validation; `none` to train without validation."),
-]
-Every = Annotated[int, typer.Option(help="Steps between these events.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for init, data order and noise.")]
-Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
-EpochBatches = Annotated[
-    int,
-    typer.Option(
-        "--epoch-batches",
-        help="Batches per data epoch (a re-seed point of the resampled shard stream).",
-    ),
-]
-Accumulate = Annotated[
-    int,
-    typer.Option(
-        "--accumulate",
-        min=1,
-        help="Micro-batches of "
-        "--batch-size per optimizer step (gradient "
-        "accumulation): the step sees batch-size x accumulate "
-        "x processes items, in the memory of one micro-batch.",
-    ),
-]
-Resume = Annotated[
-    bool,
-    typer.Option(
-        "--resume",
-        help="Continue the run in --out from its checkpoint (same settings; bit-for-bit on CPU).",
-    ),
-]
-EmaDecay = Annotated[float, typer.Option(help="EMA decay.")]
-ImageSize = Annotated[
-    int,
-    typer.Option(
-        "--image-size",
-        help="Frames are resized to this side (256, the crop size; smaller for CPU smoke runs).",
-    ),
-]
-RUN_OPTIONS = (
-    "val_split",
-    "val_every",
-    "save_every",
-    "log_every",
-    "seed",
-    "device",
-    "workers",
-    "epoch_batches",
-    "accumulate",
-)
-
-
-def _config(cls, options: dict):
-    """The command's config from its options: paths resolved, enums as values, `none` as no
-    validation split; `resume` and `quiet` are not settings."""
-    values = {}
-    for name, value in options.items():
-        if name in ("resume", "quiet"):
-            continue
-        if isinstance(value, Path):
-            value = str(value.resolve())
-        elif isinstance(value, list):  # a repeated path option
-            value = tuple(str(Path(v).resolve()) for v in value)
-        elif isinstance(value, Enum):
-            value = value.value
-        values[name] = value
-    if values.get("val_split", "").lower() == "none":
-        values["val_split"] = None
-    return cls(**values)
-
-
-def _summary(title: str, out: Path) -> None:
-    """Validation metrics at the first and the last evaluation of the run (metrics.jsonl)."""
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
-    log = out / "metrics.jsonl"
-    val = [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "val"]
-    console = Console(stderr=True)
-    if val:
-        first, last = val[0], val[-1]
-        table = Table(title=title)
-        table.add_column("validation")
-        table.add_column(f"step {first['step']}", justify="right")
-        table.add_column(f"step {last['step']}", justify="right")
-        for k in (k for k in last if k not in ("step", "split")):
-            table.add_row(
-                k,
-                *(
-                    f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k))
-                    for r in (first, last)
-                ),
-            )
-        console.print(table)
-    console.print(
-        f"checkpoint: {out / 'checkpoint.pt'}\nmodel:      {out / 'model'}\nmetrics:    {log}"
-    )
 
 
 @app.command()
@@ -206,9 +92,9 @@ def lipsync(
     options = dict(locals())
     from fd2talk.model.training.lipsync import train_lipsync
 
-    train_lipsync(_config(C.LipsyncTrainConfig, options), resume=resume, progress=not quiet)
+    train_lipsync(config_from(C.LipsyncTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
-        _summary("lip expert (in-sync vs shifted audio)", out)
+        print_run_summary("lip expert (in-sync vs shifted audio)", out)
 
 
 @app.command()
@@ -276,9 +162,9 @@ def motion(
     options = dict(locals(), k=None if k < 0 else k)
     from fd2talk.model.training.motion import train_motion
 
-    train_motion(_config(C.MotionTrainConfig, options), resume=resume, progress=not quiet)
+    train_motion(config_from(C.MotionTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
-        _summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
+        print_run_summary("motion (EMA weights, x0 loss on normalised coefficients)", out)
 
 
 @app.command()
@@ -343,9 +229,11 @@ def autoencoder(
     options = dict(locals())
     from fd2talk.model.training.autoencoder import train_autoencoder
 
-    train_autoencoder(_config(C.AutoencoderTrainConfig, options), resume=resume, progress=not quiet)
+    train_autoencoder(
+        config_from(C.AutoencoderTrainConfig, options), resume=resume, progress=not quiet
+    )
     if not quiet:
-        _summary("autoencoder (PSNR of D([E(F1), E(F2)]) vs F2, dB)", out)
+        print_run_summary("autoencoder (PSNR of D([E(F1), E(F2)]) vs F2, dB)", out)
 
 
 @app.command()
@@ -391,12 +279,12 @@ def frames(
         ),
     ] = FR["motion_folds"],
     cond: Annotated[
-        Cond,
+        C.Cond,
         typer.Option(
             help="dual: separate motion and reference "
             "cross-attentions (paper); concat: the ablation."
         ),
-    ] = FR["cond"],
+    ] = C.Cond(FR["cond"]),
     latent_cache: Annotated[
         bool,
         typer.Option(
@@ -405,13 +293,13 @@ def frames(
         ),
     ] = FR["latent_cache"],
     ref_frame: Annotated[
-        RefFrame,
+        C.RefFrame,
         typer.Option(
             "--ref-frame",
             help="Each training item's reference: the clip's first frame (the paper) or a "
             "random frame of it (few clips: many reference/target pairs).",
         ),
-    ] = FR["ref_frame"],
+    ] = C.RefFrame(FR["ref_frame"]),
     ref_input: Annotated[
         bool,
         typer.Option(
@@ -460,9 +348,9 @@ def frames(
     options = dict(locals(), motion_folds=list(motion_folds or ()))
     from fd2talk.model.training.frames import train_frames
 
-    train_frames(_config(C.FramesTrainConfig, options), resume=resume, progress=not quiet)
+    train_frames(config_from(C.FramesTrainConfig, options), resume=resume, progress=not quiet)
     if not quiet:
-        _summary("frames (EMA weights, x0 loss on latents)", out)
+        print_run_summary("frames (EMA weights, x0 loss on latents)", out)
 
 
 @app.command()

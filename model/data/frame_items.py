@@ -22,6 +22,7 @@ import numpy as np
 
 from fd2talk.core.errors import UserError
 from fd2talk.core.schema import CROP_SIZE, MEDIA_KEY
+from fd2talk.model.configs import RefFrame
 from fd2talk.model.data.loader import decode_frames
 
 AE_FIELDS = ("valid", MEDIA_KEY)
@@ -126,12 +127,12 @@ class FrameItems:
         latents: bool = False,
         image_size: int = CROP_SIZE,
         jitter: float = 0.0,
-        ref_frame: str = "first",
+        ref_frame: str = RefFrame.first.value,
     ):
         if latents and jitter > 0:
             raise ValueError("colour jitter works on images: it cannot use the latent cache")
-        if ref_frame not in ("first", "random"):
-            raise ValueError(f"ref_frame must be first or random, not {ref_frame!r}")
+        if ref_frame not in set(RefFrame):
+            raise ValueError(f"ref_frame must be one of {', '.join(RefFrame)}, not {ref_frame!r}")
         self.n, self.latents, self.size, self.jitter = items_per_clip, latents, image_size, jitter
         self.ref_frame = ref_frame
 
@@ -147,7 +148,7 @@ class FrameItems:
         # source: (F, C, H, W) latents or images
         out = []
         for _ in range(self.n):
-            if self.ref_frame == "random":  # any valid frame: many more (ref, target) pairs
+            if self.ref_frame == RefFrame.random:  # any valid frame: many more (ref, target) pairs
                 ref = int(idx[rng.randrange(len(idx))])
             i = int(idx[rng.randrange(len(idx))])
             x, j0 = jitter([source[ref], source[i]], rng, self.jitter)

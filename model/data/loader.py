@@ -13,7 +13,7 @@ by node and worker); with fewer shards each draws from all of them with its own 
 webdataset recipe for resampled shards, so small datasets still train on many GPUs).
 
 Validation and statistics read whole clips in a fixed order (`iter_clips`); validation cuts
-them into consecutive windows (`fixed_windows`).
+them into consecutive windows (`windows.fixed_windows`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from fd2talk.core.errors import UserError
 from fd2talk.core.schema import CROP_SIZE, MEDIA_KEY, META_KEY
+from fd2talk.model.data.windows import RandomWindows, collate
 
 WINDOW = 25  # frames per training window (paper: sequence length 25)
 MANIFEST = "manifest.jsonl"
@@ -184,68 +185,6 @@ def dataset_info(
 # ---- windows ---------------------------------------------------------------------------------
 
 
-def _slice(clip: dict, start: int, window: int, per_frame: tuple[str, ...]) -> dict:
-    out = {k: clip[k][start : start + window] for k in per_frame}
-    for k, v in clip.items():
-        if k not in out and isinstance(v, np.ndarray):
-            out[k] = v  # per-clip arrays (id) ride along
-    out["key"], out["start"] = clip["key"], start
-    return out
-
-
-def _per_frame(clip: dict) -> tuple[str, ...]:
-    n = len(clip["valid"])
-    return tuple(
-        k
-        for k, v in clip.items()
-        if isinstance(v, np.ndarray) and k != "id" and v.ndim >= 1 and len(v) == n
-    )
-
-
-def random_windows(
-    clip: dict, window: int, rng: random.Random, min_valid: float = 0.8
-) -> list[dict]:
-    """About F // window random windows of one clip, each with >= min_valid valid frames."""
-    n = len(clip["valid"])
-    if n < window:
-        return []
-    per_frame = _per_frame(clip)
-    valid = clip["valid"].astype(np.float32)
-    frac = np.convolve(valid, np.ones(window, np.float32), "valid") / window  # (n - window + 1,)
-    starts = np.flatnonzero(frac >= min_valid)
-    if len(starts) == 0:
-        return []
-    picks = [int(starts[rng.randrange(len(starts))]) for _ in range(max(1, n // window))]
-    return [_slice(clip, s, window, per_frame) for s in picks]
-
-
-def fixed_windows(clip: dict, window: int) -> list[dict]:
-    """Consecutive non-overlapping windows (validation): deterministic, no randomness."""
-    per_frame = _per_frame(clip)
-    n = len(clip["valid"])
-    return [
-        _slice(clip, s, window, per_frame)
-        for s in range(0, n - window + 1, window)
-        if clip["valid"][s : s + window].any()
-    ]
-
-
-def collate(windows: list[dict]) -> dict:
-    """List of windows -> dict of torch tensors stacked on a new batch axis (N, ...)."""
-    import torch
-
-    out = {}
-    for k, v in windows[0].items():
-        if isinstance(v, np.ndarray):
-            out[k] = torch.from_numpy(np.stack([w[k] for w in windows]))
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            out[k] = torch.tensor([int(w[k]) for w in windows])  # (N,) e.g. frame indices
-        elif isinstance(v, bool):
-            out[k] = torch.tensor([bool(w[k]) for w in windows])  # (N,) e.g. has speech
-    out["key"] = [w["key"] for w in windows]
-    return out
-
-
 # ---- the training stream ---------------------------------------------------------------------
 
 
@@ -285,50 +224,6 @@ class _ShardSource:
         rng = random.Random(_seed(self.seed, self.epoch, self.rank, worker, 0))
         while True:
             yield {"url": urls[rng.randrange(len(urls))]}
-
-
-def parse_fold(text: str) -> tuple[int, int]:
-    """ "K/N" -> (K, N): fold K (0-based) of N."""
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise UserError(
-            f"--fold takes K/N (fold K of N, counted from 0), e.g. 0/2; got {text!r}"
-        ) from None
-    if n < 2 or not 0 <= k < n:
-        raise UserError(f"--fold {text}: need N >= 2 and 0 <= K < N")
-    return k, n
-
-
-def fold_keys(shards: str | Path, k: int, n: int, split: str = "train") -> list[str]:
-    """The clips with speech of fold `k` of `n` of `split`: every n-th key from the k-th, in
-    key order (a stage-1 model trained with `--fold K/N` leaves these out; cross-fitting)."""
-    keys = sorted(c["key"] for c in iter_clips(shards, split, ("valid", "audio")))
-    if len(keys) < n:
-        raise UserError(
-            f"--fold .../{n}: the {split} split has only {len(keys)} clips, fewer than folds"
-        )
-    return keys[k::n]
-
-
-class HoldOut:
-    """An item maker that makes no items from the clips in `keys` (picklable)."""
-
-    def __init__(self, make_items, keys):
-        self.make_items, self.keys = make_items, frozenset(keys)
-
-    def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
-        return [] if clip["key"] in self.keys else self.make_items(clip, rng)
-
-
-class RandomWindows:
-    """The stage-1 item maker: random windows of one decoded clip (picklable)."""
-
-    def __init__(self, window: int, min_valid: float):
-        self.window, self.min_valid = window, min_valid
-
-    def __call__(self, clip: dict, rng: random.Random) -> list[dict]:
-        return random_windows(clip, self.window, rng, self.min_valid)
 
 
 def _items_stage(src, fields, make_items, seed, epoch, rank):

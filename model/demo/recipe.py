@@ -50,7 +50,7 @@ FRAMES = dict(
     val_every=500,
     ref_input=True,
     relative_pose=True,
-    ref_frame="random",
+    ref_frame=C.RefFrame.random.value,
 )
 FOLDS = 2  # stage-1 fold models for the frame UNet's cross-fitted expression
 

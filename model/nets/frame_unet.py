@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (the usual torch alias)
 from torch import nn
 
-from fd2talk.model.configs import CONDS, FrameUNetConfig  # noqa: F401  (re-exported)
 from fd2talk.model.configs import UNET_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from fd2talk.model.configs import Cond, FrameUNetConfig
 
 MAX_PERIOD = 10_000.0  # longest period of the 2-D sinusoidal reference positions
 
@@ -107,7 +107,7 @@ class DualCrossAttention(nn.Module):
         self.cond = config.cond
         d_c, hd, p = config.cond_dim, config.head_dim, config.dropout
         self.norm1 = nn.LayerNorm(width)
-        if config.cond == "dual":
+        if config.cond == Cond.dual:
             self.phi1 = _cross_attention(width, d_c, hd, p)
             self.norm2 = nn.LayerNorm(width)
             self.phi2 = _cross_attention(width, d_c, hd, p)
@@ -117,7 +117,7 @@ class DualCrossAttention(nn.Module):
     def reference_kv(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """φ2's keys and values (N_ref, heads, S, head_dim) for ref tokens (N_ref, S, D_c): they
         depend only on the reference, so a video computes them once (None for cond="concat")."""
-        if self.cond != "dual":
+        if self.cond != Cond.dual:
             return None
         a = self.phi2
         n, s, _ = ref.shape
@@ -148,7 +148,7 @@ class DualCrossAttention(nn.Module):
         kv: φ2's keys/values from `reference_kv` (then ref is not used)."""
         n, c, h, w = f.shape
         x = f.flatten(2).transpose(1, 2)  # (N, H·W, C)
-        if self.cond == "dual":
+        if self.cond == Cond.dual:
             x = x + self.phi1(self.norm1(x), encoder_hidden_states=motion)  # m1, eq. 6
             q = self.norm2(x)  # (N, H·W, C)
             if ref_hw is not None and c % 4 == 0:

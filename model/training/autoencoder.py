@@ -25,6 +25,7 @@ from fd2talk.core.errors import UserError
 from fd2talk.model.configs import AutoencoderTrainConfig
 from fd2talk.model.data import loader as data_mod
 from fd2talk.model.data.frame_items import AE_FIELDS, AutoencoderPairs
+from fd2talk.model.data.windows import collate
 from fd2talk.model.training.distributed import barrier, no_sync, wrap_ddp
 from fd2talk.model.training.metrics import Mean
 from fd2talk.model.training.run import Parts, start_run
@@ -48,7 +49,7 @@ def val_pairs(
         if len(items) >= limit:
             break
     items = items[:limit]
-    return [data_mod.collate(items[i : i + size]) for i in range(0, len(items), size)]
+    return [collate(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def build_autoencoder(cfg: AutoencoderTrainConfig):

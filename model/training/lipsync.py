@@ -21,6 +21,7 @@ from fd2talk.core.errors import UserError
 from fd2talk.model.configs import LipsyncTrainConfig
 from fd2talk.model.data import loader as data_mod
 from fd2talk.model.data.normalize import Stats
+from fd2talk.model.data.windows import collate, fixed_windows
 from fd2talk.model.nets.face_model import FaceModel
 from fd2talk.model.nets.lip_expert import PRESETS, LipExpert, expert_loss, make_pairs
 from fd2talk.model.training.distributed import no_sync, wrap_ddp
@@ -92,7 +93,7 @@ def val_batches(
     windows = [
         w
         for clip in data_mod.iter_clips(shards, split, fields)
-        for w in data_mod.fixed_windows(clip, window)
+        for w in fixed_windows(clip, window)
     ][:limit]
     if not windows and "audio" in fields:  # else validation would silently report 0
         raise UserError(
@@ -100,7 +101,7 @@ def val_batches(
             "on (video-only sources are stage-2 data): use --val-split none or "
             "add talking videos to it"
         )
-    return [data_mod.collate(windows[i : i + size]) for i in range(0, len(windows), size)]
+    return [collate(windows[i : i + size]) for i in range(0, len(windows), size)]
 
 
 def train_lipsync(cfg: LipsyncTrainConfig, resume: bool = False, progress: bool = True) -> dict:

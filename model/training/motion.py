@@ -25,7 +25,9 @@ from fd2talk.core.device import autocast
 from fd2talk.core.schema import POSE_DIM
 from fd2talk.model.configs import MotionTrainConfig
 from fd2talk.model.data import loader as data_mod
+from fd2talk.model.data.folds import fold_keys, parse_fold
 from fd2talk.model.data.normalize import Stats
+from fd2talk.model.data.windows import HoldOut, RandomWindows
 from fd2talk.model.diffusion import Diffusion, DiffusionConfig
 from fd2talk.model.nets.motion_dit import PRESETS, MotionDiT
 from fd2talk.model.training.distributed import no_sync, wrap_ddp
@@ -112,7 +114,7 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     # data and statistics
     info = data_mod.dataset_info(cfg.shards, "train")
     urls = data_mod.split_shards(cfg.shards, "train")
-    held = data_mod.fold_keys(cfg.shards, *data_mod.parse_fold(cfg.fold)) if cfg.fold else []
+    held = fold_keys(cfg.shards, *parse_fold(cfg.fold)) if cfg.fold else []
     if run.state:
         run.refuse(dims_problem(info, run.extras["dims"]))
         run.refuse(
@@ -156,7 +158,7 @@ def train_motion(cfg: MotionTrainConfig, resume: bool = False, progress: bool = 
     stream = data_mod.StreamConfig(
         batch_size=cfg.batch_size, workers=cfg.workers, epoch_batches=cfg.epoch_batches
     )
-    windows = data_mod.HoldOut(data_mod.RandomWindows(stream.window, stream.min_valid), held)
+    windows = HoldOut(RandomWindows(stream.window, stream.min_valid), held)
     batches = data_mod.batches_from(
         urls,
         stream,

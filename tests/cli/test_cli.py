@@ -156,7 +156,7 @@ def test_train_options_default_to_the_config_dataclasses():
     field's default, and the preset choices are the keys of the network's presets dict."""
     import typer.main
 
-    from fd2talk.cli import train as cli
+    from fd2talk.cli import train_options as cli
     from fd2talk.cli.train import app as train_app
     from fd2talk.model import configs
     from fd2talk.model.nets import autoencoder, frame_unet, lip_expert, motion_dit

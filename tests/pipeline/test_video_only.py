@@ -8,18 +8,20 @@ import subprocess
 import tarfile
 
 import numpy as np
+import pytest
 import torch
 
 from fd2talk.model.data import loader as data
 from fd2talk.model.data.frame_items import AE_FIELDS
 from fd2talk.model.data.normalize import Stats
 from fd2talk.model.generation.frames import condition
-from fd2talk.model.training.frames import motion_condition
+from fd2talk.model.training.motion_cache import motion_condition
 from fd2talk.pipeline.runner.runner import run_stage
 from fd2talk.pipeline.stages.chain import ChainConfig, run_all
 from fd2talk.pipeline.stages.clip import ClipConfig, ClipStage
 
 
+@pytest.mark.slow  # over 10 s: out of the fast subset
 def test_video_only_sources_reach_stage_2_and_not_stage_1(shared_media, tmp_path):
     src = shared_media / "talk_10_512.mp4"
     talk, mute, talk_as_mute = (tmp_path / n for n in ("talk.mp4", "mute.mp4", "muted.mp4"))

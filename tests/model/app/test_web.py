@@ -17,7 +17,8 @@ import pytest
 from helpers import REPO
 
 from fd2talk.core.errors import UserError
-from fd2talk.model.app.web import AppConfig, JobFolders, JobInputs, progress_callback, run_job
+from fd2talk.model.app.jobs import JobFolders, JobInputs, progress_callback, run_job
+from fd2talk.model.app.web import AppConfig
 
 
 def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -8,7 +8,9 @@ import torch
 from helpers import npy, rewrite_shards
 
 from fd2talk.core.errors import UserError
+from fd2talk.model.data import folds as folding
 from fd2talk.model.data import loader as data
+from fd2talk.model.data import windows
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +138,10 @@ def test_windows_respect_the_valid_mask():
         "id": np.zeros(3, np.float32),
     }
     for _ in range(20):
-        for w in data.random_windows(clip, 25, rng, min_valid=0.8):
+        for w in windows.random_windows(clip, 25, rng, min_valid=0.8):
             assert w["valid"].mean() >= 0.8 and w["id"].shape == (3,)
-    assert data.random_windows({**clip, "valid": np.zeros(100, bool)}, 25, rng) == []
-    assert [w["start"] for w in data.fixed_windows(clip, 25)] == [0, 25, 50, 75]
+    assert windows.random_windows({**clip, "valid": np.zeros(100, bool)}, 25, rng) == []
+    assert [w["start"] for w in windows.fixed_windows(clip, 25)] == [0, 25, 50, 75]
 
 
 def test_bad_inputs_are_clear_errors(shards, tmp_path):
@@ -170,11 +172,11 @@ def test_bad_inputs_are_clear_errors(shards, tmp_path):
 
 def test_folds_split_the_training_clips_and_a_held_out_fold_never_reaches_a_batch(shards):
     keys = sorted(c["key"] for c in data.iter_clips(shards, "train", ("valid", "audio")))
-    folds = [data.fold_keys(shards, k, 2) for k in range(2)]
+    folds = [folding.fold_keys(shards, k, 2) for k in range(2)]
     assert sorted(folds[0] + folds[1]) == keys and not set(folds[0]) & set(folds[1])
-    assert folds[0] == keys[0::2] and data.parse_fold("1/2") == (1, 2)
+    assert folds[0] == keys[0::2] and folding.parse_fold("1/2") == (1, 2)
     urls, cfg = _stream(shards, epoch_batches=12)
-    held = data.HoldOut(data.RandomWindows(cfg.window, cfg.min_valid), folds[0])
+    held = windows.HoldOut(windows.RandomWindows(cfg.window, cfg.min_valid), folds[0])
     seen = {
         k
         for b in data.train_batches(urls, cfg, data.MOTION_FIELDS, seed=0, epoch=0, make_items=held)
@@ -183,6 +185,6 @@ def test_folds_split_the_training_clips_and_a_held_out_fold_never_reaches_a_batc
     assert seen and seen <= set(folds[1])
     for bad in ("2/2", "1", "a/b", "0/1"):
         with pytest.raises(UserError, match="--fold"):
-            data.parse_fold(bad)
+            folding.parse_fold(bad)
     with pytest.raises(UserError, match="fewer than folds"):
-        data.fold_keys(shards, 0, len(keys) + 1)
+        folding.fold_keys(shards, 0, len(keys) + 1)

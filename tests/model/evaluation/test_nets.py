@@ -200,6 +200,7 @@ def test_hopenet_loads_the_published_layout_and_reads_angles_as_deep_head_pose(t
         N.load_hopenet(str(tmp_path / "cut.pkl"))
 
 
+@pytest.mark.slow  # over 10 s: out of the fast subset
 def test_fid_inception_loads_a_local_file_through_pytorch_fid_and_never_downloads(
     tmp_path, monkeypatch
 ):

@@ -98,6 +98,7 @@ def test_videos_are_matched_by_name(clips, tmp_path):
         match_videos(tmp_path / "missing", None)
 
 
+@pytest.mark.slow  # over 10 s: out of the fast subset
 def test_eval_videos_command_writes_the_table_json_csv_and_figure(clips, face_model, tmp_path):
     from helpers.eval_nets import syncnet_file
 

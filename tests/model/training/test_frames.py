@@ -16,10 +16,12 @@ from helpers.frames import psnr_by_condition
 
 from fd2talk.core.errors import UserError
 from fd2talk.model.data import loader as data
+from fd2talk.model.data.folds import fold_keys
 from fd2talk.model.data.frame_items import FRAME_FIELDS, FrameItems, jitter, to_image
 from fd2talk.model.generation import frames as fr
 from fd2talk.model.training.autoencoder import psnr
-from fd2talk.model.training.frames import CACHE_META, MOTION_CACHE, FramesTrainConfig, train_frames
+from fd2talk.model.training.frames import FramesTrainConfig, train_frames
+from fd2talk.model.training.motion_cache import CACHE_META, MOTION_CACHE
 
 
 def test_motion_and_reference_both_matter_when_sampling_from_noise(frames_run, demo_work):
@@ -239,8 +241,8 @@ def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
     from fd2talk.model.generation import motion as motion_mod
     from fd2talk.model.store.folder import load_parts
     from fd2talk.model.training.distributed import setup_distributed
-    from fd2talk.model.training.frames import predicted_motion
     from fd2talk.model.training.motion import train_motion
+    from fd2talk.model.training.motion_cache import predicted_motion
 
     shards = demo_work / "shards"
     folds = [tmp_path / f"fold{k}" for k in range(2)]
@@ -274,7 +276,7 @@ def test_cross_fitted_expression_comes_from_the_fold_that_left_the_clip_out(
 
     full = sampled(motion_run, None)
     for k, run in enumerate(folds):
-        held = data.fold_keys(shards, k, 2)
+        held = fold_keys(shards, k, 2)
         own = sampled(run, set(held))
         for key in held:
             np.testing.assert_array_equal(cache[key][:, :-6], own[key][:, :-6])

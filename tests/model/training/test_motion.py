@@ -14,6 +14,7 @@ from helpers.motion import jaw_vs_speech
 
 from fd2talk.core.errors import UserError
 from fd2talk.model.data import loader as data
+from fd2talk.model.data.folds import fold_keys
 from fd2talk.model.generation import motion
 from fd2talk.model.training.motion import MotionTrainConfig, train_motion
 
@@ -458,7 +459,7 @@ def test_a_fold_run_leaves_its_fold_out(demo_work, tmp_path):
     out = tmp_path / "fold"
     train_motion(MotionTrainConfig(out=str(out), **base), progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
-    held = data.fold_keys(shards, 1, 2)
+    held = fold_keys(shards, 1, 2)
     assert state["extras"]["fold"] == {"fold": "1/2", "held_out": held}
     from fd2talk.model.data.normalize import Stats
 

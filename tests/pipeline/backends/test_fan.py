@@ -41,6 +41,7 @@ def face(n: int = 1) -> np.ndarray:
     )
 
 
+@pytest.mark.slow  # over 10 s: out of the fast subset
 def test_fan_loads_local_files_only_and_restores_torch_hub(standins, monkeypatch, tmp_path):
     import face_alignment.utils
 
