@@ -1,4 +1,4 @@
-"""`fd2talk-prep manifest hdtf|vfhq|folder`: a manifest from a dataset's published
+"""`fd2talk-prep manifest hdtf|vfhq|folder|corpus`: a manifest from a dataset's published
 annotations and the videos downloaded with its tools (thin: the sources build the rows)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fd2talk.core.skip import PrepError
 
 manifest_app = typer.Typer(
     help="Write a manifest from a dataset's published annotations and the videos you "
-    "downloaded with its tools (nothing is downloaded): hdtf, vfhq, or any folder.",
+    "downloaded with its tools (nothing is downloaded): hdtf, vfhq, any folder, or a media folder indexed by its own manifest.csv (corpus).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,11 +46,25 @@ def _write_manifest(built, out: Path) -> None:
         f"videos, {speakers} speakers",
         err=True,
     )
+    if "split" in built.columns:
+        for split in ("train", "val", "test"):
+            rows = [r for r in built.rows if r["split"] == split]
+            speech = sum(r.get("audio") != "no" for r in rows)
+            people = len({r["speaker_id"] for r in rows})
+            typer.echo(
+                f"  {split}: {len(rows)} rows ({speech} with speech), {people} people", err=True
+            )
     if built.missing:
         typer.echo(
             f"left out {len(built.missing)} annotated videos not in the videos folder "
             f"(download them first): {', '.join(built.missing[:5])}"
             f"{' ...' if len(built.missing) > 5 else ''}",
+            err=True,
+        )
+    if built.left_out:
+        typer.echo(
+            f"left out {len(built.left_out)}: {', '.join(built.left_out[:3])}"
+            f"{' ...' if len(built.left_out) > 3 else ''}",
             err=True,
         )
     for problem in built.problems[:10]:
@@ -107,3 +121,37 @@ def manifest_folder(
     from fd2talk.pipeline.sources.datasets import folder
 
     _write_manifest(folder(root, speaker_regex), out)
+
+
+@manifest_app.command("corpus")
+def manifest_corpus(
+    root: Annotated[
+        Path, typer.Argument(help="The media folder, with its manifest.csv (../shared/corpus).")
+    ],
+    test: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated identities held out for testing (never trained on); "
+            "default: the six dev identities in pipeline/sources/corpus.py."
+        ),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated validation identities; default: corpus.py's three."),
+    ] = None,
+    synthetic: Annotated[
+        bool, typer.Option(help="Keep the clips whose note starts with `synthetic:`.")
+    ] = True,
+    out: ManifestOut = Path("manifest.csv"),
+) -> None:
+    """A media folder indexed by its own manifest.csv (identity, kind, audio, note): talking
+    clips with speech for both stages, the other clips video-only (audio: no), every split
+    pinned by identity."""
+    from fd2talk.pipeline.sources.corpus import DEV_IDENTITIES, VAL_IDENTITIES, corpus
+
+    def names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+    _write_manifest(
+        corpus(root, names(test, DEV_IDENTITIES), names(val, VAL_IDENTITIES), synthetic), out
+    )

@@ -45,12 +45,14 @@ class Built:
     rows: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # listed, but no video file
     problems: list[str] = field(default_factory=list)  # annotation lines not understood
+    left_out: list[str] = field(default_factory=list)  # listed, not wanted (with the reason)
+    columns: tuple[str, ...] = ()  # optional manifest columns the rows fill (split, audio)
 
     def csv_text(self) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(
             buf,
-            fieldnames=["key", "path", "start", "end", "video_id", "speaker_id"],
+            fieldnames=["key", "path", "start", "end", "video_id", "speaker_id", *self.columns],
             lineterminator="\n",
         )
         w.writeheader()
