@@ -29,12 +29,10 @@ again. ARCHITECTURE.md has the measurements behind every number here.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-from fd2talk.core.defaults import defaults
 from fd2talk.model import configs as C
+from fd2talk.model.training.recipe import Recipe, train_recipe
 
 LIPSYNC = dict(steps=600, batch_size=16, val_every=200)
 MOTION = dict(steps=600, batch_size=16, lr=1e-3, val_every=200)
@@ -55,70 +53,14 @@ FRAMES = dict(
 FOLDS = 2  # stage-1 fold models for the frame UNet's cross-fitted expression
 
 
-def _stale(cfg) -> bool:
-    """Whether cfg.out holds a run made with other settings (an older recipe's): the resume
-    check's own comparison, on config.json (tuples recorded as lists)."""
-    from fd2talk.core.errors import UserError
-    from fd2talk.model.configs import RESUMABLE
-    from fd2talk.model.store.checkpoint import check_resumable, config_dict
-    from fd2talk.model.training.run import RUN_CONFIG
-
-    path = Path(cfg.out) / RUN_CONFIG
-    if not path.is_file():
-        return False
-
-    def as_json(d: dict) -> dict:
-        return json.loads(json.dumps(d))
-
-    try:
-        check_resumable(
-            json.loads(path.read_text())["config"],
-            as_json(config_dict(cfg)),
-            RESUMABLE,
-            path,
-            as_json(defaults(type(cfg))),
-        )
-    except UserError:
-        return True
-    return False
-
-
-def _train(name: str, cfg, progress: bool, restart: bool) -> bool:
-    """Train (or resume) one run of the recipe; a run an older recipe made, or any run after
-    one whose weights changed (`restart`), starts again. Returns whether later runs must:
-    whether this run trained a step (anew, or resumed to more steps than it had)."""
-    from fd2talk.model.store.checkpoint import CHECKPOINT, load_checkpoint
-    from fd2talk.model.training.autoencoder import train_autoencoder
-    from fd2talk.model.training.frames import train_frames
-    from fd2talk.model.training.lipsync import train_lipsync
-    from fd2talk.model.training.motion import train_motion
-
-    fn = {
-        "lipsync": train_lipsync,
-        "motion": train_motion,
-        "autoencoder": train_autoencoder,
-        "frames": train_frames,
-    }[name]
-    out = Path(cfg.out)
-    if out.is_dir() and (restart or _stale(cfg)):
-        print(
-            f"== demo: {out} was made by an older recipe or from older runs: training it again",
-            flush=True,
-        )
-        shutil.rmtree(out)
-        restart = True
-    ckpt = out / CHECKPOINT
-
-    def step() -> int | None:
-        return int(load_checkpoint(ckpt)["step"]) if ckpt.is_file() else None
-
-    before = step()
-    if progress:
-        print(
-            f"== demo: {name}{' (resuming)' if before is not None else ''} -> {cfg.out}", flush=True
-        )
-    fn(cfg, resume=before is not None, progress=progress)
-    return restart or step() != before
+DEMO = Recipe(
+    "demo",
+    lipsync=LIPSYNC,
+    motion=MOTION,
+    autoencoder=AUTOENCODER,
+    frames=FRAMES,
+    folds=FOLDS,
+)
 
 
 def train_demo(
@@ -126,50 +68,4 @@ def train_demo(
 ) -> Path:
     """Train both stages on the prepared demo in `work`; runs under `runs`, the model folder
     at `model` (returned). `seed`: every run's seed (bench/demo_quality.py varies it)."""
-    from fd2talk.model.store.folder import export
-
-    # absolute paths, as the CLI records them, so a run started either way resumes either way
-    shards, runs = str(Path(work).resolve() / "shards"), Path(runs).resolve()
-    common = {"seed": seed}
-    out = {k: str(runs / k) for k in ("lipsync", "motion", "autoencoder", "frames")}
-    folds = [str(runs / f"motion_fold{k}") for k in range(FOLDS)]
-    motion_runs = [(out["motion"], None)] + [(f, f"{k}/{FOLDS}") for k, f in enumerate(folds)]
-    configs = [
-        ("lipsync", C.LipsyncTrainConfig(shards=shards, out=out["lipsync"], **LIPSYNC, **common)),
-        *[
-            (
-                "motion",
-                C.MotionTrainConfig(
-                    shards=shards,
-                    out=path,
-                    lip_expert=out["lipsync"],
-                    fold=fold,
-                    **MOTION,
-                    **common,
-                ),
-            )
-            for path, fold in motion_runs
-        ],
-        (
-            "autoencoder",
-            C.AutoencoderTrainConfig(
-                shards=shards, out=out["autoencoder"], **AUTOENCODER, **common
-            ),
-        ),
-        (
-            "frames",
-            C.FramesTrainConfig(
-                shards=shards,
-                out=out["frames"],
-                autoencoder=str(runs / "autoencoder" / "autoencoder"),
-                motion=out["motion"],
-                motion_folds=tuple(folds),
-                **FRAMES,
-                **common,
-            ),
-        ),
-    ]
-    restart = False
-    for name, cfg in configs:
-        restart = _train(name, cfg, progress, restart)
-    return export([out["motion"], out["frames"]], model)
+    return train_recipe(DEMO, work, runs, model, progress, seed)

@@ -341,7 +341,7 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(
     import dataclasses
 
     from fd2talk.model.configs import MotionTrainConfig
-    from fd2talk.model.demo.recipe import _stale, _train
+    from fd2talk.model.training.recipe import stale, train_run
 
     folds = [
         MotionTrainConfig(
@@ -357,9 +357,9 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(
         for k in range(2)
     ]
     fold = folds[0]
-    assert not _stale(fold)  # nothing there yet
+    assert not stale(fold)  # nothing there yet
     for cfg in folds:
-        assert _train("motion", cfg, progress=False, restart=False) is True  # trained
+        assert train_run("motion", cfg, progress=False, restart=False) is True  # trained
     frames = _small(
         demo_work,
         ae_run,
@@ -369,42 +369,45 @@ def test_the_demo_recipe_trains_a_run_an_older_recipe_made_again(
         motion_steps=3,
         motion_folds=tuple(cfg.out for cfg in folds),
     )
-    assert _train("frames", frames, progress=False, restart=False) is True
-    assert not _stale(frames)  # the folds' tuple against config.json's list
-    assert _stale(dataclasses.replace(frames, motion_folds=frames.motion_folds[::-1]))
+    assert train_run("frames", frames, progress=False, restart=False) is True
+    assert not stale(frames)  # the folds' tuple against config.json's list
+    assert stale(dataclasses.replace(frames, motion_folds=frames.motion_folds[::-1]))
     # the same recipe again: every run resumes, finished, and nothing after it starts again
-    assert _train("motion", fold, progress=False, restart=False) is False
-    assert _train("frames", frames, progress=False, restart=False) is False
+    assert train_run("motion", fold, progress=False, restart=False) is False
+    assert train_run("frames", frames, progress=False, restart=False) is False
 
-    assert not _stale(fold) and not _stale(dataclasses.replace(fold, steps=5, log_every=3))
-    assert _stale(dataclasses.replace(fold, fold="1/2"))
-    assert _stale(dataclasses.replace(fold, lr=fold.lr / 2))
+    assert not stale(fold) and not stale(dataclasses.replace(fold, steps=5, log_every=3))
+    assert stale(dataclasses.replace(fold, fold="1/2"))
+    assert stale(dataclasses.replace(fold, lr=fold.lr / 2))
     record = tmp_path / "fold0" / "config.json"
     doc = json.loads(record.read_text())
     for name in ("fold", "epoch_batches"):  # settings newer than the run: their defaults
         doc["config"].pop(name)
     record.write_text(json.dumps(doc))
-    assert _stale(fold) and not _stale(dataclasses.replace(fold, fold=None))
+    assert stale(fold) and not stale(dataclasses.replace(fold, fold=None))
     doc["config"]["fold"] = fold.fold
     record.write_text(json.dumps(doc))
-    assert not _stale(fold)  # epoch_batches: the run had the default, as the recipe
-    assert _stale(dataclasses.replace(fold, epoch_batches=7))
+    assert not stale(fold)  # epoch_batches: the run had the default, as the recipe
+    assert stale(dataclasses.replace(fold, epoch_batches=7))
 
     marker = tmp_path / "fold0" / "older"
     marker.touch()
     assert (
-        _train("motion", dataclasses.replace(fold, lr=fold.lr / 2), progress=False, restart=False)
+        train_run(
+            "motion", dataclasses.replace(fold, lr=fold.lr / 2), progress=False, restart=False
+        )
         is True
     )  # an older recipe's: trained again
     assert not marker.exists()
     marker.touch()  # a run after one whose weights changed starts again
-    assert _train("motion", fold, progress=False, restart=True) is True
+    assert train_run("motion", fold, progress=False, restart=True) is True
     assert not marker.exists()
     # more steps than the run has: it resumes, and the runs after it must start again
     assert (
-        _train("motion", dataclasses.replace(fold, steps=3), progress=False, restart=False) is True
+        train_run("motion", dataclasses.replace(fold, steps=3), progress=False, restart=False)
+        is True
     )
-    assert not _stale(fold)
+    assert not stale(fold)
 
 
 def test_bad_inputs_are_clear_errors(demo_work, ae_run, tmp_path):
