@@ -215,7 +215,7 @@ def speedups(
 
 def quality(pipe, clips: list[dict], steps_list=(10, 20)) -> None:
     """dpm++ and ddim at few steps against 50-step ddim (same seed, true motion)."""
-    from fd2talk.model.demo.check import psnr
+    from fd2talk.model.demo.check import pooled_psnr as psnr
     from fd2talk.model.generation.options import Options
 
     perceptual = None
@@ -270,7 +270,7 @@ def roughness(v: np.ndarray) -> float:
 
 
 def flicker(pipe, clips: list[dict]) -> None:
-    from fd2talk.model.demo.check import psnr
+    from fd2talk.model.demo.check import pooled_psnr as psnr
     from fd2talk.model.generation.options import Options
 
     for c in clips:

@@ -41,9 +41,9 @@ from fd2talk.cli.train_options import (
     config_from,
     print_run_summary,
 )
+from fd2talk.cli.train_recipes import corpus, demo
 from fd2talk.core.defaults import defaults
 from fd2talk.core.device import DeviceName
-from fd2talk.core.errors import UserError
 from fd2talk.model import configs as C
 
 app = typer.Typer(
@@ -376,28 +376,8 @@ def export(
     typer.echo(f"model folder {folder}: {', '.join(parts)}")
 
 
-@app.command()
-def demo(
-    work: Annotated[
-        Path, typer.Option("--work", help="The prepared demo (`fd2talk-prep run WORK --demo`).")
-    ] = Path("work/demo"),
-    runs: Annotated[Path, typer.Option("--runs", help="Where the four run directories go.")] = Path(
-        "work/runs"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="The model folder to write.")] = Path(
-        "work/model"
-    ),
-    quiet: Quiet = False,
-) -> None:
-    """Train both stages on the bundled demo with its recipe (model/demo/recipe.py: lip
-    expert, motion, autoencoder, frame UNet; tiny presets, 64-px frames, about ten minutes on
-    a 2-core CPU) and export one model folder. Interrupted runs resume."""
-    from fd2talk.model.demo.recipe import train_demo
-
-    if not (work / "shards" / "manifest.jsonl").is_file():
-        raise UserError(f"{work} holds no shards: run `fd2talk-prep run {work} --demo` first")
-    folder = train_demo(work, runs, out, progress=not quiet)
-    typer.echo(f"model folder {folder}")
+app.command()(demo)
+app.command()(corpus)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ Two item makers for `data.train_batches(make_items=...)`, both picklable:
 
 from __future__ import annotations
 
+import os
 import random
 import zlib
 from collections import OrderedDict
@@ -26,7 +27,8 @@ from fd2talk.model.configs import RefFrame
 from fd2talk.model.data.loader import decode_frames
 
 AE_FIELDS = ("valid", MEDIA_KEY)
-DECODED_CLIPS = 16  # decoded clips kept per process (a 256 px, 6 s clip is ~30 MB)
+DECODED_MB = 2048  # decoded frames kept per process (MB; $FD2TALK_DECODED_MB): ~1.5 GB
+# holds the whole corpus at 128 px, so a resampled stream over 150 clips decodes each once
 FRAME_FIELDS = ("exp", "pose", "valid")
 
 
@@ -36,11 +38,13 @@ def to_image(frames: np.ndarray) -> np.ndarray:
 
 
 class _DecodedClips:
-    """The last `capacity` decoded clips of this process: small datasets (and the clips a
-    resampled stream revisits soon) skip the ffmpeg decode."""
+    """Decoded clips of this process, the least recently used dropped once they hold more
+    than `budget` bytes: a stream that revisits its clips decodes each once (ffmpeg would
+    otherwise cost more than the training step)."""
 
-    def __init__(self, capacity: int = DECODED_CLIPS):
-        self.capacity, self.clips = capacity, OrderedDict()
+    def __init__(self, budget: int | None = None):
+        mb = budget if budget is not None else int(os.environ.get("FD2TALK_DECODED_MB", DECODED_MB))
+        self.budget, self.clips, self.bytes = mb * 2**20, OrderedDict(), 0
 
     def get(self, clip: dict, size: int) -> np.ndarray:
         key = (clip["key"], zlib.crc32(clip[MEDIA_KEY]), size)
@@ -49,8 +53,9 @@ class _DecodedClips:
             return self.clips[key]
         frames = decode_frames(clip[MEDIA_KEY], size)  # (F, size, size, 3)
         self.clips[key] = frames
-        if len(self.clips) > self.capacity:
-            self.clips.popitem(last=False)
+        self.bytes += frames.nbytes
+        while self.bytes > self.budget and len(self.clips) > 1:
+            self.bytes -= self.clips.popitem(last=False)[1].nbytes
         return frames
 
 
@@ -144,14 +149,18 @@ class FrameItems:
         if len(idx) < 2:
             return []
         ref = int(idx[0])  # the clip's first (valid) frame is the reference (paper 3.4.2)
-        source = clip["latent"] if self.latents else to_image(clip_frames(clip, self.size))
-        # source: (F, C, H, W) latents or images
+        # (F, C, H, W) latents, or (F, S, S, 3) uint8 frames made images item by item
+        source = clip["latent"] if self.latents else clip_frames(clip, self.size)
+
+        def take(k: int) -> np.ndarray:
+            return source[k] if self.latents else to_image(source[k])
+
         out = []
         for _ in range(self.n):
             if self.ref_frame == RefFrame.random:  # any valid frame: many more (ref, target) pairs
                 ref = int(idx[rng.randrange(len(idx))])
             i = int(idx[rng.randrange(len(idx))])
-            x, j0 = jitter([source[ref], source[i]], rng, self.jitter)
+            x, j0 = jitter([take(ref), take(i)], rng, self.jitter)
             out.append(
                 {
                     "ref": x,

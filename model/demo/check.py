@@ -29,17 +29,20 @@ import numpy as np
 from fd2talk.core.schema import CROP_SIZE
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 images (any shape), 255 peak."""
+def pooled_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 images (any shape), 255 peak, over all their pixels at once (one
+    MSE for a whole video, not the mean of per-frame PSNRs as `evaluation.metrics.psnr`)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
-        return 0.0
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+    """`evaluation.metrics.pearson`, 0 where it is undefined (fewer than 3 faces, no spread):
+    a video without a readable mouth has no correlation to report."""
+    from fd2talk.model.evaluation.metrics import pearson as r
+
+    value = r(a, b)
+    return 0.0 if np.isnan(value) else value
 
 
 @dataclass
@@ -66,7 +69,7 @@ class ClipReport:
         )
 
 
-def _coeffs(frames, face_model):
+def read_coeffs(frames, face_model):
     """The landmarker's reading of every frame (the mediapipe coefficient backend)."""
     from fd2talk.model.generation.coeffs import read_coefficients
 
@@ -87,7 +90,7 @@ def identity(arrays: dict, points: np.ndarray) -> np.ndarray:
     return lm.mean(0).ravel() if len(lm) else np.full(3 * len(points), np.nan)
 
 
-def _read(video: Path) -> np.ndarray:
+def read_crop_video(video: Path) -> np.ndarray:
     from fd2talk.core import media
 
     return media.read_frames(video, CROP_SIZE, CROP_SIZE, 600.0)
@@ -126,21 +129,21 @@ def check_demo(
     for c in clips:
         src = out_dir / f"{c['key']}.src.mp4"
         src.write_bytes(c["mp4"])
-        frames = _read(src)  # (F, 256, 256, 3)
+        frames = read_crop_video(src)  # (F, 256, 256, 3)
         first = int(np.flatnonzero(c["valid"])[0])
         info[c["key"]] = dict(
             src=src,
             frames=frames,
             ref=frames[first],
             person=str(c["meta"].get("speaker_id", "?")),
-            ident=identity(_coeffs(frames, face_model), points),
+            ident=identity(read_coeffs(frames, face_model), points),
         )
     reports = []
     for i, c in enumerate(clips):
         me, other = info[c["key"]], info[clips[(i + 1) % len(clips)]["key"]]
         opts = Options(seed=seed, steps=steps, crop=False)
         gen = pipe(me["ref"], me["src"], out=out_dir / f"{c['key']}.mp4", options=opts)
-        arrays = _coeffs(_read(gen.out), face_model)
+        arrays = read_coeffs(read_crop_video(gen.out), face_model)
         valid = arrays["valid"]
         jaw = np.where(valid, arrays["exp"][:, JAW_OPEN], np.nan)
         true_jaw = np.where(c["valid"], c["exp"][:, JAW_OPEN], np.nan)
@@ -148,7 +151,7 @@ def check_demo(
         shuffled = pipe(
             me["ref"], other["src"], out=out_dir / f"{c['key']}.shuffled.mp4", options=opts
         )
-        a2 = _coeffs(_read(shuffled.out), face_model)
+        a2 = read_coeffs(read_crop_video(shuffled.out), face_model)
         jaw2 = np.where(a2["valid"], a2["exp"][:, JAW_OPEN], np.nan)
         m = min(len(jaw2), n)
         true = pipe(
@@ -170,8 +173,8 @@ def check_demo(
                 jaw_r=pearson(jaw[:n], true_jaw[:n]),
                 jaw_r_shuffled=pearson(jaw2[:m], true_jaw[:m]),
                 jaw_std=(float(np.nanstd(jaw)), float(np.nanstd(true_jaw))),
-                psnr=psnr(gv, tv),
-                psnr_copy=psnr(np.broadcast_to(ref_small, tv.shape), tv),
+                psnr=pooled_psnr(gv, tv),
+                psnr_copy=pooled_psnr(np.broadcast_to(ref_small, tv.shape), tv),
                 colour=float(np.abs(gv.reshape(-1, 3).mean(0) - tv.reshape(-1, 3).mean(0)).max()),
                 id_own=float(np.linalg.norm(identity(arrays, points) - me["ident"])),
                 id_other=float(np.linalg.norm(identity(arrays, points) - other["ident"])),

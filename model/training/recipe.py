@@ -1,7 +1,8 @@
 """A training recipe: both stages' runs in order (lip expert; motion and its cross-fitting
 fold runs; autoencoder; frame UNet), each resumed from its checkpoint when it has one, trained
-again when an older recipe made it or a run before it changed, and one model folder exported
-at the end. The bundled demo's recipe (model/demo/recipe.py) and the shipped corpus model's
+again when an older recipe made it or a run it trains from has changed (the frame UNet after
+its autoencoder or stage 1; the autoencoder never waits on stage 1), and one model folder
+exported at the end. The bundled demo's recipe (model/demo/recipe.py) and the shipped corpus model's
 (model/corpus/recipe.py) are two `Recipe`s."""
 
 from __future__ import annotations
@@ -156,8 +157,20 @@ def train_recipe(
     from fd2talk.model.store.folder import export
 
     shards, runs = str(Path(work).resolve() / "shards"), Path(runs).resolve()
-    configs = recipe.runs(shards, runs, seed)
-    restart = False
-    for name, cfg in configs:
-        restart = train_run(name, cfg, progress, restart, recipe.name)
+    changed: set[Path] = set()  # the runs that trained a step in this call
+    for name, cfg in recipe.runs(shards, runs, seed):
+        restart = bool(inputs(cfg) & changed)  # trained from a run that has changed since
+        if train_run(name, cfg, progress, restart, recipe.name):
+            changed.add(Path(cfg.out))
     return export([str(runs / "motion"), str(runs / "frames")], model)
+
+
+def inputs(cfg) -> set[Path]:
+    """The run directories a run trains from: the lip expert (motion), the autoencoder and the
+    stage-1 runs (frames)."""
+    paths = [getattr(cfg, k, None) for k in ("lip_expert", "motion")]
+    paths += list(getattr(cfg, "motion_folds", ()))
+    out = {Path(p) for p in paths if p}
+    if getattr(cfg, "autoencoder", None):
+        out.add(Path(cfg.autoencoder).parent)  # RUN/autoencoder, the folder the run writes
+    return out
