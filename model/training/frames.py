@@ -84,7 +84,7 @@ def train_frames(cfg: FramesTrainConfig, resume: bool = False, progress: bool = 
     from fd2talk.model.nets.frame_unet import PRESETS, FrameUNet
 
     if cfg.cond not in set(Cond):
-        raise UserError(f"--cond must be one of {', '.join(Cond)}, not {cfg.cond!r}")
+        raise UserError(f"--cond must be {' or '.join(Cond)}, not {cfg.cond!r}")
     run = start_run(cfg, "frames", resume, PRESETS)
     d = run.d
     ae = load_autoencoder(cfg.autoencoder, d.device)
