@@ -81,14 +81,14 @@ def check_unseen(
     reports = check_demo(model, work, out_dir, face_model, seed, steps, split)
     pipe = FD2TalkPipeline.from_pretrained(model, face_model=face_model)
     s, points = pipe.image_size, upper_face(face_model)
-    truth = {}
-    for r in reports:
-        arrays = read_coeffs(read_crop_video(out_dir / f"{r.key}.src.mp4"), face_model)
-        truth[r.key] = (r.person, identity(arrays, points), arrays)
-    out = []
+    truth = {}  # key: (person, upper-face identity, the landmarker's arrays, frames)
     for r in reports:
         frames = read_crop_video(out_dir / f"{r.key}.src.mp4")
-        person, _, true_arrays = truth[r.key]
+        arrays = read_coeffs(frames, face_model)
+        truth[r.key] = (r.person, identity(arrays, points), arrays, frames)
+    out = []
+    for r in reports:
+        _, _, true_arrays, frames = truth[r.key]
         first = int(np.flatnonzero(true_arrays["valid"])[0]) if true_arrays["valid"].any() else 0
         ref = frames[first]
         opts = Options(seed=seed, steps=steps, crop=False, pose=PoseMode.still.value)

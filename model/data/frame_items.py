@@ -42,9 +42,10 @@ class _DecodedClips:
     than `budget` bytes: a stream that revisits its clips decodes each once (ffmpeg would
     otherwise cost more than the training step)."""
 
-    def __init__(self, budget: int | None = None):
-        mb = budget if budget is not None else int(os.environ.get("FD2TALK_DECODED_MB", DECODED_MB))
-        self.budget, self.clips, self.bytes = mb * 2**20, OrderedDict(), 0
+    def __init__(self, megabytes: int | None = None):
+        if megabytes is None:
+            megabytes = int(os.environ.get("FD2TALK_DECODED_MB", DECODED_MB))
+        self.budget, self.clips, self.bytes = megabytes * 2**20, OrderedDict(), 0  # bytes
 
     def get(self, clip: dict, size: int) -> np.ndarray:
         key = (clip["key"], zlib.crc32(clip[MEDIA_KEY]), size)

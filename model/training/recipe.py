@@ -26,7 +26,6 @@ class Recipe:
     autoencoder: dict = field(default_factory=dict)
     frames: dict = field(default_factory=dict)
     folds: int = 0  # stage-1 fold models for the frame UNet's cross-fitted expression (0: none)
-    predicted_motion: bool = True  # the frame UNet conditions on stage-1 predictions (paper)
 
     def runs(self, shards: str, runs: Path, seed: int) -> list[tuple[str, object]]:
         """(trainer, config) in the order they train; paths absolute, as the CLI records them,
@@ -37,7 +36,6 @@ class Recipe:
         motion_runs = [(out["motion"], None)] + [
             (f, f"{k}/{self.folds}") for k, f in enumerate(folds)
         ]
-        predicted = dict(motion=out["motion"], motion_folds=tuple(folds))
         return [
             (
                 "lipsync",
@@ -69,7 +67,8 @@ class Recipe:
                     shards=shards,
                     out=out["frames"],
                     autoencoder=str(runs / "autoencoder" / "autoencoder"),
-                    **(predicted if self.predicted_motion else {}),
+                    motion=out["motion"],  # stage-1 predictions (the paper's choice)
+                    motion_folds=tuple(folds),
                     **self.frames,
                     **common,
                 ),
@@ -106,9 +105,9 @@ def stale(cfg) -> bool:
 
 
 def train_run(name: str, cfg, progress: bool, restart: bool, label: str = "recipe") -> bool:
-    """Train (or resume) one run of the recipe; a run an older recipe made, or any run after
-    one whose weights changed (`restart`), starts again. Returns whether later runs must:
-    whether this run trained a step (anew, or resumed to more steps than it had)."""
+    """Train (or resume) one run of the recipe; a run an older recipe made, or one whose inputs
+    changed (`restart`), starts again. Returns whether the runs that train from it must: whether
+    this run trained a step (anew, or resumed to more steps than it had)."""
     from fd2talk.model.store.checkpoint import CHECKPOINT, load_checkpoint
     from fd2talk.model.training.autoencoder import train_autoencoder
     from fd2talk.model.training.frames import train_frames

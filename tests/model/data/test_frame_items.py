@@ -22,7 +22,7 @@ def test_the_cache_decodes_once_and_drops_the_oldest_past_its_budget(tmp_path, m
 
     monkeypatch.setattr(frame_items, "decode_frames", counting)
     one = decode_frames(clips[0][MEDIA_KEY], 32)  # (10, 32, 32, 3): 30 kB a clip
-    cache = frame_items._DecodedClips(budget=0)  # 0 MB: only the newest clip stays
+    cache = frame_items._DecodedClips(megabytes=0)  # 0 MB: only the newest clip stays
     cache.budget = int(2.5 * one.nbytes)  # room for two clips
     for c in clips[:2] * 3:
         got = cache.get(c, 32)
@@ -31,7 +31,7 @@ def test_the_cache_decodes_once_and_drops_the_oldest_past_its_budget(tmp_path, m
     assert [k[0] for k in cache.clips] == ["c1", "c2"] and cache.bytes == 2 * one.nbytes
     cache.get(clips[0], 32)
     assert len(calls) == 4
-    small = frame_items._DecodedClips(budget=0)
+    small = frame_items._DecodedClips(megabytes=0)
     small.get(clips[0], 32)
     small.get(clips[1], 32)  # over budget, but the clip being used always stays
     assert list(small.clips) and len(small.clips) == 1
